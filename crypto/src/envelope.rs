@@ -1,0 +1,105 @@
+//! The signed envelope that every signed value (records, certificates, revocations, votes) uses.
+
+use crate::error::CryptoError;
+use crate::identity::{Keypair, NodeId};
+use crate::sign::{Context, Signature};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+
+/// A value signed by `signer`. The signature covers the exact postcard bytes in `payload`, so
+/// verification never depends on re-encoding. Decoding happens only after the signature holds.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Signed<T> {
+    /// Who signed.
+    pub signer: NodeId,
+    /// The postcard encoding of the value.
+    pub payload: Vec<u8>,
+    /// Signature over `"agentmesh/v1/<context>\0" ‖ payload`.
+    pub signature: Signature,
+    #[serde(skip)]
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Signed<T> {
+    fn clone(&self) -> Self {
+        Signed {
+            signer: self.signer,
+            payload: self.payload.clone(),
+            signature: self.signature,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> PartialEq for Signed<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.signer == o.signer && self.payload == o.payload && self.signature == o.signature
+    }
+}
+impl<T> Eq for Signed<T> {}
+
+impl<T> std::fmt::Debug for Signed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Signed{{signer: {:?}, {} bytes}}",
+            self.signer,
+            self.payload.len()
+        )
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Signed<T> {
+    /// Encodes and signs `value` with `key` under `ctx`.
+    pub fn sign(key: &Keypair, ctx: Context, value: &T) -> Self {
+        let payload = postcard::to_allocvec(value).expect("serialising to a Vec cannot fail");
+        let signature = key.sign(ctx, &payload);
+        Signed {
+            signer: key.node_id(),
+            payload,
+            signature,
+            _t: PhantomData,
+        }
+    }
+
+    /// Assembles an envelope from its parts (for vectors and decoders); nothing is checked.
+    pub fn from_parts(signer: NodeId, payload: Vec<u8>, signature: Signature) -> Self {
+        Signed {
+            signer,
+            payload,
+            signature,
+            _t: PhantomData,
+        }
+    }
+
+    /// Checks the signature, then decodes the payload.
+    pub fn verify(&self, ctx: Context) -> Result<T, CryptoError> {
+        self.signer.verify(ctx, &self.payload, &self.signature)?;
+        self.decode_unverified()
+    }
+
+    /// Like [`Signed::verify`], but also requires a specific signer.
+    pub fn verify_by(&self, expected: &NodeId, ctx: Context) -> Result<T, CryptoError> {
+        if &self.signer != expected {
+            return Err(CryptoError::BadSignature);
+        }
+        self.verify(ctx)
+    }
+
+    /// Decodes the payload without checking the signature. Only for values already verified.
+    pub fn decode_unverified(&self) -> Result<T, CryptoError> {
+        postcard::from_bytes(&self.payload).map_err(|e| CryptoError::Decode(e.to_string()))
+    }
+
+    /// A SHA-256 digest of the signed bytes and signature: a stable identity of this envelope.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.signer.0);
+        h.update(&self.payload);
+        h.update(self.signature.0);
+        h.finalize().into()
+    }
+}

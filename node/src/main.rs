@@ -1,0 +1,2 @@
+//! agentmesh node.
+fn main() {}
