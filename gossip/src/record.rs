@@ -1,6 +1,6 @@
 //! The record plane's payload: a node's signed record describing its agent, capacity and health.
 
-use agentmesh_crypto::{Context, CryptoError, NodeId, Signed, SignedCert};
+use agentmesh_crypto::{Context, NodeId, Signed, SignedCert};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -206,21 +206,4 @@ pub const RECORD_CONTEXT: Context = Context::NodeRecord;
 pub fn record_hash(rec: &SignedRecord) -> u64 {
     let d = rec.digest();
     u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
-}
-
-/// Verifies signed records. The default verifies every time; the simulator shares a cache so
-/// that thousands of nodes verifying the same bytes cost one verification.
-pub trait RecordVerifier {
-    /// Verifies the envelope and decodes the record. Must be a pure function of `rec`.
-    fn verify(&self, rec: &SignedRecord) -> Result<std::sync::Arc<NodeRecord>, CryptoError>;
-}
-
-/// Verifies each record with ed25519 `verify_strict`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StrictVerifier;
-
-impl RecordVerifier for StrictVerifier {
-    fn verify(&self, rec: &SignedRecord) -> Result<std::sync::Arc<NodeRecord>, CryptoError> {
-        rec.verify(RECORD_CONTEXT).map(std::sync::Arc::new)
-    }
 }

@@ -1,0 +1,75 @@
+//! Lifeguard suspicion timers: start at a maximum and shrink towards a minimum as independent
+//! confirmations arrive: `timeout = max(min, max − (max − min)·ln(c+1)/ln(k+1))`.
+
+use agentmesh_crypto::NodeId;
+
+use crate::config::Config;
+use crate::state::Millis;
+
+/// Most confirmations remembered per suspicion (`k` never needs more).
+pub const CONFIRMATIONS_MAX: usize = 16;
+
+/// One running suspicion.
+#[derive(Debug, Clone)]
+pub struct Suspicion {
+    start: Millis,
+    min_ms: u64,
+    max_ms: u64,
+    k: u32,
+    accusers: Vec<NodeId>,
+}
+
+/// The Lifeguard minimum and maximum suspicion timeouts for a cluster of `n` live members.
+pub fn suspicion_bounds(cfg: &Config, n: usize) -> (u64, u64) {
+    let scale = (n.max(10) as f64).log10();
+    let min = cfg.suspicion_alpha * scale * cfg.protocol_period_ms as f64;
+    let max = cfg.suspicion_beta * min;
+    (min as u64, max as u64)
+}
+
+/// The timeout after `c` independent confirmations out of `k` expected.
+pub fn suspicion_timeout(min_ms: u64, max_ms: u64, c: u32, k: u32) -> u64 {
+    if k == 0 {
+        return min_ms;
+    }
+    let frac = ((c as f64) + 1.0).ln() / ((k as f64) + 1.0).ln();
+    let t = max_ms as f64 - (max_ms - min_ms) as f64 * frac;
+    (t.floor() as u64).max(min_ms)
+}
+
+impl Suspicion {
+    /// Starts a suspicion raised by `accuser` in a cluster of `n` live members.
+    pub fn new(cfg: &Config, n: usize, accuser: NodeId, now: Millis) -> Self {
+        let (min_ms, max_ms) = suspicion_bounds(cfg, n);
+        // With few members there cannot be k independent confirmations (memberlist: n − 2).
+        let k = cfg
+            .suspicion_confirmations_k
+            .min(n.saturating_sub(2) as u32);
+        Suspicion {
+            start: now,
+            min_ms,
+            max_ms,
+            k,
+            accusers: vec![accuser],
+        }
+    }
+
+    /// Records a confirmation. Returns true if it was a new, independent one.
+    pub fn confirm(&mut self, accuser: NodeId) -> bool {
+        if self.accusers.contains(&accuser) || self.accusers.len() >= CONFIRMATIONS_MAX {
+            return false;
+        }
+        self.accusers.push(accuser);
+        true
+    }
+
+    /// Confirmations beyond the first accusation.
+    pub fn confirmations(&self) -> u32 {
+        self.accusers.len().saturating_sub(1) as u32
+    }
+
+    /// When the suspect is declared dead.
+    pub fn deadline(&self) -> Millis {
+        self.start + suspicion_timeout(self.min_ms, self.max_ms, self.confirmations(), self.k)
+    }
+}
