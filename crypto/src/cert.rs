@@ -1,7 +1,7 @@
 //! Mesh admission certificates: `{mesh_id, node_id, roles, not_before, not_after}` signed by the
 //! mesh root key.
 
-use crate::envelope::Signed;
+use crate::envelope::{check_len, decode_exact, Signed};
 use crate::error::CryptoError;
 use crate::identity::{Keypair, NodeId};
 use crate::sign::Context;
@@ -13,6 +13,9 @@ pub const MESH_ID_LEN_MAX: usize = 64;
 pub const ROLES_MAX: usize = 16;
 /// Longest role name, in bytes.
 pub const ROLE_LEN_MAX: usize = 64;
+/// Largest encoded [`SignedCert`] that [`SignedCert::from_bytes`] will decode, in bytes. A
+/// certificate at every field limit encodes to well under this.
+pub const CERT_LEN_MAX: usize = 4096;
 
 /// The body of an admission certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +109,18 @@ impl AdmissionCert {
 }
 
 impl SignedCert {
+    /// The postcard encoding of this certificate, as exchanged between peers.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("serialising to a Vec cannot fail")
+    }
+
+    /// Decodes a certificate of at most [`CERT_LEN_MAX`] bytes (checked before decoding).
+    /// Nothing is verified; call [`SignedCert::verify`] next. Trailing bytes are refused.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CertError> {
+        check_len(bytes, CERT_LEN_MAX)?;
+        Ok(decode_exact(bytes)?)
+    }
+
     /// The node the certificate claims to admit, without verification (for lookups only).
     pub fn claimed(&self) -> Result<AdmissionCert, CertError> {
         Ok(self.0.decode_unverified()?)
@@ -125,7 +140,26 @@ impl SignedCert {
                 expected: *root,
             });
         }
-        let cert = self.0.verify(Context::AdmissionCert)?;
+        self.0.verify(Context::AdmissionCert)?;
+        self.verify_fields(root, mesh_id, presenter, now_unix_s)
+    }
+
+    /// Checks everything except the signature: root, limits, mesh, subject and validity window.
+    /// Only for callers that verified (or cached the verification of) this exact envelope.
+    pub fn verify_fields(
+        &self,
+        root: &NodeId,
+        mesh_id: &str,
+        presenter: &NodeId,
+        now_unix_s: u64,
+    ) -> Result<AdmissionCert, CertError> {
+        if &self.0.signer != root {
+            return Err(CertError::WrongRoot {
+                found: self.0.signer,
+                expected: *root,
+            });
+        }
+        let cert = self.0.decode_unverified()?;
         cert.check_limits()?;
         if cert.mesh_id != mesh_id {
             return Err(CertError::WrongMesh {
