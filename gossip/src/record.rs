@@ -42,14 +42,55 @@ impl std::str::FromStr for Proficiency {
     }
 }
 
-/// An attribute value: one string or a list of strings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// An attribute value: one string or a list of strings. Human-readable formats (JSON, TOML)
+/// write it bare (`"eu"` or `["A","B"]`); postcard writes it tagged, since postcard cannot
+/// decode untagged enums.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttrValue {
     /// A single value, e.g. `region = "eu"`.
     One(String),
     /// Several values, e.g. `warehouses = ["A", "B"]`.
     Many(Vec<String>),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum AttrBare {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum AttrTagged {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Serialize for AttrValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (s.is_human_readable(), self) {
+            (true, AttrValue::One(v)) => AttrBare::One(v.clone()).serialize(s),
+            (true, AttrValue::Many(v)) => AttrBare::Many(v.clone()).serialize(s),
+            (false, AttrValue::One(v)) => AttrTagged::One(v.clone()).serialize(s),
+            (false, AttrValue::Many(v)) => AttrTagged::Many(v.clone()).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AttrValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            Ok(match AttrBare::deserialize(d)? {
+                AttrBare::One(v) => AttrValue::One(v),
+                AttrBare::Many(v) => AttrValue::Many(v),
+            })
+        } else {
+            Ok(match AttrTagged::deserialize(d)? {
+                AttrTagged::One(v) => AttrValue::One(v),
+                AttrTagged::Many(v) => AttrValue::Many(v),
+            })
+        }
+    }
 }
 
 impl AttrValue {

@@ -381,6 +381,25 @@ impl Gossip {
         self
     }
 
+    /// Seeds the view with members and their records, as if learned from a push-pull sync.
+    /// Everything is verified exactly as if it arrived from `from`. The simulator uses it to
+    /// start large clusters converged; a node may use it to restore a saved view.
+    pub fn bootstrap(
+        &mut self,
+        from: NodeId,
+        entries: &[(Arc<SignedMember>, Arc<SignedRecord>)],
+        now: Millis,
+    ) {
+        for (m, r) in entries {
+            self.accept_record(from, r.clone(), now);
+            self.apply_alive(from, m.clone(), now);
+        }
+        // Nothing learned at boot needs re-gossiping.
+        self.queue = BroadcastQueue::new(self.cfg.broadcast_queue_max);
+        self.stats = Stats::default();
+        self.events.clear();
+    }
+
     // ---- getters ----
 
     /// This node's id.
@@ -396,6 +415,21 @@ impl Gossip {
     /// This node's current signed record.
     pub fn local_signed_record(&self) -> Arc<SignedRecord> {
         self.local_signed.clone()
+    }
+
+    /// This node's current signed membership identity.
+    pub fn local_member(&self) -> Arc<SignedMember> {
+        self.local_member.clone()
+    }
+
+    /// The signed record held for `id` (as received, for forwarding and audits).
+    pub fn signed_record(&self, id: &NodeId) -> Option<Arc<SignedRecord>> {
+        if *id == self.me {
+            return Some(self.local_signed.clone());
+        }
+        self.members
+            .get(id)
+            .and_then(|e| e.record.as_ref().map(|(s, _)| s.clone()))
     }
 
     /// This node's current incarnation.
@@ -621,6 +655,9 @@ impl Gossip {
             Input::Join { seeds } => self.join(seeds, now),
             Input::Leave => self.leave(now),
             Input::Update(u) => self.update_local(u, now),
+        }
+        if !self.lazy_pending.is_empty() {
+            self.flush_lazy();
         }
     }
 
@@ -953,6 +990,17 @@ impl Gossip {
             }
             return;
         }
+        if accuser != self.me {
+            // Death declared elsewhere counts as a confirmation of suspicion, not as a verdict:
+            // dead claims are unauthenticated, so one lying member must not kill anyone. Each
+            // node's own Lifeguard timer (shortened by the confirmations) decides.
+            self.apply_suspect(node, inc, accuser, now);
+            if let Some(s) = self.suspicions.get_mut(&node) {
+                // Another member's timer already ran out: as strong as k confirmations.
+                s.saturate();
+            }
+            return;
+        }
         let Some(e) = self.members.get_mut(&node) else {
             return;
         };
@@ -1102,9 +1150,10 @@ impl Gossip {
         let Some(e) = self.members.get(&p.target) else {
             return;
         };
-        if e.state != MemberState::Alive {
+        if !matches!(e.state, MemberState::Alive | MemberState::Suspect) {
             return;
         }
+        // A failed probe of an already-suspect member is an independent confirmation.
         let inc = e.info.incarnation;
         self.stats.suspicions += 1;
         self.apply_suspect(p.target, inc, self.me, now);
@@ -1205,7 +1254,6 @@ impl Gossip {
         if now >= self.next_gossip_at {
             self.next_gossip_at = now + self.cfg.gossip_interval_ms;
             self.gossip_round(now);
-            self.flush_lazy();
         }
         self.graft_missing(now);
         if now >= self.next_ae_at {

@@ -17,6 +17,7 @@ pub struct Suspicion {
     max_ms: u64,
     k: u32,
     accusers: Vec<NodeId>,
+    saturated: bool,
 }
 
 /// The Lifeguard minimum and maximum suspicion timeouts for a cluster of `n` live members.
@@ -51,6 +52,7 @@ impl Suspicion {
             max_ms,
             k,
             accusers: vec![accuser],
+            saturated: false,
         }
     }
 
@@ -63,6 +65,12 @@ impl Suspicion {
         true
     }
 
+    /// Treats the suspicion as fully confirmed (another member already declared death): the
+    /// timeout drops to its minimum, measured from the start.
+    pub fn saturate(&mut self) {
+        self.saturated = true;
+    }
+
     /// Confirmations beyond the first accusation.
     pub fn confirmations(&self) -> u32 {
         self.accusers.len().saturating_sub(1) as u32
@@ -70,6 +78,11 @@ impl Suspicion {
 
     /// When the suspect is declared dead.
     pub fn deadline(&self) -> Millis {
-        self.start + suspicion_timeout(self.min_ms, self.max_ms, self.confirmations(), self.k)
+        let c = if self.saturated {
+            self.k
+        } else {
+            self.confirmations()
+        };
+        self.start + suspicion_timeout(self.min_ms, self.max_ms, c, self.k)
     }
 }
