@@ -1,0 +1,13 @@
+//! The agentmesh node library: QUIC transport, admission, gossip driver, call protocol,
+//! routing and the runtime that composes them; plus the local API and CLI.
+#![forbid(unsafe_code)]
+
+pub mod contract;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod demo_agent;
+// TEMPORARY (api helper): the agreed runtime signature until runtime.rs lands; then delete
+// this line and runtime_shim.rs.
+#[path = "runtime_shim.rs"]
+pub mod runtime;
