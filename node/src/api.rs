@@ -421,11 +421,13 @@ async fn get_readyz(State(st): State<ApiState>) -> Response {
     if st.mesh.is_ready() {
         return Json(serde_json::json!({ "ready": true, "node_id": node_id })).into_response();
     }
+    let admission = st.mesh.admission_status();
     let body = serde_json::json!({
         "ready": false,
         "code": "not_ready",
         "node_id": node_id,
-        "message": format!("{:?}", st.mesh.admission_status()),
+        "message": format!("not joined or not admitted: {admission}"),
+        "admission": serde_json::to_value(&admission).unwrap_or_default(),
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
