@@ -82,7 +82,9 @@ impl BroadcastQueue {
         let mut order: Vec<(u32, u64, NodeId)> = self
             .items
             .iter()
-            .filter(|(k, _)| **k != to)
+            // A member needs no news of its own liveness, but must hear that it is suspected
+            // or declared dead: that is how it learns to refute.
+            .filter(|(k, q)| **k != to || !matches!(q.update, Update::Alive(_)))
             .map(|(k, q)| (q.transmits, u64::MAX - q.order, *k))
             .collect();
         order.sort_unstable();

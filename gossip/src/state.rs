@@ -702,6 +702,19 @@ impl Gossip {
             && self.join_seeds.contains(&from));
         let known = self.is_member(&from) || self.members.contains_key(&from);
         if !open_kinds && !known {
+            // A member that knows us before we know it (the join race) still gossips news we
+            // need. Alive identities are self-signed and each is verified, so take those; the
+            // rest (suspicions, death claims) needs a member behind it.
+            if let Message::Ping { updates, .. }
+            | Message::Ack { updates, .. }
+            | Message::Gossip { updates } = &msg
+            {
+                let alive = updates.iter().filter(|u| matches!(u, Update::Alive(_)));
+                self.apply_updates(from, alive.cloned().collect(), now);
+            }
+            if matches!(msg, Message::Ack { .. } | Message::Gossip { .. }) {
+                return;
+            }
             if let Message::Ping { seq, .. } = msg {
                 // Answer without piggyback (it learns nothing) and ask for its record, so an
                 // admitted newcomer becomes a member without waiting for gossip.
@@ -912,7 +925,9 @@ impl Gossip {
             }
             let fresh = self.pending.insert(subject, m).is_none();
             if fresh {
-                let target = if self.is_member(&from) { from } else { subject };
+                // A join seed answers pulls before we have admitted it (its Sync arrives first).
+                let knows_us = self.is_member(&from) || self.join_seeds.contains(&from);
+                let target = if knows_us { from } else { subject };
                 self.request_pull(target, vec![subject], now);
             }
             return;
@@ -1093,7 +1108,23 @@ impl Gossip {
         };
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let updates = self.piggyback(target);
+        let mut updates = self.piggyback(target);
+        // memberlist: a ping to a suspect carries the suspicion, so a suspect whose first
+        // notice was lost still learns it must refute before its timer runs out.
+        if let Some(e) = self.members.get(&target) {
+            if e.state == MemberState::Suspect {
+                let incarnation = e.info.incarnation;
+                updates.truncate(wire::UPDATES_PER_MESSAGE_MAX - 1);
+                updates.insert(
+                    0,
+                    Update::Suspect {
+                        node: target,
+                        incarnation,
+                        from: self.me,
+                    },
+                );
+            }
+        }
         self.send(target, Message::Ping { seq, updates });
         self.probe = Some(Probe {
             target,

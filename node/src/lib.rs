@@ -7,7 +7,13 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod demo_agent;
-// TEMPORARY (api helper): the agreed runtime signature until runtime.rs lands; then delete
-// this line and runtime_shim.rs.
-#[path = "runtime_shim.rs"]
 pub mod runtime;
+pub mod admission;
+pub mod call_proto;
+pub mod frame;
+pub mod transport;
+pub mod agent_client;
+pub mod callee;
+pub mod caller;
+pub mod gossip_driver;
+pub mod router;

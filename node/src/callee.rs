@@ -1,0 +1,298 @@
+//! The callee side of `/agentmesh/call/1`: accept inbound call streams from admitted peers,
+//! enforce the local in-flight limit, forward to the local agent and stream its answer back.
+
+use crate::admission::{AdmissionMode, AdmissionTable, ADMIT_TIMEOUT};
+use crate::agent_client::{self, AgentRequest};
+use crate::call_proto::{
+    read_body, read_header, write_resp, CallHeader, ResponseHead, RespFrame, WireError,
+    CHUNK_BYTES_MAX,
+};
+use crate::contract::{AgentRegistration, CallError, ErrorCode};
+use agentmesh_crypto::NodeId;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Inbound call streams served at once (above `max_concurrency`, extra ones are answered
+/// `overloaded` quickly; this bounds even those).
+pub const INBOUND_CALL_STREAMS_MAX: usize = 4096;
+/// Time a caller has to send the header.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The local agent, its registration and its in-flight limit. Shared by the callee side and by
+/// the router when the local agent is the chosen candidate.
+#[derive(Debug)]
+pub struct LocalAgent {
+    reg: RwLock<Option<AgentRegistration>>,
+    in_flight: Arc<AtomicU32>,
+    draining: AtomicBool,
+    client: reqwest::Client,
+    /// Calls refused because the agent was at `max_concurrency`.
+    pub overloaded_total: AtomicU64,
+}
+
+/// Holds one in-flight slot; releases it on drop.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<AtomicU32>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl LocalAgent {
+    /// A local agent slot, initially with `reg`.
+    pub fn new(reg: Option<AgentRegistration>) -> Self {
+        LocalAgent {
+            reg: RwLock::new(reg),
+            in_flight: Arc::new(AtomicU32::new(0)),
+            draining: AtomicBool::new(false),
+            client: agent_client::client(),
+            overloaded_total: AtomicU64::new(0),
+        }
+    }
+
+    /// The current registration.
+    pub fn registration(&self) -> Option<AgentRegistration> {
+        self.reg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the registration.
+    pub fn set_registration(&self, reg: Option<AgentRegistration>) {
+        *self.reg.write().unwrap_or_else(|p| p.into_inner()) = reg;
+    }
+
+    /// Calls in flight to the local agent now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stops taking new calls (graceful shutdown).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// The agent's concurrency limit (0 without an agent).
+    pub fn max_concurrency(&self) -> u32 {
+        self.registration().map(|r| r.max_concurrency).unwrap_or(0)
+    }
+
+    /// Takes an in-flight slot, or answers why not.
+    pub fn try_acquire(&self) -> Result<InFlightGuard, CallError> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(CallError::new(ErrorCode::Overloaded, "node is draining"));
+        }
+        let max = self.max_concurrency();
+        let mut cur = self.in_flight.load(Ordering::Acquire);
+        loop {
+            if cur >= max {
+                self.overloaded_total.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::new(
+                    ErrorCode::Overloaded,
+                    format!("agent at its limit of {max} calls in flight"),
+                ));
+            }
+            match self.in_flight.compare_exchange(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(InFlightGuard(self.in_flight.clone())),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The registration if it offers `capability`, else `no_capability`.
+    pub fn offering(&self, capability: &str) -> Result<AgentRegistration, CallError> {
+        match self.registration() {
+            Some(r) if r.capabilities.iter().any(|c| c.name == capability) => Ok(r),
+            _ => Err(CallError::new(
+                ErrorCode::NoCapability,
+                format!("this node's agent does not offer {capability}"),
+            )),
+        }
+    }
+
+    /// Sends a request to the agent (see [`agent_client::send`]).
+    pub async fn invoke(&self, req: AgentRequest) -> Result<reqwest::Response, CallError> {
+        agent_client::send(&self.client, req).await
+    }
+}
+
+/// Everything the callee needs.
+#[derive(Clone)]
+pub struct Callee {
+    /// The local agent.
+    pub agent: Arc<LocalAgent>,
+    /// Admission state (calls from unadmitted peers are refused).
+    pub admission: Arc<AdmissionTable>,
+}
+
+/// Accepts inbound call streams until the handle is dropped.
+pub async fn accept_loop(callee: Callee, mut incoming: libp2p_stream::IncomingStreams) {
+    let slots = Arc::new(Semaphore::new(INBOUND_CALL_STREAMS_MAX));
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(from) = NodeId::from_peer_id(&peer) else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many inbound call streams; dropping one");
+            continue;
+        };
+        let c = callee.clone();
+        tokio::spawn(async move {
+            c.serve(from, stream).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Callee {
+    /// Serves one inbound call stream from `from`.
+    pub async fn serve(&self, from: NodeId, stream: libp2p::Stream) {
+        let (mut r, mut w) = stream.split();
+        let result = self.serve_inner(from, &mut r, &mut w).await;
+        if let Err(e) = result {
+            let frame = RespFrame::Error(WireError::from(&e));
+            let _ = write_resp(&mut w, &frame).await;
+        }
+        let _ = w.flush().await;
+        let _ = w.close().await;
+    }
+
+    async fn serve_inner<R, W>(
+        &self,
+        from: NodeId,
+        r: &mut R,
+        w: &mut W,
+    ) -> Result<(), CallError>
+    where
+        R: futures::AsyncRead + Unpin,
+        W: futures::AsyncWrite + Unpin,
+    {
+        let roles = self
+            .admission
+            .wait_theirs(&from, ADMIT_TIMEOUT)
+            .await
+            .map_err(|reason| {
+                CallError::new(ErrorCode::Forbidden, format!("caller not admitted: {reason}"))
+            })?;
+        let header = tokio::time::timeout(HEADER_READ_TIMEOUT, read_header(r))
+            .await
+            .map_err(|_| CallError::new(ErrorCode::BadRequest, "call header timed out"))?
+            .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call header: {e}")))?;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(header.deadline_ms);
+        // In open meshes nothing is verified, so the header's roles are all there is.
+        let roles = match self.admission.mode() {
+            AdmissionMode::Open => header.caller_roles.clone(),
+            AdmissionMode::Enforced { .. } => roles,
+        };
+        let reg = self.agent.offering(&header.capability)?;
+        let _guard = self.agent.try_acquire()?;
+        let body = tokio::time::timeout_at(deadline, read_body(r))
+            .await
+            .map_err(|_| deadline_err())?
+            .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call body: {e}")))?;
+        let req = agent_request(&reg, &header, from, roles, body.into(), deadline);
+        // Wait for the agent while watching for the caller to go away (reset or close): either
+        // cancels the agent request by dropping it.
+        let resp = tokio::select! {
+            res = tokio::time::timeout_at(deadline, self.agent.invoke(req)) => {
+                res.map_err(|_| deadline_err())??
+            }
+            _ = caller_gone(r) => {
+                tracing::debug!(caller = %from, "caller went away; agent request cancelled");
+                return Ok(());
+            }
+        };
+        let head = RespFrame::Head(ResponseHead {
+            status: resp.status().as_u16(),
+            content_type: agent_client::content_type(&resp),
+            agent: reg.name.clone(),
+            in_flight: self.agent.in_flight(),
+            max_concurrency: reg.max_concurrency,
+        });
+        write_resp(w, &head).await.map_err(io_err)?;
+        w.flush()
+            .await
+            .map_err(|e| io_err(crate::frame::FrameError::from(e).into()))?;
+        let mut body = resp.bytes_stream();
+        loop {
+            let next = tokio::time::timeout_at(deadline, body.next())
+                .await
+                .map_err(|_| deadline_err())?;
+            match next {
+                None => break,
+                Some(Err(e)) => return Err(agent_client::map_err(e)),
+                Some(Ok(chunk)) => {
+                    for part in chunk.chunks(CHUNK_BYTES_MAX) {
+                        write_resp(w, &RespFrame::Data(part.to_vec()))
+                            .await
+                            .map_err(io_err)?;
+                    }
+                    w.flush()
+            .await
+            .map_err(|e| io_err(crate::frame::FrameError::from(e).into()))?;
+                }
+            }
+        }
+        write_resp(w, &RespFrame::End).await.map_err(io_err)?;
+        Ok(())
+    }
+}
+
+fn deadline_err() -> CallError {
+    CallError::new(ErrorCode::DeadlineExceeded, "deadline passed at the callee")
+}
+
+fn io_err(e: crate::call_proto::ProtoError) -> CallError {
+    CallError::new(ErrorCode::AgentUnreachable, format!("stream to caller: {e}"))
+}
+
+/// Resolves when the caller resets or closes its side. The caller never closes its write side
+/// while it waits for an answer, so end-of-stream means it gave up.
+async fn caller_gone<R: futures::AsyncRead + Unpin>(r: &mut R) {
+    let mut buf = [0u8; 64];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Builds the agent request for an inbound call.
+pub fn agent_request(
+    reg: &AgentRegistration,
+    header: &CallHeader,
+    from: NodeId,
+    roles: Vec<String>,
+    body: bytes::Bytes,
+    deadline: tokio::time::Instant,
+) -> AgentRequest {
+    AgentRequest {
+        handler: reg.handler.clone(),
+        capability: header.capability.clone(),
+        body,
+        content_type: header.content_type.clone(),
+        deadline: deadline.saturating_duration_since(tokio::time::Instant::now()),
+        caller_node: from.to_string(),
+        caller_agent: header.caller_agent.clone(),
+        // Roles come from the verified certificate, not from the header.
+        caller_roles: roles,
+        call_id: hex_id(&header.call_id),
+        traceparent: header.traceparent.clone(),
+        tracestate: header.tracestate.clone(),
+    }
+}
+
+/// Lower-case hex of a call id.
+pub fn hex_id(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,194 @@
+//! The caller side of a call: to the local agent over HTTP, or to a remote node over
+//! `/agentmesh/call/1`, with the answer streamed back as a [`ResponseBody`].
+
+use crate::admission::AdmissionTable;
+use crate::agent_client::{self, AgentRequest};
+use crate::call_proto::{read_resp, write_body, write_header, CallHeader, RespFrame};
+use crate::callee::{hex_id, LocalAgent};
+use crate::contract::{CallError, ErrorCode, ResponseBody};
+use crate::router::{Candidate, LoadGuard, Router};
+use crate::transport::{parse_addrs, Transport, CALL_PROTOCOL};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// What a successful attempt returns before the body streams.
+pub struct Answer {
+    /// Agent status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// The streamed body.
+    pub body: ResponseBody,
+    /// The agent name the callee reported.
+    pub agent: String,
+}
+
+/// The parts of a call shared by every attempt.
+pub struct Attempt<'a> {
+    /// The header to send (its `deadline_ms` is set per attempt).
+    pub header: CallHeader,
+    /// The request body.
+    pub body: &'a bytes::Bytes,
+    /// When the whole call must be done.
+    pub deadline: Instant,
+    /// Time kept back from each hop's budget.
+    pub reserve: std::time::Duration,
+}
+
+/// Calls the local agent directly (no QUIC hop).
+pub async fn call_local(
+    agent: &Arc<LocalAgent>,
+    cand: &Candidate,
+    a: &Attempt<'_>,
+    roles: Vec<String>,
+) -> Result<Answer, CallError> {
+    let reg = agent.offering(&a.header.capability)?;
+    let guard = agent.try_acquire()?;
+    let req = AgentRequest {
+        handler: reg.handler.clone(),
+        capability: a.header.capability.clone(),
+        body: a.body.clone(),
+        content_type: a.header.content_type.clone(),
+        deadline: a.deadline.saturating_duration_since(Instant::now()),
+        caller_node: a.header.caller_node.to_string(),
+        caller_agent: a.header.caller_agent.clone(),
+        caller_roles: roles,
+        call_id: hex_id(&a.header.call_id),
+        traceparent: a.header.traceparent.clone(),
+        tracestate: a.header.tracestate.clone(),
+    };
+    let resp = agent.invoke(req).await?;
+    let status = resp.status().as_u16();
+    let content_type = agent_client::content_type(&resp);
+    let body = resp
+        .bytes_stream()
+        .map(move |r| {
+            let _held = &guard;
+            r.map_err(std::io::Error::other)
+        })
+        .boxed();
+    Ok(Answer {
+        status,
+        content_type,
+        body,
+        agent: cand.agent.clone(),
+    })
+}
+
+/// Calls a remote candidate over `/agentmesh/call/1`.
+pub async fn call_remote(
+    transport: &Transport,
+    admission: &AdmissionTable,
+    router: &Router,
+    cand: &Candidate,
+    a: &Attempt<'_>,
+) -> Result<Answer, CallError> {
+    let peer = cand
+        .node_id
+        .to_peer_id()
+        .map_err(|e| CallError::new(ErrorCode::Internal, e.to_string()))?;
+    let budget = a
+        .deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(a.reserve);
+    let mut header = a.header.clone();
+    header.deadline_ms = budget.as_millis() as u64;
+    let guard = router.start_call(cand.node_id);
+    transport.dial_peer(peer, parse_addrs(&cand.addrs));
+    let open = async {
+        admission
+            .wait_mutual(&cand.node_id, budget)
+            .await
+            .map_err(|r| unreachable(format!("peer not admitted: {r}")))?;
+        let mut control = transport.control.clone();
+        let stream = control
+            .open_stream(peer, CALL_PROTOCOL)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut r, mut w) = stream.split();
+        write_header(&mut w, &header)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        write_body(&mut w, a.body)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        w.flush().await.map_err(|e| unreachable(e.to_string()))?;
+        let first = read_resp(&mut r)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok::<_, CallError>((first, r, w))
+    };
+    let (first, r, w) = tokio::time::timeout_at(a.deadline, open)
+        .await
+        .map_err(|_| CallError::new(ErrorCode::DeadlineExceeded, "deadline passed before the answer"))??;
+    let head = match first {
+        RespFrame::Head(h) => h,
+        RespFrame::Error(e) => return Err(e.into()),
+        _ => {
+            return Err(CallError::new(
+                ErrorCode::Internal,
+                "callee answered without a response head",
+            ))
+        }
+    };
+    router.observe_reported(cand.node_id, head.in_flight, head.max_concurrency);
+    Ok(Answer {
+        status: head.status,
+        content_type: head.content_type,
+        agent: head.agent,
+        body: remote_body(r, w, a.deadline, guard),
+    })
+}
+
+fn unreachable(msg: String) -> CallError {
+    CallError::new(ErrorCode::AgentUnreachable, msg)
+}
+
+struct BodyState<R, W> {
+    r: R,
+    // Kept open: the callee reads end-of-stream as "caller gone".
+    _w: W,
+    deadline: Instant,
+    _guard: LoadGuard,
+    done: bool,
+}
+
+fn remote_body<R, W>(r: R, w: W, deadline: Instant, guard: LoadGuard) -> ResponseBody
+where
+    R: futures::AsyncRead + Unpin + Send + 'static,
+    W: Send + 'static,
+{
+    let st = BodyState {
+        r,
+        _w: w,
+        deadline,
+        _guard: guard,
+        done: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let next = tokio::time::timeout_at(st.deadline, read_resp(&mut st.r)).await;
+        let item = match next {
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "deadline passed while streaming the answer",
+            )),
+            Ok(Ok(RespFrame::Data(d))) => Ok(bytes::Bytes::from(d)),
+            Ok(Ok(RespFrame::End)) => return None,
+            Ok(Ok(RespFrame::Error(e))) => Err(std::io::Error::other(format!(
+                "{:?}: {}",
+                e.code, e.message
+            ))),
+            Ok(Ok(RespFrame::Head(_))) => Err(std::io::Error::other("duplicate response head")),
+            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+        };
+        if item.is_err() {
+            st.done = true;
+        }
+        Some((item, st))
+    })
+    .boxed()
+}

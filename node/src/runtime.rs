@@ -1,0 +1,782 @@
+//! The mesh runtime: composes transport, admission, the gossip driver, the callee and the
+//! router behind one cloneable [`MeshHandle`].
+//!
+//! Layering (parents pass commands down, children report up):
+//! `MeshHandle` → { `transport` (swarm task), `admission` (per-peer verdicts), `gossip_driver`
+//! (owns the state machine), `callee` (inbound calls), `router` + `caller` (outbound calls) }.
+
+use crate::admission::{
+    self, AdmissionReport, AdmissionTable, AdmitHello, AdmitVerdict, PeerVerdict, ADMIT_TIMEOUT,
+};
+use crate::call_proto::{CallHeader, CAPABILITY_LEN_MAX};
+use crate::callee::{self, Callee, LocalAgent};
+use crate::caller::{self, Answer, Attempt};
+use crate::contract::{
+    AgentRegistration, CallError, CallRequest, CallResponse, ErrorCode, MemberInfo,
+    RouteExplanation, BODY_BYTES_MAX,
+};
+use crate::gossip_driver::{self, now_ms, snapshot, DriverCmd, DriverStats, GossipInit, SharedSnapshot};
+use crate::router::{self, Router};
+use crate::transport::{self, SwarmCmd, Transport, TransportEvent, ADMIT_PROTOCOL, CALL_PROTOCOL};
+use agentmesh_crypto::{Keypair, NodeId, SignedCert};
+use agentmesh_gossip::member::{ADDRS_MAX, ADDR_LEN_MAX};
+use agentmesh_gossip::record::{
+    AgentInfo, Health, NodeRecord, Priority, ATTRIBUTES_MAX, CAPABILITIES_MAX,
+};
+use agentmesh_gossip::{Admission, Config, MemberState, RecordUpdate};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use crate::admission::AdmissionMode;
+
+/// Deadline of a call that names none.
+pub const DEFAULT_DEADLINE_MS: u64 = 30_000;
+/// A call with less time left than this fails at once with `deadline_exceeded`.
+pub const DEADLINE_MIN_MS: u64 = 10;
+/// Time each hop keeps back from the budget it passes on.
+pub const DEADLINE_RESERVE_MS: u64 = 5;
+/// Largest deadline accepted.
+pub const DEADLINE_MAX_MS: u64 = 10 * 60 * 1000;
+/// Attempts per call (a retry goes to another candidate, only after a transient failure).
+pub const CALL_ATTEMPTS_MAX: u32 = 2;
+/// First pause between join rounds.
+pub const JOIN_RETRY_MIN: Duration = Duration::from_millis(250);
+/// Longest pause between join rounds.
+pub const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Most seed addresses used.
+pub const SEEDS_MAX: usize = 16;
+/// How often the local in-flight count is offered to gossip (it applies hysteresis).
+pub const LOAD_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
+/// After refusing a peer, how long we wait before disconnecting so it can read why.
+pub const REJECT_LINGER: Duration = Duration::from_millis(300);
+/// Inbound admit streams handled at once.
+pub const ADMIT_STREAMS_MAX: usize = 1024;
+/// Longest agent name accepted at registration.
+pub const AGENT_NAME_LEN_MAX: usize = 128;
+
+/// Gossip timing profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GossipProfile {
+    /// LAN or one data centre (1 s period).
+    #[default]
+    Lan,
+    /// Across regions (2 s period, longer timeouts).
+    Wan,
+}
+
+/// Everything the runtime needs; plain data, built by `config.rs` from `node.toml`.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The node key (its libp2p peer id is the node id).
+    pub key: Keypair,
+    /// This node's admission certificate (None in open meshes).
+    pub cert: Option<SignedCert>,
+    /// Who may connect.
+    pub admission: AdmissionMode,
+    /// Listen multiaddrs (default `/ip4/127.0.0.1/udp/0/quic-v1`).
+    pub listen: Vec<String>,
+    /// Seed multiaddrs to join through.
+    pub seeds: Vec<String>,
+    /// Discover peers with mDNS.
+    pub mdns: bool,
+    /// Gossip timing profile.
+    pub profile: GossipProfile,
+    /// The local agent, if registered statically.
+    pub agent: Option<AgentRegistration>,
+    /// Traffic priority.
+    pub priority: Priority,
+}
+
+impl RuntimeConfig {
+    /// Defaults for `key`: open admission, loopback listener, no seeds, LAN profile.
+    pub fn new(key: Keypair) -> Self {
+        RuntimeConfig {
+            key,
+            cert: None,
+            admission: AdmissionMode::Open,
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+            seeds: Vec::new(),
+            mdns: false,
+            profile: GossipProfile::Lan,
+            agent: None,
+            priority: Priority::Standard,
+        }
+    }
+}
+
+struct Inner {
+    node_id: NodeId,
+    transport: Transport,
+    gossip: SharedSnapshot,
+    driver: mpsc::Sender<DriverCmd>,
+    admission: Arc<AdmissionTable>,
+    agent: Arc<LocalAgent>,
+    router: Router,
+    driver_stats: Arc<DriverStats>,
+    roles: Vec<String>,
+    seeded: bool,
+    joined: AtomicBool,
+    shutting_down: AtomicBool,
+    outbound: Arc<std::sync::atomic::AtomicU32>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The running mesh node. Cheap to clone.
+#[derive(Clone)]
+pub struct MeshHandle(Arc<Inner>);
+
+impl std::fmt::Debug for MeshHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MeshHandle({})", self.0.node_id)
+    }
+}
+
+fn gossip_admission(m: &AdmissionMode) -> Admission {
+    match m {
+        AdmissionMode::Open => Admission::Open,
+        AdmissionMode::Enforced { root, mesh_id } => Admission::Enforced {
+            root: *root,
+            mesh_id: mesh_id.clone(),
+        },
+    }
+}
+
+fn agent_info(reg: &AgentRegistration) -> AgentInfo {
+    AgentInfo {
+        name: reg.name.clone(),
+        capabilities: reg.capabilities.clone(),
+    }
+}
+
+/// Checks a registration against the named limits; `bad_request` names the field.
+pub fn validate_registration(reg: &AgentRegistration) -> Result<(), CallError> {
+    if reg.name.is_empty() || reg.name.len() > AGENT_NAME_LEN_MAX {
+        return Err(CallError::bad_field(
+            "name",
+            format!("agent name must be 1..={AGENT_NAME_LEN_MAX} bytes"),
+        ));
+    }
+    match reqwest::Url::parse(&reg.handler) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        _ => {
+            return Err(CallError::bad_field(
+                "handler",
+                format!("handler {:?} is not an http(s) URL", reg.handler),
+            ))
+        }
+    }
+    if reg.capabilities.len() > CAPABILITIES_MAX {
+        return Err(CallError::bad_field(
+            "capabilities",
+            format!("at most {CAPABILITIES_MAX} capabilities"),
+        ));
+    }
+    for c in &reg.capabilities {
+        if c.name.is_empty() || c.name.len() > CAPABILITY_LEN_MAX {
+            return Err(CallError::bad_field(
+                "capabilities.name",
+                format!("capability names must be 1..={CAPABILITY_LEN_MAX} bytes"),
+            ));
+        }
+        if c.attributes.len() > ATTRIBUTES_MAX {
+            return Err(CallError::bad_field(
+                "capabilities.attributes",
+                format!("at most {ATTRIBUTES_MAX} attributes per capability"),
+            ));
+        }
+        if !c.cost.is_finite() || c.cost < 0.0 {
+            return Err(CallError::bad_field(
+                "capabilities.cost",
+                "cost must be a finite, non-negative number",
+            ));
+        }
+    }
+    if reg.max_concurrency == 0 {
+        return Err(CallError::bad_field(
+            "max_concurrency",
+            "max_concurrency must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+impl MeshHandle {
+    /// Starts the node: listens, begins admission and gossip, joins the seeds in the
+    /// background, and serves inbound calls.
+    pub async fn start(cfg: RuntimeConfig) -> anyhow::Result<MeshHandle> {
+        if cfg.admission == AdmissionMode::Open {
+            tracing::warn!(
+                "ADMISSION IS OPEN: any node that can reach this one may join the mesh and \
+                 call its agent. Use open admission for demos only."
+            );
+        }
+        if let Some(reg) = &cfg.agent {
+            validate_registration(reg).map_err(|e| anyhow::anyhow!("agent: {e}"))?;
+        }
+        let node_id = cfg.key.node_id();
+        let roles = own_roles(&cfg);
+        let (transport, events) = transport::start(&cfg.key, &cfg.listen, cfg.mdns).await?;
+        let addrs: Vec<String> = transport
+            .listen_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .filter(|a| a.len() <= ADDR_LEN_MAX)
+            .take(ADDRS_MAX)
+            .collect();
+        let admission = Arc::new(AdmissionTable::new(cfg.admission.clone()));
+        let gcfg = match cfg.profile {
+            GossipProfile::Lan => Config::lan(gossip_admission(&cfg.admission)),
+            GossipProfile::Wan => Config::wan(gossip_admission(&cfg.admission)),
+        };
+        let mut record = NodeRecord::new(node_id);
+        record.cert = cfg.cert.clone();
+        record.agent = cfg.agent.as_ref().map(agent_info);
+        if let Some(r) = &cfg.agent {
+            record.max_concurrency = r.max_concurrency;
+        }
+        record.priority = cfg.priority;
+        let driver_stats = Arc::new(DriverStats::default());
+        let (driver, gossip) = gossip_driver::spawn(
+            GossipInit {
+                config: gcfg,
+                key: cfg.key.clone(),
+                addrs,
+                record,
+                rng_seed: rand::random::<u64>(),
+            },
+            transport.clone(),
+            admission.clone(),
+            driver_stats.clone(),
+        )
+        .await?;
+        let agent = Arc::new(LocalAgent::new(cfg.agent.clone()));
+        let inner = Arc::new(Inner {
+            node_id,
+            transport: transport.clone(),
+            gossip,
+            driver,
+            admission: admission.clone(),
+            agent: agent.clone(),
+            router: Router::new(),
+            driver_stats,
+            roles,
+            seeded: !cfg.seeds.is_empty(),
+            joined: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            outbound: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let handle = MeshHandle(inner);
+        let hello = AdmitHello {
+            cert: cfg.cert.clone(),
+        };
+        let mut control = transport.control.clone();
+        let admit_in = control
+            .accept(ADMIT_PROTOCOL)
+            .map_err(|e| anyhow::anyhow!("admit protocol: {e}"))?;
+        let call_in = control
+            .accept(CALL_PROTOCOL)
+            .map_err(|e| anyhow::anyhow!("call protocol: {e}"))?;
+        let mut tasks = vec![
+            tokio::spawn(handle.clone().connection_events(events, hello, cfg.mdns)),
+            tokio::spawn(handle.clone().admit_inbound(admit_in)),
+            tokio::spawn(callee::accept_loop(
+                Callee {
+                    agent,
+                    admission,
+                },
+                call_in,
+            )),
+            tokio::spawn(handle.clone().publish_load()),
+        ];
+        if !cfg.seeds.is_empty() {
+            let seeds: Vec<String> = cfg.seeds.iter().take(SEEDS_MAX).cloned().collect();
+            tasks.push(tokio::spawn(handle.clone().join_seeds(seeds)));
+        }
+        *lock(&handle.0.tasks) = tasks;
+        tracing::info!(
+            node = %node_id,
+            listen = ?handle.listen_addrs(),
+            "mesh node started"
+        );
+        Ok(handle)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.0.node_id
+    }
+
+    /// The multiaddrs this node listens on (as others should dial them).
+    pub fn listen_addrs(&self) -> Vec<String> {
+        self.0
+            .transport
+            .listen_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    /// Every known member, self included.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let me = self.0.node_id;
+        snapshot(&self.0.gossip)
+            .members
+            .iter()
+            .map(|m| {
+                let agent = m.record.as_ref().and_then(|r| r.agent.clone());
+                MemberInfo {
+                    node_id: m.node_id.to_string(),
+                    state: state_name(m.state).into(),
+                    addrs: m.addrs.clone(),
+                    incarnation: m.incarnation,
+                    agent: agent.as_ref().map(|a| a.name.clone()),
+                    capabilities: agent
+                        .map(|a| a.capabilities.into_iter().map(|c| c.name).collect())
+                        .unwrap_or_default(),
+                    health: m.record.as_ref().map(|r| health_name(r.health).into()),
+                    local: m.node_id == me,
+                }
+            })
+            .collect()
+    }
+
+    /// Capability → `["agent@<node short id>", …]` over alive members.
+    pub fn capabilities(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in snapshot(&self.0.gossip).members.iter() {
+            if m.state != MemberState::Alive {
+                continue;
+            }
+            let Some(agent) = m.record.as_ref().and_then(|r| r.agent.as_ref()) else {
+                continue;
+            };
+            for c in &agent.capabilities {
+                out.entry(c.name.clone())
+                    .or_default()
+                    .push(format!("{}@{}", agent.name, m.node_id.short()));
+            }
+        }
+        out
+    }
+
+    /// Ranks the candidates for `req` and says why, without calling anyone.
+    pub fn routes(&self, req: &CallRequest) -> Result<RouteExplanation, CallError> {
+        let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, req);
+        self.0.router.explain(offers, req)
+    }
+
+    /// Registers or replaces the local agent and publishes it in this node's record.
+    pub async fn register_agent(&self, reg: AgentRegistration) -> Result<(), CallError> {
+        validate_registration(&reg)?;
+        let info = agent_info(&reg);
+        let max = reg.max_concurrency;
+        self.0.agent.set_registration(Some(reg));
+        for u in [
+            RecordUpdate::MaxConcurrency(max),
+            RecordUpdate::Agent(Some(info)),
+        ] {
+            self.0
+                .driver
+                .send(DriverCmd::Update(u))
+                .await
+                .map_err(|_| CallError::new(ErrorCode::Internal, "gossip driver stopped"))?;
+        }
+        Ok(())
+    }
+
+    /// Routes and performs a call. The response streams; `served_by` and `attempts` say who
+    /// answered after how many tries.
+    pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
+        if self.0.shutting_down.load(Ordering::Acquire) {
+            return Err(CallError::new(ErrorCode::Overloaded, "node is shutting down"));
+        }
+        validate_call(&req)?;
+        let deadline_ms = req.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS);
+        if deadline_ms < DEADLINE_MIN_MS {
+            return Err(CallError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("deadline of {deadline_ms} ms is below the minimum of {DEADLINE_MIN_MS} ms"),
+            ));
+        }
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(deadline_ms.min(DEADLINE_MAX_MS));
+        let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, &req);
+        let ordered = self.0.router.select(offers, &req, true)?;
+        let _outbound = OutboundGuard::new(self.0.outbound.clone());
+        let attempt = Attempt {
+            header: CallHeader {
+                call_id: rand::random(),
+                capability: req.capability.clone(),
+                attrs: req.attrs.clone(),
+                min_proficiency: req.min_proficiency,
+                deadline_ms,
+                chain: vec![(self.0.node_id, req.capability.clone())],
+                traceparent: req.traceparent.clone(),
+                tracestate: req.tracestate.clone(),
+                caller_node: self.0.node_id,
+                caller_agent: self.0.agent.registration().map(|r| r.name),
+                caller_roles: self.0.roles.clone(),
+                content_type: req.content_type.clone(),
+            },
+            body: &req.body,
+            deadline,
+            reserve: Duration::from_millis(DEADLINE_RESERVE_MS),
+        };
+        let mut attempts = 0u32;
+        let mut last: Option<CallError> = None;
+        for cand in ordered.iter().take(CALL_ATTEMPTS_MAX as usize) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left < Duration::from_millis(DEADLINE_MIN_MS) {
+                last = Some(CallError::new(
+                    ErrorCode::DeadlineExceeded,
+                    "too little time left for another attempt",
+                ));
+                break;
+            }
+            attempts += 1;
+            let res: Result<Answer, CallError> = if cand.local {
+                caller::call_local(&self.0.agent, cand, &attempt, self.0.roles.clone()).await
+            } else {
+                caller::call_remote(
+                    &self.0.transport,
+                    &self.0.admission,
+                    &self.0.router,
+                    cand,
+                    &attempt,
+                )
+                .await
+            };
+            match res {
+                Ok(a) => {
+                    return Ok(CallResponse {
+                        status: a.status,
+                        content_type: a.content_type,
+                        body: a.body,
+                        served_by: format!("{}/{}", cand.node_id, a.agent),
+                        attempts,
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(target_node = %cand.node_id, code = ?e.code, error = %e.message, "call attempt failed");
+                    let transient =
+                        matches!(e.code, ErrorCode::AgentUnreachable | ErrorCode::Overloaded);
+                    last = Some(e);
+                    if !transient {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut e = last.unwrap_or_else(|| CallError::new(ErrorCode::Internal, "no attempt made"));
+        e.attempts = attempts;
+        Err(e)
+    }
+
+    /// True once the node is serving and, if it has seeds, has joined through one of them.
+    pub fn is_ready(&self) -> bool {
+        !self.0.shutting_down.load(Ordering::Acquire)
+            && (!self.0.seeded || self.0.joined.load(Ordering::Acquire))
+    }
+
+    /// A one-line admission status: `ok (…)` or `admission rejected by <peer>: <reason>`.
+    pub fn admission_status(&self) -> String {
+        self.0.admission.report().to_string()
+    }
+
+    /// The admission status as data.
+    pub fn admission_report(&self) -> AdmissionReport {
+        self.0.admission.report()
+    }
+
+    /// Peers this node refused at admission since start.
+    pub fn admission_rejections(&self) -> u64 {
+        self.0.admission.rejected_total()
+    }
+
+    /// Gossip frames dropped (queue full, unreachable, unadmitted) since start.
+    pub fn gossip_frames_dropped(&self) -> u64 {
+        let s = &self.0.driver_stats;
+        s.dropped_queue_full.load(Ordering::Relaxed)
+            + s.dropped_unreachable.load(Ordering::Relaxed)
+            + s.dropped_unadmitted.load(Ordering::Relaxed)
+    }
+
+    /// Leaves gracefully: stop taking calls, gossip the leave and flush it, then let in-flight
+    /// calls finish for up to `drain`, then stop the transport.
+    pub async fn shutdown(&self, drain: Duration) {
+        if self.0.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!("leaving the mesh");
+        self.0.agent.set_draining();
+        let _ = self
+            .0
+            .driver
+            .send(DriverCmd::Update(RecordUpdate::Health(Health::Draining)))
+            .await;
+        let (tx, rx) = oneshot::channel();
+        if self.0.driver.send(DriverCmd::Leave(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let until = tokio::time::Instant::now() + drain;
+        while (self.0.agent.in_flight() > 0 || self.0.outbound.load(Ordering::Acquire) > 0)
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.0.driver.send(DriverCmd::Stop).await;
+        let _ = self.0.transport.cmds.send(SwarmCmd::Shutdown).await;
+        for t in lock(&self.0.tasks).drain(..) {
+            t.abort();
+        }
+        tracing::info!("mesh node stopped");
+    }
+
+    // ---- background tasks ----
+
+    async fn connection_events(
+        self,
+        mut events: mpsc::Receiver<TransportEvent>,
+        hello: AdmitHello,
+        mdns: bool,
+    ) {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                TransportEvent::Connected(peer) => {
+                    let Ok(node) = NodeId::from_peer_id(&peer) else {
+                        self.0.transport.disconnect(peer);
+                        continue;
+                    };
+                    self.0.admission.connected(node);
+                    tokio::spawn(self.clone().admit_outbound(peer, node, hello.clone()));
+                }
+                TransportEvent::Disconnected(peer) => {
+                    if let Ok(node) = NodeId::from_peer_id(&peer) {
+                        self.0.admission.disconnected(&node);
+                    }
+                }
+                TransportEvent::Discovered(peer, addrs) if mdns => {
+                    tokio::spawn(self.clone().join_discovered(peer, addrs));
+                }
+                TransportEvent::Discovered(..) => {}
+            }
+        }
+    }
+
+    /// Presents our certificate to a newly connected peer and records its verdict.
+    async fn admit_outbound(self, peer: libp2p::PeerId, node: NodeId, hello: AdmitHello) {
+        let mut control = self.0.transport.control.clone();
+        let exchange = async {
+            let mut s = control
+                .open_stream(peer, ADMIT_PROTOCOL)
+                .await
+                .map_err(|e| e.to_string())?;
+            admission::present(&mut s, &hello)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(ADMIT_TIMEOUT, exchange).await {
+            Ok(Ok(AdmitVerdict::Accepted)) => {
+                tracing::debug!(%peer, "admitted by peer");
+                self.0.admission.set_ours(
+                    node,
+                    PeerVerdict::Admitted { roles: Vec::new() },
+                );
+            }
+            Ok(Ok(AdmitVerdict::Rejected { reason })) => {
+                tracing::error!("admission rejected by {peer}: {reason}");
+                self.0.admission.set_ours(node, PeerVerdict::Rejected(reason));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "admission exchange failed");
+                self.0.admission.fail_ours(node, e);
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "admission exchange timed out");
+                self.0.admission.fail_ours(node, "timed out".into());
+            }
+        }
+    }
+
+    /// Judges certificates presented to us.
+    async fn admit_inbound(self, mut incoming: libp2p_stream::IncomingStreams) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(ADMIT_STREAMS_MAX));
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let Ok(node) = NodeId::from_peer_id(&peer) else {
+                    this.0.transport.disconnect(peer);
+                    return;
+                };
+                let now_s = now_ms() / 1000;
+                let judged = tokio::time::timeout(
+                    ADMIT_TIMEOUT,
+                    admission::judge(&mut stream, &this.0.admission, &node, now_s),
+                )
+                .await;
+                let verdict = match judged {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => PeerVerdict::Rejected(format!("admission exchange failed: {e}")),
+                    Err(_) => PeerVerdict::Rejected("admission exchange timed out".into()),
+                };
+                if let PeerVerdict::Rejected(reason) = &verdict {
+                    tracing::warn!(%peer, %reason, "refusing peer at admission");
+                }
+                let rejected = matches!(verdict, PeerVerdict::Rejected(_));
+                this.0.admission.set_theirs(node, verdict);
+                if rejected {
+                    // Let the verdict reach the peer before closing the connection.
+                    tokio::time::sleep(REJECT_LINGER).await;
+                    this.0.transport.disconnect(peer);
+                }
+            });
+        }
+    }
+
+    /// Dials the seeds until one admits us, then joins through those that did.
+    async fn join_seeds(self, seeds: Vec<String>) {
+        let addrs = transport::parse_addrs(&seeds);
+        if addrs.is_empty() {
+            tracing::error!(?seeds, "no valid seed address; cannot join");
+            return;
+        }
+        let mut pause = JOIN_RETRY_MIN;
+        loop {
+            let mut joined = Vec::new();
+            for a in &addrs {
+                let peer = match self.0.transport.dial_addr(a.clone()).await {
+                    Ok(p) if p == self.0.transport.local_peer => continue,
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(seed = %a, error = %e, "seed not reachable");
+                        continue;
+                    }
+                };
+                let Ok(node) = NodeId::from_peer_id(&peer) else {
+                    continue;
+                };
+                match self.0.admission.wait_mutual(&node, ADMIT_TIMEOUT).await {
+                    Ok(()) => joined.push(node),
+                    Err(reason) => tracing::debug!(seed = %a, %reason, "seed not admitted"),
+                }
+            }
+            let only_self = addrs.iter().all(|a| {
+                self.0
+                    .transport
+                    .listen_addrs
+                    .iter()
+                    .any(|l| l == a)
+            });
+            if !joined.is_empty() || only_self {
+                tracing::info!(seeds = joined.len(), "joining the mesh");
+                if !joined.is_empty() {
+                    let _ = self.0.driver.send(DriverCmd::Join(joined)).await;
+                }
+                self.0.joined.store(true, Ordering::Release);
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(JOIN_RETRY_MAX);
+        }
+    }
+
+    async fn join_discovered(self, peer: libp2p::PeerId, addrs: Vec<libp2p::Multiaddr>) {
+        let Ok(node) = NodeId::from_peer_id(&peer) else {
+            return;
+        };
+        self.0.transport.dial_peer(peer, addrs);
+        if self.0.admission.wait_mutual(&node, ADMIT_TIMEOUT).await.is_ok() {
+            let _ = self.0.driver.send(DriverCmd::Join(vec![node])).await;
+            self.0.joined.store(true, Ordering::Release);
+        }
+    }
+
+    async fn publish_load(self) {
+        let mut last = u32::MAX;
+        let mut tick = tokio::time::interval(LOAD_PUBLISH_INTERVAL);
+        loop {
+            tick.tick().await;
+            let now = self.0.agent.in_flight();
+            if now != last {
+                last = now;
+                let _ = self
+                    .0
+                    .driver
+                    .try_send(DriverCmd::Update(RecordUpdate::Load { in_flight: now }));
+            }
+        }
+    }
+}
+
+struct OutboundGuard(Arc<std::sync::atomic::AtomicU32>);
+
+impl OutboundGuard {
+    fn new(c: Arc<std::sync::atomic::AtomicU32>) -> Self {
+        c.fetch_add(1, Ordering::AcqRel);
+        OutboundGuard(c)
+    }
+}
+
+impl Drop for OutboundGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn validate_call(req: &CallRequest) -> Result<(), CallError> {
+    if req.capability.is_empty() || req.capability.len() > CAPABILITY_LEN_MAX {
+        return Err(CallError::bad_field(
+            "capability",
+            format!("capability must be 1..={CAPABILITY_LEN_MAX} bytes"),
+        ));
+    }
+    if req.body.len() > BODY_BYTES_MAX {
+        return Err(CallError::bad_field(
+            "body",
+            format!("body exceeds {BODY_BYTES_MAX} bytes"),
+        ));
+    }
+    if req.attrs.len() > crate::call_proto::CALL_ATTRS_MAX {
+        return Err(CallError::bad_field("attrs", "too many attribute constraints"));
+    }
+    Ok(())
+}
+
+fn own_roles(cfg: &RuntimeConfig) -> Vec<String> {
+    cfg.cert
+        .as_ref()
+        .and_then(|c| c.claimed().ok())
+        .map(|c| c.roles)
+        .unwrap_or_default()
+}
+
+fn state_name(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Dead => "dead",
+        MemberState::Left => "left",
+    }
+}
+
+fn health_name(h: Health) -> &'static str {
+    match h {
+        Health::Serving => "serving",
+        Health::Draining => "draining",
+        Health::Degraded => "degraded",
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,326 @@
+//! The one libp2p `Swarm`: QUIC (quic-v1 over tokio, TLS 1.3 from the node key), identify,
+//! optional mDNS, and `libp2p-stream` for our three protocols.
+//!
+//! The swarm runs in its own task. Everything else talks to it through [`SwarmCmd`]s and a
+//! cloned [`libp2p_stream::Control`]; it reports connections as [`TransportEvent`]s. This
+//! module decides *how* bytes move, never *what* is sent.
+
+use agentmesh_crypto::Keypair;
+use futures::StreamExt;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, mdns, Multiaddr, PeerId, StreamProtocol, Swarm};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The gossip protocol name.
+pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/gossip/1");
+/// The admission protocol.
+pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::admission::ADMIT_PROTOCOL);
+/// The call protocol.
+pub const CALL_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::call_proto::CALL_PROTOCOL);
+/// Identify protocol version string.
+pub const IDENTIFY_VERSION: &str = "/agentmesh/1.0.0";
+/// Commands queued to the swarm task.
+pub const SWARM_CMDS_MAX: usize = 1024;
+/// Transport events queued to the runtime.
+pub const TRANSPORT_EVENTS_MAX: usize = 1024;
+/// Dials awaiting their outcome at once.
+pub const PENDING_DIALS_MAX: usize = 256;
+/// A connection with no open stream closes after this long.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long start waits for the listeners to report their addresses.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most listen addresses kept and advertised.
+pub const LISTEN_ADDRS_MAX: usize = 8;
+/// Concurrent streams a peer may open on one connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
+/// The composed behaviour (private: the event enum it derives is an implementation detail).
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A request to the swarm task.
+#[derive(Debug)]
+pub enum SwarmCmd {
+    /// Dial an address whose peer id is unknown; reply with the id the TLS handshake proved.
+    DialAddr {
+        /// The address.
+        addr: Multiaddr,
+        /// The outcome.
+        reply: oneshot::Sender<Result<PeerId, String>>,
+    },
+    /// Dial a known peer at these addresses unless already connected or dialing.
+    DialPeer {
+        /// The peer.
+        peer: PeerId,
+        /// Its addresses.
+        addrs: Vec<Multiaddr>,
+    },
+    /// Close every connection to a peer.
+    Disconnect(PeerId),
+    /// Stop the swarm.
+    Shutdown,
+}
+
+/// What the swarm reports.
+#[derive(Debug, Clone)]
+pub enum TransportEvent {
+    /// The first connection to a peer is up.
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+    /// mDNS saw a peer on the LAN.
+    Discovered(PeerId, Vec<Multiaddr>),
+}
+
+/// Handles to the running swarm.
+#[derive(Clone)]
+pub struct Transport {
+    /// Opens streams and accepts inbound ones.
+    pub control: libp2p_stream::Control,
+    /// Commands to the swarm task.
+    pub cmds: mpsc::Sender<SwarmCmd>,
+    /// Addresses we listen on.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Our peer id.
+    pub local_peer: PeerId,
+}
+
+impl Transport {
+    /// Dials `addr` and returns the proven peer id.
+    pub async fn dial_addr(&self, addr: Multiaddr) -> Result<PeerId, String> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(SwarmCmd::DialAddr { addr, reply })
+            .await
+            .map_err(|_| "transport stopped".to_string())?;
+        rx.await.map_err(|_| "transport stopped".to_string())?
+    }
+
+    /// Asks the swarm to connect to `peer` (no-op if connected or dialing).
+    pub fn dial_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self.cmds.try_send(SwarmCmd::DialPeer { peer, addrs });
+    }
+
+    /// Asks the swarm to drop every connection to `peer`.
+    pub fn disconnect(&self, peer: PeerId) {
+        let _ = self.cmds.try_send(SwarmCmd::Disconnect(peer));
+    }
+}
+
+/// Parses multiaddr strings, skipping (and logging) invalid ones.
+pub fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
+    addrs
+        .iter()
+        .filter_map(|a| match a.parse::<Multiaddr>() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::debug!(addr = %a, error = %e, "skipping invalid multiaddr");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Builds the swarm, starts listening, waits for the listen addresses, and spawns the swarm
+/// task. Returns the handles and the event receiver.
+pub async fn start(
+    key: &Keypair,
+    listen: &[String],
+    use_mdns: bool,
+) -> anyhow::Result<(Transport, mpsc::Receiver<TransportEvent>)> {
+    let kp = key.to_libp2p();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(kp)
+        .with_tokio()
+        .with_quic_config(|mut c| {
+            c.max_concurrent_stream_limit = STREAMS_PER_CONNECTION_MAX;
+            c
+        })
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let mdns = if use_mdns {
+                match mdns::tokio::Behaviour::new(mdns::Config::default(), local) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mDNS unavailable; continuing without it");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_VERSION.to_string(),
+                    key.public(),
+                )),
+                mdns: Toggle::from(mdns),
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    let listen = if listen.is_empty() {
+        vec!["/ip4/127.0.0.1/udp/0/quic-v1".to_string()]
+    } else {
+        listen.to_vec()
+    };
+    let mut want = 0usize;
+    for a in &listen {
+        let m: Multiaddr = a
+            .parse()
+            .map_err(|e| anyhow::anyhow!("listen address {a:?} is not a multiaddr: {e}"))?;
+        swarm
+            .listen_on(m)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {a}: {e}"))?;
+        want += 1;
+    }
+    let mut listen_addrs = Vec::new();
+    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+    while listen_addrs.len() < want {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| anyhow::anyhow!("listeners did not report addresses in time"))?;
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if listen_addrs.len() < LISTEN_ADDRS_MAX {
+                    listen_addrs.push(address);
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                anyhow::bail!("listener failed: {error}")
+            }
+            SwarmEvent::ListenerClosed { reason, .. } => {
+                anyhow::bail!("listener closed: {reason:?}")
+            }
+            _ => {}
+        }
+    }
+    let control = swarm.behaviour().stream.new_control();
+    let (cmd_tx, cmd_rx) = mpsc::channel(SWARM_CMDS_MAX);
+    let (ev_tx, ev_rx) = mpsc::channel(TRANSPORT_EVENTS_MAX);
+    let local_peer = *swarm.local_peer_id();
+    tokio::spawn(run_swarm(swarm, cmd_rx, ev_tx));
+    Ok((
+        Transport {
+            control,
+            cmds: cmd_tx,
+            listen_addrs,
+            local_peer,
+        },
+        ev_rx,
+    ))
+}
+
+async fn run_swarm(
+    mut swarm: Swarm<Behaviour>,
+    mut cmds: mpsc::Receiver<SwarmCmd>,
+    events: mpsc::Sender<TransportEvent>,
+) {
+    let mut pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>> =
+        HashMap::new();
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                None | Some(SwarmCmd::Shutdown) => break,
+                Some(SwarmCmd::DialAddr { addr, reply }) => {
+                    if pending.len() >= PENDING_DIALS_MAX {
+                        let _ = reply.send(Err("too many dials in progress".into()));
+                        continue;
+                    }
+                    let opts = DialOpts::unknown_peer_id().address(addr).build();
+                    let id = opts.connection_id();
+                    match swarm.dial(opts) {
+                        Ok(()) => { pending.insert(id, reply); }
+                        Err(e) => { let _ = reply.send(Err(e.to_string())); }
+                    }
+                }
+                Some(SwarmCmd::DialPeer { peer, addrs }) => {
+                    if swarm.is_connected(&peer) || addrs.is_empty() {
+                        continue;
+                    }
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "dial not started");
+                    }
+                }
+                Some(SwarmCmd::Disconnect(peer)) => { let _ = swarm.disconnect_peer_id(peer); }
+            },
+            ev = swarm.select_next_some() => handle_event(&mut swarm, ev, &mut pending, &events).await,
+        }
+    }
+    tracing::debug!("swarm task stopped");
+}
+
+async fn handle_event(
+    swarm: &mut Swarm<Behaviour>,
+    ev: SwarmEvent<BehaviourEvent>,
+    pending: &mut HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>>,
+    events: &mpsc::Sender<TransportEvent>,
+) {
+    match ev {
+        SwarmEvent::ConnectionEstablished {
+            peer_id,
+            connection_id,
+            num_established,
+            ..
+        } => {
+            if let Some(reply) = pending.remove(&connection_id) {
+                let _ = reply.send(Ok(peer_id));
+            }
+            if num_established.get() == 1 {
+                let _ = events.send(TransportEvent::Connected(peer_id)).await;
+            }
+        }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            num_established,
+            cause,
+            ..
+        } => {
+            tracing::debug!(%peer_id, ?cause, "connection closed");
+            if num_established == 0 {
+                let _ = events.send(TransportEvent::Disconnected(peer_id)).await;
+            }
+        }
+        SwarmEvent::OutgoingConnectionError {
+            connection_id,
+            peer_id,
+            error,
+        } => {
+            tracing::debug!(?peer_id, %error, "dial failed");
+            if let Some(reply) = pending.remove(&connection_id) {
+                let _ = reply.send(Err(error.to_string()));
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+            let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+            for (peer, addr) in list {
+                by_peer.entry(peer).or_default().push(addr);
+            }
+            for (peer, addrs) in by_peer {
+                if peer != *swarm.local_peer_id() && !swarm.is_connected(&peer) {
+                    let _ = events.try_send(TransportEvent::Discovered(peer, addrs));
+                }
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+            peer_id,
+            info,
+            ..
+        })) => {
+            tracing::trace!(%peer_id, agent = %info.agent_version, "identified");
+        }
+        _ => {}
+    }
+}
