@@ -419,9 +419,14 @@ async fn get_healthz() -> Response {
 async fn get_readyz(State(st): State<ApiState>) -> Response {
     let node_id = st.mesh.node_id().to_string();
     if st.mesh.is_ready() {
-        return Json(serde_json::json!({ "ready": true, "node_id": node_id })).into_response();
+        let body = serde_json::json!({
+            "ready": true,
+            "node_id": node_id,
+            "admission": serde_json::to_value(st.mesh.admission_report()).unwrap_or_default(),
+        });
+        return Json(body).into_response();
     }
-    let admission = st.mesh.admission_status();
+    let admission = st.mesh.admission_report();
     let body = serde_json::json!({
         "ready": false,
         "code": "not_ready",
