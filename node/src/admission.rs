@@ -333,7 +333,10 @@ where
 {
     use futures::AsyncWriteExt;
     write_frame(stream, &encode(hello)?, ADMIT_FRAME_BYTES_MAX).await?;
-    stream.flush().await.map_err(crate::frame::FrameError::from)?;
+    stream
+        .flush()
+        .await
+        .map_err(crate::frame::FrameError::from)?;
     let bytes = read_frame(stream, ADMIT_FRAME_BYTES_MAX).await?;
     let v: AdmitVerdict = decode(&bytes)?;
     Ok(match v {
@@ -373,7 +376,10 @@ where
         }
     };
     write_frame(stream, &encode(&wire)?, ADMIT_FRAME_BYTES_MAX).await?;
-    stream.flush().await.map_err(crate::frame::FrameError::from)?;
+    stream
+        .flush()
+        .await
+        .map_err(crate::frame::FrameError::from)?;
     Ok(verdict)
 }
 

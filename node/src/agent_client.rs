@@ -108,14 +108,20 @@ pub async fn send(
 /// Maps a client error to the caller-visible code.
 pub fn map_err(e: reqwest::Error) -> CallError {
     if e.is_timeout() {
-        CallError::new(ErrorCode::DeadlineExceeded, "the agent did not answer in time")
+        CallError::new(
+            ErrorCode::DeadlineExceeded,
+            "the agent did not answer in time",
+        )
     } else if e.is_connect() {
         CallError::new(
             ErrorCode::AgentUnreachable,
             format!("agent handler unreachable: {e}"),
         )
     } else {
-        CallError::new(ErrorCode::AgentUnreachable, format!("agent request failed: {e}"))
+        CallError::new(
+            ErrorCode::AgentUnreachable,
+            format!("agent request failed: {e}"),
+        )
     }
 }
 

@@ -308,10 +308,7 @@ pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, Proto
 }
 
 /// Writes one response frame.
-pub async fn write_resp<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    f: &RespFrame,
-) -> Result<(), ProtoError> {
+pub async fn write_resp<W: AsyncWrite + Unpin>(w: &mut W, f: &RespFrame) -> Result<(), ProtoError> {
     let bytes = f.encode()?;
     write_frame(w, &bytes, RESP_FRAME_BYTES_MAX).await?;
     Ok(())
@@ -352,7 +349,17 @@ mod tests {
             proptest::collection::vec("[a-z]{1,10}", 0..3),
         )
             .prop_map(
-                |(call_id, capability, attrs, min_proficiency, deadline_ms, chain, tp, agent, roles)| {
+                |(
+                    call_id,
+                    capability,
+                    attrs,
+                    min_proficiency,
+                    deadline_ms,
+                    chain,
+                    tp,
+                    agent,
+                    roles,
+                )| {
                     CallHeader {
                         call_id,
                         capability,

@@ -4,7 +4,7 @@
 use crate::admission::{AdmissionMode, AdmissionTable, ADMIT_TIMEOUT};
 use crate::agent_client::{self, AgentRequest};
 use crate::call_proto::{
-    read_body, read_header, write_resp, CallHeader, ResponseHead, RespFrame, WireError,
+    read_body, read_header, write_resp, CallHeader, RespFrame, ResponseHead, WireError,
     CHUNK_BYTES_MAX,
 };
 use crate::contract::{AgentRegistration, CallError, ErrorCode};
@@ -95,12 +95,10 @@ impl LocalAgent {
                     format!("agent at its limit of {max} calls in flight"),
                 ));
             }
-            match self.in_flight.compare_exchange(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .in_flight
+                .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Ok(InFlightGuard(self.in_flight.clone())),
                 Err(now) => cur = now,
             }
@@ -165,12 +163,7 @@ impl Callee {
         let _ = w.close().await;
     }
 
-    async fn serve_inner<R, W>(
-        &self,
-        from: NodeId,
-        r: &mut R,
-        w: &mut W,
-    ) -> Result<(), CallError>
+    async fn serve_inner<R, W>(&self, from: NodeId, r: &mut R, w: &mut W) -> Result<(), CallError>
     where
         R: futures::AsyncRead + Unpin,
         W: futures::AsyncWrite + Unpin,
@@ -180,14 +173,16 @@ impl Callee {
             .wait_theirs(&from, ADMIT_TIMEOUT)
             .await
             .map_err(|reason| {
-                CallError::new(ErrorCode::Forbidden, format!("caller not admitted: {reason}"))
+                CallError::new(
+                    ErrorCode::Forbidden,
+                    format!("caller not admitted: {reason}"),
+                )
             })?;
         let header = tokio::time::timeout(HEADER_READ_TIMEOUT, read_header(r))
             .await
             .map_err(|_| CallError::new(ErrorCode::BadRequest, "call header timed out"))?
             .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call header: {e}")))?;
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(header.deadline_ms);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(header.deadline_ms);
         // In open meshes nothing is verified, so the header's roles are all there is.
         let roles = match self.admission.mode() {
             AdmissionMode::Open => header.caller_roles.clone(),
@@ -237,8 +232,8 @@ impl Callee {
                             .map_err(io_err)?;
                     }
                     w.flush()
-            .await
-            .map_err(|e| io_err(crate::frame::FrameError::from(e).into()))?;
+                        .await
+                        .map_err(|e| io_err(crate::frame::FrameError::from(e).into()))?;
                 }
             }
         }
@@ -252,7 +247,10 @@ fn deadline_err() -> CallError {
 }
 
 fn io_err(e: crate::call_proto::ProtoError) -> CallError {
-    CallError::new(ErrorCode::AgentUnreachable, format!("stream to caller: {e}"))
+    CallError::new(
+        ErrorCode::AgentUnreachable,
+        format!("stream to caller: {e}"),
+    )
 }
 
 /// Resolves when the caller resets or closes its side. The caller never closes its write side

@@ -121,7 +121,12 @@ pub async fn call_remote(
     };
     let (first, r, w) = tokio::time::timeout_at(a.deadline, open)
         .await
-        .map_err(|_| CallError::new(ErrorCode::DeadlineExceeded, "deadline passed before the answer"))??;
+        .map_err(|_| {
+            CallError::new(
+                ErrorCode::DeadlineExceeded,
+                "deadline passed before the answer",
+            )
+        })??;
     let head = match first {
         RespFrame::Head(h) => h,
         RespFrame::Error(e) => return Err(e.into()),

@@ -8,9 +8,11 @@
 use crate::admission::{AdmissionTable, ADMIT_TIMEOUT};
 use crate::frame::{read_frame, write_frame};
 use crate::transport::{parse_addrs, Transport, GOSSIP_PROTOCOL};
-use agentmesh_crypto::NodeId;
 use agentmesh_crypto::Keypair;
-use agentmesh_gossip::{Config, Event, Gossip, Input, MemberView, NodeRecord, Output, RecordUpdate};
+use agentmesh_crypto::NodeId;
+use agentmesh_gossip::{
+    Config, Event, Gossip, Input, MemberView, NodeRecord, Output, RecordUpdate,
+};
 use futures::{AsyncWriteExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -258,8 +260,7 @@ impl Driver {
         let stats = self.stats.clone();
         self.rt.spawn(async move {
             let deadline = tokio::time::Instant::now() + LEAVE_FLUSH_TIMEOUT;
-            while stats.unsent.load(Ordering::Relaxed) > 0
-                && tokio::time::Instant::now() < deadline
+            while stats.unsent.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -294,7 +295,9 @@ impl Driver {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.stats.unsent.fetch_sub(1, Ordering::Relaxed);
-                    self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 Err(mpsc::error::TrySendError::Closed(f)) => {
@@ -304,7 +307,9 @@ impl Driver {
                 }
             }
         }
-        self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .dropped_queue_full
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn spawn_sender(&self, to: NodeId, addrs: &[String]) -> mpsc::Sender<Vec<u8>> {
@@ -378,7 +383,9 @@ impl PeerSender {
                         }
                         Err(e) => {
                             tracing::debug!(peer = %self.peer, error = %e, "gossip stream broke");
-                            self.stats.dropped_unreachable.fetch_add(1, Ordering::Relaxed);
+                            self.stats
+                                .dropped_unreachable
+                                .fetch_add(1, Ordering::Relaxed);
                             stream = None;
                         }
                     }

@@ -124,7 +124,9 @@ fn ineligible_reason(c: &Capability, rec: &NodeRecord, req: &CallRequest) -> Opt
     for (k, v) in &req.attrs {
         match c.attributes.get(k) {
             None => return Some(format!("no attribute {k}")),
-            Some(a) if !a.matches(v) => return Some(format!("attribute {k} does not include {v:?}")),
+            Some(a) if !a.matches(v) => {
+                return Some(format!("attribute {k} does not include {v:?}"))
+            }
             _ => {}
         }
     }
@@ -132,13 +134,19 @@ fn ineligible_reason(c: &Capability, rec: &NodeRecord, req: &CallRequest) -> Opt
 }
 
 /// Every alive member offering `capability`, eligible or not: `(candidate, why not)`.
-pub fn offers(members: &[MemberView], me: NodeId, req: &CallRequest) -> Vec<(Candidate, Option<String>)> {
+pub fn offers(
+    members: &[MemberView],
+    me: NodeId,
+    req: &CallRequest,
+) -> Vec<(Candidate, Option<String>)> {
     let mut out = Vec::new();
     for m in members {
         if m.state != MemberState::Alive {
             continue;
         }
-        let Some(rec) = m.record.as_ref() else { continue };
+        let Some(rec) = m.record.as_ref() else {
+            continue;
+        };
         let Some(agent) = rec.agent.as_ref() else {
             continue;
         };
@@ -158,7 +166,7 @@ pub fn offers(members: &[MemberView], me: NodeId, req: &CallRequest) -> Vec<(Can
             why,
         ));
     }
-    out.sort_by(|a, b| a.0.node_id.cmp(&b.0.node_id));
+    out.sort_by_key(|a| a.0.node_id);
     out
 }
 
@@ -258,10 +266,7 @@ impl Router {
 
     /// Calls from here in flight to `node`.
     pub fn in_flight(&self, node: &NodeId) -> u32 {
-        lock(&self.load)
-            .get(node)
-            .map(|l| l.in_flight)
-            .unwrap_or(0)
+        lock(&self.load).get(node).map(|l| l.in_flight).unwrap_or(0)
     }
 
     /// Explains the ranking for `req` without advancing any cursor.
@@ -361,7 +366,10 @@ mod tests {
         )
     }
 
-    fn judged(req: &CallRequest, c: Vec<(Candidate, Option<String>)>) -> Vec<(Candidate, Option<String>)> {
+    fn judged(
+        req: &CallRequest,
+        c: Vec<(Candidate, Option<String>)>,
+    ) -> Vec<(Candidate, Option<String>)> {
         c.into_iter()
             .map(|(c, _)| {
                 let why = ineligible_reason(&c.capability, &c.record, req);
@@ -380,21 +388,35 @@ mod tests {
     #[test]
     fn no_capability_vs_no_eligible() {
         let r = Router::new();
-        assert_eq!(r.select(vec![], &req(), true).unwrap_err().code, ErrorCode::NoCapability);
+        assert_eq!(
+            r.select(vec![], &req(), true).unwrap_err().code,
+            ErrorCode::NoCapability
+        );
         let mut q = req();
         q.attrs.insert("region".into(), "mars".into());
         let offers = judged(&q, vec![cand(1, "a", Proficiency::Expert, "eu")]);
-        assert_eq!(r.select(offers, &q, true).unwrap_err().code, ErrorCode::NoEligibleAgent);
+        assert_eq!(
+            r.select(offers, &q, true).unwrap_err().code,
+            ErrorCode::NoEligibleAgent
+        );
         let mut q = req();
         q.min_proficiency = Some(Proficiency::Expert);
         let offers = judged(&q, vec![cand(1, "a", Proficiency::Novice, "eu")]);
-        assert_eq!(r.select(offers, &q, true).unwrap_err().code, ErrorCode::NoEligibleAgent);
+        assert_eq!(
+            r.select(offers, &q, true).unwrap_err().code,
+            ErrorCode::NoEligibleAgent
+        );
     }
 
     #[test]
     fn round_robin_rotates_and_prefer_pins() {
         let r = Router::new();
-        let offers = || vec![cand(1, "a", Proficiency::Expert, "eu"), cand(2, "b", Proficiency::Expert, "eu")];
+        let offers = || {
+            vec![
+                cand(1, "a", Proficiency::Expert, "eu"),
+                cand(2, "b", Proficiency::Expert, "eu"),
+            ]
+        };
         let first: Vec<String> = (0..4)
             .map(|_| r.select(offers(), &req(), true).unwrap()[0].agent.clone())
             .collect();
@@ -410,7 +432,10 @@ mod tests {
     #[test]
     fn least_loaded_prefers_idle() {
         let r = Router::new();
-        let offers = vec![cand(1, "a", Proficiency::Expert, "eu"), cand(2, "b", Proficiency::Expert, "eu")];
+        let offers = vec![
+            cand(1, "a", Proficiency::Expert, "eu"),
+            cand(2, "b", Proficiency::Expert, "eu"),
+        ];
         let busy = offers[0].0.node_id;
         let _g = r.start_call(busy);
         let mut q = req();
@@ -419,7 +444,10 @@ mod tests {
             assert_eq!(r.select(offers.clone(), &q, true).unwrap()[0].agent, "b");
         }
         q.policy = Some("nope".into());
-        assert_eq!(r.select(offers, &q, true).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            r.select(offers, &q, true).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]
@@ -427,7 +455,13 @@ mod tests {
         let r = Router::new();
         let mut q = req();
         q.attrs.insert("region".into(), "eu".into());
-        let offers = judged(&q, vec![cand(1, "a", Proficiency::Expert, "eu"), cand(2, "b", Proficiency::Expert, "us")]);
+        let offers = judged(
+            &q,
+            vec![
+                cand(1, "a", Proficiency::Expert, "eu"),
+                cand(2, "b", Proficiency::Expert, "us"),
+            ],
+        );
         let e = r.explain(offers, &q).unwrap();
         assert_eq!(e.candidates.len(), 2);
         assert_eq!(e.candidates[0].rank, Some(1));

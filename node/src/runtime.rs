@@ -15,7 +15,9 @@ use crate::contract::{
     AgentRegistration, CallError, CallRequest, CallResponse, ErrorCode, MemberInfo,
     RouteExplanation, BODY_BYTES_MAX,
 };
-use crate::gossip_driver::{self, now_ms, snapshot, DriverCmd, DriverStats, GossipInit, SharedSnapshot};
+use crate::gossip_driver::{
+    self, now_ms, snapshot, DriverCmd, DriverStats, GossipInit, SharedSnapshot,
+};
 use crate::router::{self, Router};
 use crate::transport::{self, SwarmCmd, Transport, TransportEvent, ADMIT_PROTOCOL, CALL_PROTOCOL};
 use agentmesh_crypto::{Keypair, NodeId, SignedCert};
@@ -285,13 +287,7 @@ impl MeshHandle {
         let mut tasks = vec![
             tokio::spawn(handle.clone().connection_events(events, hello, cfg.mdns)),
             tokio::spawn(handle.clone().admit_inbound(admit_in)),
-            tokio::spawn(callee::accept_loop(
-                Callee {
-                    agent,
-                    admission,
-                },
-                call_in,
-            )),
+            tokio::spawn(callee::accept_loop(Callee { agent, admission }, call_in)),
             tokio::spawn(handle.clone().publish_load()),
         ];
         if !cfg.seeds.is_empty() {
@@ -357,9 +353,11 @@ impl MeshHandle {
                 continue;
             };
             for c in &agent.capabilities {
-                out.entry(c.name.clone())
-                    .or_default()
-                    .push(format!("{}@{}", agent.name, m.node_id.short()));
+                out.entry(c.name.clone()).or_default().push(format!(
+                    "{}@{}",
+                    agent.name,
+                    m.node_id.short()
+                ));
             }
         }
         out
@@ -394,14 +392,19 @@ impl MeshHandle {
     /// answered after how many tries.
     pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
         if self.0.shutting_down.load(Ordering::Acquire) {
-            return Err(CallError::new(ErrorCode::Overloaded, "node is shutting down"));
+            return Err(CallError::new(
+                ErrorCode::Overloaded,
+                "node is shutting down",
+            ));
         }
         validate_call(&req)?;
         let deadline_ms = req.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS);
         if deadline_ms < DEADLINE_MIN_MS {
             return Err(CallError::new(
                 ErrorCode::DeadlineExceeded,
-                format!("deadline of {deadline_ms} ms is below the minimum of {DEADLINE_MIN_MS} ms"),
+                format!(
+                    "deadline of {deadline_ms} ms is below the minimum of {DEADLINE_MIN_MS} ms"
+                ),
             ));
         }
         let deadline =
@@ -584,14 +587,15 @@ impl MeshHandle {
         match tokio::time::timeout(ADMIT_TIMEOUT, exchange).await {
             Ok(Ok(AdmitVerdict::Accepted)) => {
                 tracing::debug!(%peer, "admitted by peer");
-                self.0.admission.set_ours(
-                    node,
-                    PeerVerdict::Admitted { roles: Vec::new() },
-                );
+                self.0
+                    .admission
+                    .set_ours(node, PeerVerdict::Admitted { roles: Vec::new() });
             }
             Ok(Ok(AdmitVerdict::Rejected { reason })) => {
                 tracing::error!("admission rejected by {peer}: {reason}");
-                self.0.admission.set_ours(node, PeerVerdict::Rejected(reason));
+                self.0
+                    .admission
+                    .set_ours(node, PeerVerdict::Rejected(reason));
             }
             Ok(Err(e)) => {
                 tracing::warn!(%peer, error = %e, "admission exchange failed");
@@ -670,13 +674,9 @@ impl MeshHandle {
                     Err(reason) => tracing::debug!(seed = %a, %reason, "seed not admitted"),
                 }
             }
-            let only_self = addrs.iter().all(|a| {
-                self.0
-                    .transport
-                    .listen_addrs
-                    .iter()
-                    .any(|l| l == a)
-            });
+            let only_self = addrs
+                .iter()
+                .all(|a| self.0.transport.listen_addrs.iter().any(|l| l == a));
             if !joined.is_empty() || only_self {
                 tracing::info!(seeds = joined.len(), "joining the mesh");
                 if !joined.is_empty() {
@@ -695,7 +695,13 @@ impl MeshHandle {
             return;
         };
         self.0.transport.dial_peer(peer, addrs);
-        if self.0.admission.wait_mutual(&node, ADMIT_TIMEOUT).await.is_ok() {
+        if self
+            .0
+            .admission
+            .wait_mutual(&node, ADMIT_TIMEOUT)
+            .await
+            .is_ok()
+        {
             let _ = self.0.driver.send(DriverCmd::Join(vec![node])).await;
             self.0.joined.store(true, Ordering::Release);
         }
@@ -747,7 +753,10 @@ fn validate_call(req: &CallRequest) -> Result<(), CallError> {
         ));
     }
     if req.attrs.len() > crate::call_proto::CALL_ATTRS_MAX {
-        return Err(CallError::bad_field("attrs", "too many attribute constraints"));
+        return Err(CallError::bad_field(
+            "attrs",
+            "too many attribute constraints",
+        ));
     }
     Ok(())
 }

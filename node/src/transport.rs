@@ -184,16 +184,12 @@ pub async fn start(
     }
     let mut listen_addrs = Vec::new();
     let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
-    while listen_addrs.len() < want {
+    while listen_addrs.len() < want.min(LISTEN_ADDRS_MAX) {
         let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
             .await
             .map_err(|_| anyhow::anyhow!("listeners did not report addresses in time"))?;
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if listen_addrs.len() < LISTEN_ADDRS_MAX {
-                    listen_addrs.push(address);
-                }
-            }
+            SwarmEvent::NewListenAddr { address, .. } => listen_addrs.push(address),
             SwarmEvent::ListenerError { error, .. } => {
                 anyhow::bail!("listener failed: {error}")
             }

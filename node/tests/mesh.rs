@@ -17,8 +17,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
@@ -27,14 +26,21 @@ fn init_tracing() {
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let until = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 /// A tiny agent: `POST /{cap}` echoes the body and the mesh headers; `boom` answers 500.
 async fn start_agent() -> String {
-    async fn handle(Path(cap): Path<String>, headers: HeaderMap, body: String) -> (StatusCode, String) {
+    async fn handle(
+        Path(cap): Path<String>,
+        headers: HeaderMap,
+        body: String,
+    ) -> (StatusCode, String) {
         if cap == "boom" {
             return (StatusCode::INTERNAL_SERVER_ERROR, "agent exploded".into());
         }
@@ -129,7 +135,9 @@ async fn body_of(resp: agentmesh_node::contract::CallResponse) -> String {
 
 fn sees(h: &MeshHandle, other: NodeId, state: &str) -> bool {
     let id = other.to_string();
-    h.members().iter().any(|m| m.node_id == id && m.state == state)
+    h.members()
+        .iter()
+        .any(|m| m.node_id == id && m.state == state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +171,10 @@ async fn open_mesh_routes_calls_end_to_end() {
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     );
     let deadline: u64 = v["deadline"].as_str().unwrap().parse().unwrap();
-    assert!(deadline > 0 && deadline < 5_000, "deadline passed on minus a reserve: {deadline}");
+    assert!(
+        deadline > 0 && deadline < 5_000,
+        "deadline passed on minus a reserve: {deadline}"
+    );
 
     // The local agent is called directly.
     let resp = a.call(req("echo", "local")).await.unwrap();
@@ -181,13 +192,23 @@ async fn open_mesh_routes_calls_end_to_end() {
     assert_eq!(e.code, ErrorCode::NoCapability);
     let mut q = req("echo", "");
     q.attrs.insert("region".into(), "mars".into());
-    assert_eq!(b.call(q.clone()).await.unwrap_err().code, ErrorCode::NoEligibleAgent);
+    assert_eq!(
+        b.call(q.clone()).await.unwrap_err().code,
+        ErrorCode::NoEligibleAgent
+    );
     let r = b.routes(&q).unwrap();
     assert_eq!(r.candidates[0].rank, None);
-    assert!(r.candidates[0].reason.contains("region"), "{}", r.candidates[0].reason);
+    assert!(
+        r.candidates[0].reason.contains("region"),
+        "{}",
+        r.candidates[0].reason
+    );
     let mut q = req("echo", "");
     q.deadline_ms = Some(1);
-    assert_eq!(b.call(q).await.unwrap_err().code, ErrorCode::DeadlineExceeded);
+    assert_eq!(
+        b.call(q).await.unwrap_err().code,
+        ErrorCode::DeadlineExceeded
+    );
     let e = b.call(req("boom", "")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::AgentError);
     assert_eq!(e.status, Some(500));
@@ -239,7 +260,10 @@ async fn enforced_admission_admits_members_and_rejects_strangers() {
     wait_for("b to see echo", || b.capabilities().contains_key("echo")).await;
     let resp = b.call(req("echo", "x")).await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&body_of(resp).await).unwrap();
-    assert_eq!(v["roles"], "worker", "roles come from the verified certificate");
+    assert_eq!(
+        v["roles"], "worker",
+        "roles come from the verified certificate"
+    );
 
     // C holds a certificate from another root: A refuses it and tells it why.
     let other_root = key(20);
