@@ -51,6 +51,8 @@ pub struct Config {
     pub tombstone_ms: u64,
     /// Plumtree eager-push peers chosen at start.
     pub eager_peers: usize,
+    /// Eager links never pruned below this many (keeps trees shallow for many senders).
+    pub eager_peers_min: usize,
     /// Most Plumtree neighbours (eager plus lazy) kept.
     pub tree_peers_max: usize,
     /// Lazy (IHAVE) peers per record.
@@ -89,7 +91,7 @@ impl Config {
             protocol_period_ms: 1000,
             probe_timeout_ms: 500,
             indirect_probes: 3,
-            suspicion_alpha: 1.0,
+            suspicion_alpha: 0.8,
             suspicion_beta: 3.0,
             suspicion_confirmations_k: 3,
             lhm_max: 8,
@@ -101,8 +103,9 @@ impl Config {
             members_max: 100_000,
             tombstone_ms: 60_000,
             eager_peers: 4,
+            eager_peers_min: 3,
             tree_peers_max: 12,
-            lazy_peers: 3,
+            lazy_peers: 6,
             graft_timeout_ms: 150,
             anti_entropy_interval_ms: 1000,
             pull_batch_max: 32,

@@ -806,6 +806,37 @@ impl Gossip {
     }
 
     fn apply_updates(&mut self, from: NodeId, updates: Vec<Update>, now: Millis) {
+        // Stale rumours (suspect/dead at an incarnation already refuted) are answered with the
+        // refutation, so a late hearer does not keep a suspicion everyone else has dropped.
+        let mut corrections = Vec::new();
+        for u in &updates {
+            if let Update::Suspect {
+                node, incarnation, ..
+            }
+            | Update::Dead {
+                node, incarnation, ..
+            } = u
+            {
+                if let Some(e) = self.members.get(node) {
+                    let refuted = *incarnation < e.info.incarnation
+                        && matches!(e.state, MemberState::Alive | MemberState::Suspect);
+                    if refuted && *node != from && corrections.len() < wire::UPDATES_PER_MESSAGE_MAX
+                    {
+                        corrections.push(Update::Alive(e.signed.clone()));
+                    }
+                } else if *node == self.me && *incarnation < self.incarnation() {
+                    corrections.push(Update::Alive(self.local_member.clone()));
+                }
+            }
+        }
+        if !corrections.is_empty() {
+            self.send(
+                from,
+                Message::Gossip {
+                    updates: corrections,
+                },
+            );
+        }
         for u in updates {
             match u {
                 Update::Alive(m) => self.apply_alive(from, m, now),
@@ -1235,7 +1266,9 @@ impl Gossip {
             Relay {
                 origin,
                 origin_seq,
-                nack_at: now + self.cfg.probe_timeout_ms * 4 / 5,
+                // Early enough that the nack reaches the origin before its period ends
+                // (it sent the request at probe_timeout into a 2×probe_timeout period).
+                nack_at: now + self.cfg.probe_timeout_ms / 2,
             },
         );
         let updates = self.piggyback(target);
@@ -1506,13 +1539,20 @@ impl Gossip {
 
     // ---- record plane: Plumtree push ----
 
+    /// Tops up the tree neighbours (eager plus lazy) when members were lost. Pruned links stay
+    /// lazy: refilling the eager set after prunes would undo the tree.
     fn ensure_eager(&mut self) {
         let want = self.cfg.eager_peers;
-        if self.eager.len() >= want {
+        let have = self.eager.len() + self.lazy.len();
+        let floor = self.cfg.eager_peers_min.max(1);
+        if have >= want && self.eager.len() >= floor {
             return;
         }
         let exclude: BTreeSet<NodeId> = self.eager.union(&self.lazy).copied().collect();
-        for id in self.random_alive(want - self.eager.len(), &exclude) {
+        let n = want
+            .saturating_sub(have)
+            .max(floor.saturating_sub(self.eager.len()));
+        for id in self.random_alive(n, &exclude) {
             self.eager.insert(id);
         }
     }
@@ -1669,8 +1709,9 @@ impl Gossip {
                 self.eager.insert(from);
             }
             self.broadcast_record(rec, Some(from));
-        } else if self.eager.remove(&from) {
-            // Plumtree: a duplicate on an eager link prunes it to lazy.
+        } else if self.eager.len() > self.cfg.eager_peers_min && self.eager.remove(&from) {
+            // Plumtree: a duplicate on an eager link prunes it to lazy, down to a floor of
+            // eager links that keeps the tree shallow for every sender, not just the first.
             if self.lazy.len() < self.cfg.tree_peers_max {
                 self.lazy.insert(from);
             }

@@ -24,6 +24,9 @@ struct Cli {
     /// Gossip profile: lan or wan.
     #[arg(long, default_value = "lan")]
     profile: String,
+    /// Gossip config override, `key=value` (repeatable), e.g. `suspicion_alpha=0.8`.
+    #[arg(long = "set")]
+    set: Vec<String>,
     /// Print the JSON report (the only output format).
     #[arg(long)]
     json: bool,
@@ -46,6 +49,7 @@ fn main() {
         duration_s: cli.duration_s,
         progress: cli.progress,
         profile: cli.profile,
+        overrides: cli.set,
     };
     let started = std::time::Instant::now();
     match agentmesh_sim::run(&params) {

@@ -41,6 +41,35 @@ pub struct Params {
     pub progress: bool,
     /// `lan` or `wan` gossip profile.
     pub profile: String,
+    /// Gossip config overrides, `key=value` (for trade-off curves).
+    pub overrides: Vec<String>,
+}
+
+/// Applies one `key=value` override to a gossip config.
+pub fn apply_override(cfg: &mut Config, kv: &str) -> Result<(), String> {
+    let (k, v) = kv
+        .split_once('=')
+        .ok_or_else(|| format!("override {kv:?}: expected key=value"))?;
+    let bad = |_| format!("override {k}: bad value {v:?}");
+    match k {
+        "suspicion_alpha" => cfg.suspicion_alpha = v.parse().map_err(bad)?,
+        "suspicion_beta" => cfg.suspicion_beta = v.parse().map_err(|_| format!("bad {v}"))?,
+        "protocol_period_ms" => {
+            cfg.protocol_period_ms = v.parse().map_err(|_| format!("bad {v}"))?
+        }
+        "probe_timeout_ms" => cfg.probe_timeout_ms = v.parse().map_err(|_| format!("bad {v}"))?,
+        "eager_peers" => cfg.eager_peers = v.parse().map_err(|_| format!("bad {v}"))?,
+        "eager_peers_min" => cfg.eager_peers_min = v.parse().map_err(|_| format!("bad {v}"))?,
+        "lazy_peers" => cfg.lazy_peers = v.parse().map_err(|_| format!("bad {v}"))?,
+        "graft_timeout_ms" => cfg.graft_timeout_ms = v.parse().map_err(|_| format!("bad {v}"))?,
+        "gossip_interval_ms" => {
+            cfg.gossip_interval_ms = v.parse().map_err(|_| format!("bad {v}"))?
+        }
+        "gossip_fanout" => cfg.gossip_fanout = v.parse().map_err(|_| format!("bad {v}"))?,
+        "retransmit_mult" => cfg.retransmit_mult = v.parse().map_err(|_| format!("bad {v}"))?,
+        _ => return Err(format!("unknown override key {k:?}")),
+    }
+    Ok(())
 }
 
 /// The one JSON object a run prints.
@@ -212,9 +241,21 @@ pub fn run(p: &Params) -> Result<Report, String> {
     if p.nodes < 3 {
         return Err("--nodes must be at least 3".into());
     }
-    let cfg_fn: fn(agentmesh_gossip::Admission) -> Config = match p.profile.as_str() {
+    let base: fn(agentmesh_gossip::Admission) -> Config = match p.profile.as_str() {
         "wan" => Config::wan,
-        _ => Config::lan,
+        "lan" => Config::lan,
+        other => return Err(format!("unknown profile {other:?}: expected lan or wan")),
+    };
+    for kv in &p.overrides {
+        apply_override(&mut base(agentmesh_gossip::Admission::Open), kv)?;
+    }
+    let overrides = p.overrides.clone();
+    let cfg_fn = move |a| {
+        let mut c = base(a);
+        for kv in &overrides {
+            let _ = apply_override(&mut c, kv);
+        }
+        c
     };
     let net = NetModel {
         loss: p.loss,
