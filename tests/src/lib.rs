@@ -3,8 +3,8 @@
 //!
 //! **Finding the binary.** `env!("CARGO_BIN_EXE_agentmesh")` only exists inside the crate that
 //! defines the binary, so this crate asks cargo itself: the first test that needs the binary runs
-//! `$CARGO build -p agentmesh-node --bin agentmesh --message-format=json` (same profile as the
-//! tests, same `CARGO_TARGET_DIR`) and takes the path from the `executable` field of the
+//! `$CARGO build -p agentmesh-node -p agentmesh-tests --bin agentmesh --message-format=json` (same
+//! profile and feature set as the tests, same `CARGO_TARGET_DIR`) and takes the path from the `executable` field of the
 //! artifact message. The build is a no-op when the binary is fresh. Set `AGENTMESH_BIN` to
 //! skip the build and use a given binary.
 //!
@@ -46,6 +46,10 @@ fn build_bin() -> Result<PathBuf> {
         "build",
         "-p",
         "agentmesh-node",
+        // Selecting this crate too gives the same feature unification as `cargo test -p
+        // agentmesh-tests`, so the two builds share artifacts instead of rebuilding libp2p.
+        "-p",
+        "agentmesh-tests",
         "--bin",
         "agentmesh",
         "--message-format=json-render-diagnostics",
@@ -162,7 +166,9 @@ pub fn run_cli(args: &[&str]) -> Result<String> {
 
 /// A UDP port that was free a moment ago (bound then released).
 pub fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Which certificate a test node gets.
@@ -360,8 +366,17 @@ impl Mesh {
         match kind {
             CertKind::Valid => {
                 run_cli(&[
-                    "admit", "--root", root, "--node-pub", node_id, "--roles", "agent", "--ttl",
-                    "1d", "--out", p,
+                    "admit",
+                    "--root",
+                    root,
+                    "--node-pub",
+                    node_id,
+                    "--roles",
+                    "agent",
+                    "--ttl",
+                    "1d",
+                    "--out",
+                    p,
                 ])?;
             }
             CertKind::OtherRoot => {

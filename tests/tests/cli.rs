@@ -19,8 +19,18 @@ fn keygen_mesh_init_admit_produce_loadable_files() {
 
     let root = run_cli(&["mesh", "init", "--dir", &p("root"), "--mesh-id", "m1"]).unwrap();
     let out = run_cli(&[
-        "admit", "--root", &p("root/root.key"), "--node-pub", &id, "--roles", "a,b", "--ttl",
-        "2h", "--out", &p("n.cert"), "--json",
+        "admit",
+        "--root",
+        &p("root/root.key"),
+        "--node-pub",
+        &id,
+        "--roles",
+        "a,b",
+        "--ttl",
+        "2h",
+        "--out",
+        &p("n.cert"),
+        "--json",
     ])
     .unwrap();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -40,12 +50,7 @@ fn keygen_mesh_init_admit_produce_loadable_files() {
 
 #[test]
 fn bad_usage_has_meaningful_exit_codes() {
-    let st = |args: &[&str]| {
-        Command::new(agentmesh_bin())
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let st = |args: &[&str]| Command::new(agentmesh_bin()).args(args).output().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("node.toml");
     std::fs::write(&cfg, "[node]\nkey_file = \"k\"\nstate_dir = \"s\"\ngossip_profile = \"moon\"\n[mesh]\nadmission = \"open\"\n").unwrap();
@@ -56,14 +61,30 @@ fn bad_usage_has_meaningful_exit_codes() {
     assert!(err.contains("node.gossip_profile"), "{err}");
     assert!(err.contains("lan") && err.contains("wan"), "{err}");
 
-    assert_eq!(st(&["admit", "--bogus"]).status.code(), Some(2), "usage errors exit 2");
+    assert_eq!(
+        st(&["admit", "--bogus"]).status.code(),
+        Some(2),
+        "usage errors exit 2"
+    );
     let out = st(&["members", "--api", "http://127.0.0.1:9"]);
     assert_eq!(out.status.code(), Some(4), "unreachable node exits 4");
-    for sub in ["keygen", "mesh", "admit", "node", "members", "routes", "call", "demo-agent"] {
+    for sub in [
+        "keygen",
+        "mesh",
+        "admit",
+        "node",
+        "members",
+        "routes",
+        "call",
+        "demo-agent",
+    ] {
         let out = st(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            assert!(line.chars().count() <= 100, "{sub} --help line too wide: {line}");
+            assert!(
+                line.chars().count() <= 100,
+                "{sub} --help line too wide: {line}"
+            );
         }
     }
 }
@@ -71,13 +92,19 @@ fn bad_usage_has_meaningful_exit_codes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_agent_echoes_and_injects_errors() {
     let mut mesh = Mesh::new().unwrap();
-    let ok = mesh.start_agent("echo", &NodeOpts::caps(&[])).await.unwrap();
+    let ok = mesh
+        .start_agent("echo", &NodeOpts::caps(&[]))
+        .await
+        .unwrap();
     let http = mesh.http.clone();
     let r = http
         .post(format!("{ok}/text.summarize"))
         .header("x-mesh-deadline-ms", "1234")
         .header("x-mesh-caller-node", "12D3KooWcaller")
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .body(r#"{"text":"hi"}"#)
         .send()
         .await
@@ -88,7 +115,10 @@ async fn demo_agent_echoes_and_injects_errors() {
     assert_eq!(v["capability"], "text.summarize");
     assert_eq!(v["input"]["text"], "hi");
     assert_eq!(v["received_headers"]["x-mesh-deadline-ms"], "1234");
-    assert_eq!(v["received_headers"]["x-mesh-caller-node"], "12D3KooWcaller");
+    assert_eq!(
+        v["received_headers"]["x-mesh-caller-node"],
+        "12D3KooWcaller"
+    );
     assert!(v["received_headers"]["traceparent"].is_string());
     let h = http.get(format!("{ok}/healthz")).send().await.unwrap();
     assert_eq!(h.status(), 200);
@@ -96,7 +126,12 @@ async fn demo_agent_echoes_and_injects_errors() {
     let mut failing = NodeOpts::caps(&[]);
     failing.error_rate = 1.0;
     let bad = mesh.start_agent("broken", &failing).await.unwrap();
-    let r = http.post(format!("{bad}/x")).body("{}").send().await.unwrap();
+    let r = http
+        .post(format!("{bad}/x"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
 
     // The guard kills the agents; their ports close.
@@ -104,7 +139,14 @@ async fn demo_agent_echoes_and_injects_errors() {
     wait_until("agent port closed", Duration::from_secs(5), || {
         let http = http.clone();
         let ok = ok.clone();
-        async move { Ok(http.get(format!("{ok}/healthz")).send().await.is_err().then_some(())) }
+        async move {
+            Ok(http
+                .get(format!("{ok}/healthz"))
+                .send()
+                .await
+                .is_err()
+                .then_some(()))
+        }
     })
     .await
     .unwrap();
