@@ -899,7 +899,7 @@ impl Gossip {
         let revive = info.incarnation > e.info.incarnation;
         match e.state {
             MemberState::Dead | MemberState::Left if !revive => return,
-            _ if !newer && !(info.leaving && !e.info.leaving) => return,
+            _ if !newer && (!info.leaving || e.info.leaving) => return,
             _ => {}
         }
         let old_state = e.state;

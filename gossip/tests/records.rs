@@ -40,6 +40,9 @@ fn forged(
     Arc::new(Signed::sign(signer, RECORD_CONTEXT, &rec))
 }
 
+/// A change to a record before it is (re)signed.
+type Edit = Box<dyn Fn(&mut NodeRecord)>;
+
 fn everyone_holds(net: &Net, origin: usize, v: Version) -> bool {
     net.live()
         .into_iter()
@@ -133,7 +136,7 @@ fn a_higher_seq_signed_by_its_origin_replaces_and_an_older_incarnation_does_not(
     let key = net.keys[2].clone();
     let v = net.nodes[2].local_record().version();
     // Table: (edit, accepted?)
-    let cases: [(&str, Box<dyn Fn(&mut NodeRecord)>, bool); 3] = [
+    let cases: [(&str, Edit, bool); 3] = [
         (
             "older incarnation, huge seq",
             Box::new(move |r| {
