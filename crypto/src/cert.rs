@@ -1,7 +1,7 @@
 //! Mesh admission certificates: `{mesh_id, node_id, roles, not_before, not_after}` signed by the
 //! mesh root key.
 
-use crate::envelope::{check_len, decode_exact, Signed};
+use crate::envelope::{check_len, decode_canonical, Signed};
 use crate::error::CryptoError;
 use crate::identity::{Keypair, NodeId};
 use crate::sign::Context;
@@ -115,10 +115,11 @@ impl SignedCert {
     }
 
     /// Decodes a certificate of at most [`CERT_LEN_MAX`] bytes (checked before decoding).
-    /// Nothing is verified; call [`SignedCert::verify`] next. Trailing bytes are refused.
+    /// Nothing is verified; call [`SignedCert::verify`] next. Only the canonical
+    /// encoding is accepted, so `from_bytes(b)?.to_bytes() == b`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CertError> {
         check_len(bytes, CERT_LEN_MAX)?;
-        Ok(decode_exact(bytes)?)
+        Ok(decode_canonical(bytes)?)
     }
 
     /// The node the certificate claims to admit, without verification (for lookups only).

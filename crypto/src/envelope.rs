@@ -7,6 +7,51 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
 
+/// Largest encoded envelope that [`Signed::from_bytes`] will decode, in bytes. Checked before
+/// any decoding so that hostile input cannot make us allocate or parse more than this.
+pub const ENVELOPE_LEN_MAX: usize = 64 * 1024;
+
+/// Decodes `bytes` as exactly one postcard value: trailing bytes are refused, so one value has
+/// exactly one accepted encoding.
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CryptoError> {
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| CryptoError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CryptoError::Decode(format!(
+            "{} trailing bytes after value",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// Decodes `bytes` as exactly one postcard value and refuses any encoding other than the one
+/// `postcard` itself produces. postcard accepts over-long varints (`0x85 0x00` reads as 5), so
+/// without this check a relay could re-encode an envelope into new bytes with the same value,
+/// defeating deduplication by wire hash. Only for types whose encoding is deterministic (no
+/// hash maps): the envelopes of this crate, never arbitrary payloads.
+pub(crate) fn decode_canonical<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, CryptoError> {
+    let value: T = decode_exact(bytes)?;
+    let again = postcard::to_allocvec(&value).map_err(|e| CryptoError::Decode(e.to_string()))?;
+    if again != bytes {
+        return Err(CryptoError::Decode("non-canonical encoding".to_string()));
+    }
+    Ok(value)
+}
+
+/// Refuses `bytes` longer than `limit` before anything is decoded.
+pub(crate) fn check_len(bytes: &[u8], limit: usize) -> Result<(), CryptoError> {
+    if bytes.len() > limit {
+        return Err(CryptoError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
 /// A value signed by `signer`. The signature covers the exact postcard bytes in `payload`, so
 /// verification never depends on re-encoding. Decoding happens only after the signature holds.
 #[derive(Serialize, Deserialize)]
@@ -51,6 +96,21 @@ impl<T> std::fmt::Debug for Signed<T> {
     }
 }
 
+impl<T> Signed<T> {
+    /// The postcard encoding of the whole envelope (signer, payload, signature).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("serialising to a Vec cannot fail")
+    }
+
+    /// Decodes an envelope of at most [`ENVELOPE_LEN_MAX`] bytes. Nothing is verified; call
+    /// [`Signed::verify`] next. Only the canonical encoding is accepted (no trailing bytes, no
+    /// over-long length prefixes), so `from_bytes(b)?.to_bytes() == b`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        check_len(bytes, ENVELOPE_LEN_MAX)?;
+        decode_canonical(bytes)
+    }
+}
+
 impl<T: Serialize + DeserializeOwned> Signed<T> {
     /// Encodes and signs `value` with `key` under `ctx`.
     pub fn sign(key: &Keypair, ctx: Context, value: &T) -> Self {
@@ -89,8 +149,9 @@ impl<T: Serialize + DeserializeOwned> Signed<T> {
     }
 
     /// Decodes the payload without checking the signature. Only for values already verified.
+    /// The payload must be exactly one encoded value; trailing bytes are refused.
     pub fn decode_unverified(&self) -> Result<T, CryptoError> {
-        postcard::from_bytes(&self.payload).map_err(|e| CryptoError::Decode(e.to_string()))
+        decode_exact(&self.payload)
     }
 
     /// A SHA-256 digest of the signed bytes and signature: a stable identity of this envelope.

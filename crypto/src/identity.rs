@@ -26,6 +26,7 @@ impl NodeId {
     }
 
     /// Recovers the node id from a libp2p `PeerId` of an ed25519 key (identity multihash).
+    /// Fails for peer ids of other key types and for key bytes that are not a curve point.
     pub fn from_peer_id(peer: &libp2p_identity::PeerId) -> Result<Self, CryptoError> {
         // An ed25519 PeerId is an identity multihash over the protobuf-encoded public key:
         // 0x00 0x24 | 0x08 0x01 0x12 0x20 | 32 key bytes.
@@ -34,6 +35,10 @@ impl NodeId {
             [0x00, 0x24, 0x08, 0x01, 0x12, 0x20, key @ ..] if key.len() == 32 => {
                 let mut out = [0u8; 32];
                 out.copy_from_slice(key);
+                // A peer id is only a hash wrapper: it does not prove the bytes are a curve
+                // point. Refuse them here so that every parsed NodeId prints back as itself.
+                ed25519_dalek::VerifyingKey::from_bytes(&out)
+                    .map_err(|_| CryptoError::InvalidNodeId(peer.to_base58()))?;
                 Ok(NodeId(out))
             }
             _ => Err(CryptoError::InvalidNodeId(peer.to_base58())),

@@ -69,7 +69,8 @@ pub fn load(path: &Path) -> Result<Keypair, KeyFileError> {
         }
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
-    let bytes = hex::decode(text.trim()).map_err(|_| KeyFileError::Format { path: name.clone() })?;
+    let bytes =
+        hex::decode(text.trim()).map_err(|_| KeyFileError::Format { path: name.clone() })?;
     let secret: [u8; 32] = bytes
         .try_into()
         .map_err(|_| KeyFileError::Format { path: name.clone() })?;

@@ -23,12 +23,15 @@ pub enum Context {
     AuditCheckpoint,
     /// A routing/RBAC policy signed by the mesh root.
     Policy,
-    /// A free-form context used by tests and extensions.
+    /// A free-form context used by tests and extensions. Its signed prefix is
+    /// `"agentmesh/v1/custom/<label>\0"`, so a custom label can never collide with a built-in
+    /// context (built-in labels contain no `/`). The label must not contain a NUL byte.
     Custom(&'static str),
 }
 
 impl Context {
-    /// The context's label as it appears in the signed prefix.
+    /// The context's label. For built-in contexts this is exactly what appears in the signed
+    /// prefix; for [`Context::Custom`] the prefix is `custom/<label>` (see [`domain_message`]).
     pub fn label(&self) -> &'static str {
         match self {
             Context::NodeRecord => "node-record",
@@ -42,11 +45,29 @@ impl Context {
     }
 }
 
+/// Namespace inserted before [`Context::Custom`] labels so that they cannot impersonate a
+/// built-in context: `Custom("vote")` signs under `custom/vote`, never under `vote`.
+const CUSTOM_NAMESPACE: &str = "custom/";
+
 /// The exact bytes that are signed: `"agentmesh/v1/<context>\0" ‖ msg`.
+///
+/// # Panics
+/// If a [`Context::Custom`] label contains a NUL byte: the terminator would become ambiguous
+/// and two custom contexts could share signatures. Labels are `'static` constants, so this is
+/// a programming error, never a reaction to input.
 pub fn domain_message(ctx: Context, msg: &[u8]) -> Vec<u8> {
     let label = ctx.label();
-    let mut out = Vec::with_capacity(13 + label.len() + 1 + msg.len());
+    assert!(
+        !label.as_bytes().contains(&0),
+        "context label {label:?} contains a NUL byte"
+    );
+    let namespace = match ctx {
+        Context::Custom(_) => CUSTOM_NAMESPACE,
+        _ => "",
+    };
+    let mut out = Vec::with_capacity(13 + namespace.len() + label.len() + 1 + msg.len());
     out.extend_from_slice(b"agentmesh/v1/");
+    out.extend_from_slice(namespace.as_bytes());
     out.extend_from_slice(label.as_bytes());
     out.push(0);
     out.extend_from_slice(msg);
@@ -81,7 +102,9 @@ mod sig_bytes {
         fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<[u8; 64], A::Error> {
             let mut out = [0u8; 64];
             for (i, b) in out.iter_mut().enumerate() {
-                *b = a.next_element()?.ok_or_else(|| A::Error::invalid_length(i, &self))?;
+                *b = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(i, &self))?;
             }
             if a.next_element::<u8>()?.is_some() {
                 return Err(A::Error::invalid_length(65, &self));
