@@ -167,7 +167,9 @@ impl AdmissionTable {
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    /// A connection to `peer` opened: start tracking it (both directions pending).
+    /// A connection to `peer` opened: track it (both directions pending unless the exchange
+    /// already finished: the peer's hello can be judged before this event is processed). A
+    /// reconnecting peer starts from nothing because [`Self::disconnected`] forgot it.
     pub fn connected(&self, peer: NodeId) {
         self.update(peer, |_| {});
     }

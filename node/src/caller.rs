@@ -1,7 +1,7 @@
 //! The caller side of a call: to the local agent over HTTP, or to a remote node over
 //! `/agentmesh/call/1`, with the answer streamed back as a [`ResponseBody`].
 
-use crate::admission::AdmissionTable;
+use crate::admission::{AdmissionTable, ADMIT_TIMEOUT};
 use crate::agent_client::{self, AgentRequest};
 use crate::call_proto::{read_resp, write_body, write_header, CallHeader, RespFrame};
 use crate::callee::{hex_id, LocalAgent};
@@ -11,6 +11,10 @@ use crate::transport::{parse_addrs, Transport, CALL_PROTOCOL};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use std::sync::Arc;
 use tokio::time::Instant;
+
+/// Time to open a call stream on an established connection (a dead connection fails here
+/// instead of holding the call until its deadline).
+pub const STREAM_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a successful attempt returns before the body streams.
 pub struct Answer {
@@ -95,17 +99,23 @@ pub async fn call_remote(
     let mut header = a.header.clone();
     header.deadline_ms = budget.as_millis() as u64;
     let guard = router.start_call(cand.node_id);
-    transport.dial_peer(peer, parse_addrs(&cand.addrs));
     let open = async {
+        transport
+            .connect(peer, parse_addrs(&cand.addrs))
+            .await
+            .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
         admission
-            .wait_mutual(&cand.node_id, budget)
+            .wait_mutual(&cand.node_id, budget.min(ADMIT_TIMEOUT))
             .await
             .map_err(|r| unreachable(format!("peer not admitted: {r}")))?;
         let mut control = transport.control.clone();
-        let stream = control
-            .open_stream(peer, CALL_PROTOCOL)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let stream = tokio::time::timeout(
+            STREAM_OPEN_TIMEOUT,
+            control.open_stream(peer, CALL_PROTOCOL),
+        )
+        .await
+        .map_err(|_| unreachable("stream open timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
         let (mut r, mut w) = stream.split();
         write_header(&mut w, &header)
             .await

@@ -410,8 +410,8 @@ impl PeerSender {
 
     async fn open(&self) -> Result<libp2p::Stream, String> {
         let peer = self.peer.to_peer_id().map_err(|e| e.to_string())?;
-        self.transport.dial_peer(peer, self.addrs.clone());
         let fut = async {
+            self.transport.connect(peer, self.addrs.clone()).await?;
             self.admission
                 .wait_mutual(&self.peer, OPEN_STREAM_TIMEOUT)
                 .await?;

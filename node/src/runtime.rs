@@ -50,6 +50,8 @@ pub const CALL_ATTEMPTS_MAX: u32 = 2;
 pub const JOIN_RETRY_MIN: Duration = Duration::from_millis(250);
 /// Longest pause between join rounds.
 pub const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a join waits to see another member before joining again.
+pub const JOIN_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most seed addresses used.
 pub const SEEDS_MAX: usize = 16;
 /// How often the local in-flight count is offered to gossip (it applies hysteresis).
@@ -497,6 +499,11 @@ impl MeshHandle {
         self.0.admission.report()
     }
 
+    /// Calls in flight to the local agent now (inbound mesh calls and local calls).
+    pub fn local_in_flight(&self) -> u32 {
+        self.0.agent.in_flight()
+    }
+
     /// Peers this node refused at admission since start.
     pub fn admission_rejections(&self) -> u64 {
         self.0.admission.rejected_total()
@@ -677,16 +684,41 @@ impl MeshHandle {
             let only_self = addrs
                 .iter()
                 .all(|a| self.0.transport.listen_addrs.iter().any(|l| l == a));
-            if !joined.is_empty() || only_self {
-                tracing::info!(seeds = joined.len(), "joining the mesh");
-                if !joined.is_empty() {
-                    let _ = self.0.driver.send(DriverCmd::Join(joined)).await;
-                }
+            if only_self && joined.is_empty() {
                 self.0.joined.store(true, Ordering::Release);
                 return;
             }
+            if !joined.is_empty() {
+                tracing::info!(seeds = joined.len(), "joining the mesh");
+                let _ = self.0.driver.send(DriverCmd::Join(joined)).await;
+                // The join is one frame; if it was lost, nobody knows us yet. Confirm by
+                // seeing another live member, else join again.
+                if self.wait_for_peers(JOIN_CONFIRM_TIMEOUT).await {
+                    self.0.joined.store(true, Ordering::Release);
+                    return;
+                }
+                tracing::debug!("join not confirmed yet; retrying");
+            }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(JOIN_RETRY_MAX);
+        }
+    }
+
+    /// Waits until the membership shows another alive member.
+    async fn wait_for_peers(&self, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let others = snapshot(&self.0.gossip)
+                .members
+                .iter()
+                .any(|m| m.node_id != self.0.node_id && m.state == MemberState::Alive);
+            if others {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -63,6 +63,16 @@ pub enum SwarmCmd {
         /// Its addresses.
         addrs: Vec<Multiaddr>,
     },
+    /// Connect to a known peer (dialing these addresses unless already connected or dialing)
+    /// and reply once connected or once the dial failed.
+    Connect {
+        /// The peer.
+        peer: PeerId,
+        /// Its addresses.
+        addrs: Vec<Multiaddr>,
+        /// The outcome.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Close every connection to a peer.
     Disconnect(PeerId),
     /// Stop the swarm.
@@ -107,6 +117,16 @@ impl Transport {
     /// Asks the swarm to connect to `peer` (no-op if connected or dialing).
     pub fn dial_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let _ = self.cmds.try_send(SwarmCmd::DialPeer { peer, addrs });
+    }
+
+    /// Connects to `peer` (at once if already connected) or says why not.
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(SwarmCmd::Connect { peer, addrs, reply })
+            .await
+            .map_err(|_| "transport stopped".to_string())?;
+        rx.await.map_err(|_| "transport stopped".to_string())?
     }
 
     /// Asks the swarm to drop every connection to `peer`.
@@ -222,6 +242,7 @@ async fn run_swarm(
 ) {
     let mut pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>> =
         HashMap::new();
+    let mut waiting: Waiters = HashMap::new();
     loop {
         tokio::select! {
             cmd = cmds.recv() => match cmd {
@@ -250,18 +271,45 @@ async fn run_swarm(
                         tracing::debug!(%peer, error = %e, "dial not started");
                     }
                 }
+                Some(SwarmCmd::Connect { peer, addrs, reply }) => {
+                    if swarm.is_connected(&peer) {
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
+                    if waiting.len() >= PENDING_DIALS_MAX && !waiting.contains_key(&peer) {
+                        let _ = reply.send(Err("too many dials in progress".into()));
+                        continue;
+                    }
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    match swarm.dial(opts) {
+                        // Already dialing: wait for that dial's outcome.
+                        Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                            waiting.entry(peer).or_default().push(reply);
+                        }
+                        Err(e) => { let _ = reply.send(Err(e.to_string())); }
+                    }
+                }
                 Some(SwarmCmd::Disconnect(peer)) => { let _ = swarm.disconnect_peer_id(peer); }
             },
-            ev = swarm.select_next_some() => handle_event(&mut swarm, ev, &mut pending, &events).await,
+            ev = swarm.select_next_some() => {
+                handle_event(&mut swarm, ev, &mut pending, &mut waiting, &events).await
+            }
         }
     }
     tracing::debug!("swarm task stopped");
 }
 
+/// Callers waiting for a connection to a known peer.
+type Waiters = HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>;
+
 async fn handle_event(
     swarm: &mut Swarm<Behaviour>,
     ev: SwarmEvent<BehaviourEvent>,
     pending: &mut HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>>,
+    waiting: &mut Waiters,
     events: &mpsc::Sender<TransportEvent>,
 ) {
     match ev {
@@ -273,6 +321,9 @@ async fn handle_event(
         } => {
             if let Some(reply) = pending.remove(&connection_id) {
                 let _ = reply.send(Ok(peer_id));
+            }
+            for w in waiting.remove(&peer_id).unwrap_or_default() {
+                let _ = w.send(Ok(()));
             }
             if num_established.get() == 1 {
                 let _ = events.send(TransportEvent::Connected(peer_id)).await;
@@ -297,6 +348,13 @@ async fn handle_event(
             tracing::debug!(?peer_id, %error, "dial failed");
             if let Some(reply) = pending.remove(&connection_id) {
                 let _ = reply.send(Err(error.to_string()));
+            }
+            if let Some(p) = peer_id {
+                if !swarm.is_connected(&p) {
+                    for w in waiting.remove(&p).unwrap_or_default() {
+                        let _ = w.send(Err(error.to_string()));
+                    }
+                }
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {

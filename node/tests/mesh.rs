@@ -44,6 +44,9 @@ async fn start_agent() -> String {
         if cap == "boom" {
             return (StatusCode::INTERNAL_SERVER_ERROR, "agent exploded".into());
         }
+        if cap == "slow" {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
         let h = |k: &str| {
             headers
                 .get(k)
@@ -286,6 +289,46 @@ async fn enforced_admission_admits_members_and_rejects_strangers() {
     assert!(!c.capabilities().contains_key("echo"));
 
     c.shutdown(Duration::from_millis(100)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+    a.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callee_enforces_its_limit_and_the_deadline() {
+    init_tracing();
+    let handler = start_agent().await;
+    let mut ca = RuntimeConfig::new(key(31));
+    let mut reg = registration("slowpoke", &handler, &["slow"]);
+    reg.max_concurrency = 1;
+    ca.agent = Some(reg);
+    let a = MeshHandle::start(ca).await.unwrap();
+    let mut cb = RuntimeConfig::new(key(32));
+    cb.seeds = a.listen_addrs();
+    let b = MeshHandle::start(cb).await.unwrap();
+    wait_for("b to see slow", || b.capabilities().contains_key("slow")).await;
+
+    // The deadline is honoured: the callee gives up and the caller sees deadline_exceeded.
+    let mut q = req("slow", "");
+    q.deadline_ms = Some(200);
+    let started = std::time::Instant::now();
+    let e = b.call(q).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{e:?}");
+    assert!(started.elapsed() < Duration::from_millis(700));
+
+    // Wait until the callee released the slot of the cancelled call, then fill it.
+    wait_for("the cancelled call to release its slot", || {
+        a.local_in_flight() == 0
+    })
+    .await;
+    let first = tokio::spawn({
+        let b = b.clone();
+        async move { b.call(req("slow", "1")).await.map(|r| r.status) }
+    });
+    wait_for("a to have one call in flight", || a.local_in_flight() > 0).await;
+    let e = b.call(req("slow", "2")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Overloaded, "{e:?}");
+    assert_eq!(first.await.unwrap().unwrap(), 200);
+
     b.shutdown(Duration::from_secs(1)).await;
     a.shutdown(Duration::from_secs(1)).await;
 }
