@@ -34,7 +34,7 @@ usage() {
 build() {
   log "building agentmesh ($PROFILE) into $TARGET_DIR"
   local flag=()
-  [[ "$PROFILE" == release ]] && flag=(--release)
+  if [[ "$PROFILE" == release ]]; then flag=(--release); fi
   (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build "${flag[@]}" -q -p agentmesh-node --bin agentmesh)
   [[ -x "$BIN" ]] || die "build produced no $BIN"
 }
@@ -122,7 +122,7 @@ up() {
       --ttl 7d --out "$dir/node.cert" >/dev/null
     echo "$id" > "$dir/node.id"
     write_config "$i" "$dir" "$seed"
-    [[ -z "$seed" ]] && seed="/ip4/127.0.0.1/udp/$((QUIC_PORT_BASE + 1))/quic-v1/p2p/$id"
+    [[ -n "$seed" ]] || seed="/ip4/127.0.0.1/udp/$((QUIC_PORT_BASE + 1))/quic-v1/p2p/$id"
   done
 
   local t0; t0=$(date +%s%3N)
@@ -143,9 +143,9 @@ up() {
     local done_nodes=0
     for i in $(seq 1 "$n"); do
       alive "$HOME_DIR/node$i/node.pid" || die "node $i exited; see $HOME_DIR/node$i/node.log"
-      [[ $(member_count $((API_PORT_BASE + i - 1))) -ge $n ]] && done_nodes=$((done_nodes + 1))
+      if (( $(member_count $((API_PORT_BASE + i - 1))) >= n )); then done_nodes=$((done_nodes + 1)); fi
     done
-    (( done_nodes == n )) && break
+    if (( done_nodes == n )); then break; fi
     (( $(date +%s) < deadline )) || die "not converged after ${wait_s}s ($done_nodes/$n nodes see all); logs in $HOME_DIR/node*/node.log"
     sleep 0.2
   done
@@ -173,7 +173,7 @@ status() {
     [[ -f "$d/node.toml" ]] || continue
     total=$((total + 1))
     if alive "$d/node.pid"; then running=$((running + 1)); s=running; else s=stopped; fi
-    a=stopped; alive "$d/agent.pid" && a=running
+    a=stopped; if alive "$d/agent.pid"; then a=running; fi
     printf '%-8s node %-8s agent %-8s %s\n' "$(basename "$d")" "$s" "$a" "$(cat "$d/node.id" 2>/dev/null)"
   done
   echo "$running/$total nodes running"
@@ -190,9 +190,9 @@ down() {
   local deadline=$(( $(date +%s) + 15 ))
   while (( ${#pids[@]} > 0 )) && (( $(date +%s) < deadline )); do
     local left=()
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
+    for p in "${pids[@]}"; do if kill -0 "$p" 2>/dev/null; then left+=("$p"); fi; done
     pids=("${left[@]+"${left[@]}"}")
-    (( ${#pids[@]} > 0 )) && sleep 0.1
+    if (( ${#pids[@]} > 0 )); then sleep 0.1; fi
   done
   for p in "${pids[@]+"${pids[@]}"}"; do
     log "pid $p ignored SIGTERM for 15s; killing"
