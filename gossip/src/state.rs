@@ -273,6 +273,7 @@ pub struct Gossip {
     next_probe_at: Millis,
     seq: u32,
     relays: BTreeMap<u32, Relay>,
+    poked: BTreeSet<NodeId>,
     lhm: u32,
     queue: BroadcastQueue,
     next_gossip_at: Millis,
@@ -347,6 +348,7 @@ impl Gossip {
             next_probe_at: now,
             seq: 0,
             relays: BTreeMap::new(),
+            poked: BTreeSet::new(),
             lhm: 0,
             queue,
             next_gossip_at: now,
@@ -733,6 +735,7 @@ impl Gossip {
             self.penalize(from, Penalty::NonMember);
             return;
         }
+        self.poke_if_dead(from);
         match msg {
             Message::Ping { seq, updates } => {
                 self.apply_updates(from, updates, now);
@@ -837,6 +840,17 @@ impl Gossip {
                 },
             );
         }
+        let refutations = self.stats.refutations;
+        self.apply_each(from, updates, now);
+        if self.stats.refutations > refutations {
+            // Answer the accuser directly: it holds the wrong belief, possibly across a
+            // just-healed partition that our own gossip does not reach yet.
+            let updates = vec![Update::Alive(self.local_member.clone())];
+            self.send(from, Message::Gossip { updates });
+        }
+    }
+
+    fn apply_each(&mut self, from: NodeId, updates: Vec<Update>, now: Millis) {
         for u in updates {
             match u {
                 Update::Alive(m) => self.apply_alive(from, m, now),
@@ -988,7 +1002,9 @@ impl Gossip {
 
     fn apply_suspect(&mut self, node: NodeId, inc: u64, accuser: NodeId, now: Millis) {
         if node == self.me {
-            if !self.leaving {
+            // Only a rumour about our current incarnation needs refuting; older ones are
+            // already answered by the incarnation we announced.
+            if !self.leaving && inc >= self.incarnation() {
                 self.refute(inc, now);
             }
             return;
@@ -1031,7 +1047,9 @@ impl Gossip {
 
     fn apply_dead(&mut self, node: NodeId, inc: u64, accuser: NodeId, now: Millis) {
         if node == self.me {
-            if !self.leaving {
+            // Only a rumour about our current incarnation needs refuting; older ones are
+            // already answered by the incarnation we announced.
+            if !self.leaving && inc >= self.incarnation() {
                 self.refute(inc, now);
             }
             return;
@@ -1352,7 +1370,29 @@ impl Gossip {
                 from: self.me,
             }];
             updates.push(Update::Alive(self.local_member.clone()));
+            updates.extend(self.piggyback(d));
             self.send(d, Message::Gossip { updates });
+        }
+        self.poked.clear();
+    }
+
+    /// A member we hold as dead just spoke to us: tell it, once per period, so it refutes
+    /// with a higher incarnation and both sides of a healed partition converge.
+    fn poke_if_dead(&mut self, from: NodeId) {
+        let Some(e) = self.members.get(&from) else {
+            return;
+        };
+        if e.state != MemberState::Dead || self.poked.len() >= RELAYS_MAX {
+            return;
+        }
+        if self.poked.insert(from) {
+            let mut updates = vec![Update::Dead {
+                node: from,
+                incarnation: e.info.incarnation,
+                from: self.me,
+            }];
+            updates.extend(self.piggyback(from));
+            self.send(from, Message::Gossip { updates });
         }
     }
 
