@@ -440,6 +440,7 @@ async fn get_readyz(State(st): State<ApiState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -597,6 +598,38 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    /// The token guards every route but `/healthz`; checked against a real (single, open) mesh.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bearer_token_is_required_when_set() {
+        let key = agentmesh_crypto::Keypair::generate(&mut rand::rngs::OsRng);
+        let mesh = MeshHandle::start(crate::runtime::RuntimeConfig::new(key))
+            .await
+            .unwrap();
+        let token = "0123456789abcdef-token";
+        let app = router(mesh.clone(), Some(token.to_string()));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(l, app).await });
+        let http = reqwest::Client::new();
+        let status =
+            |rb: reqwest::RequestBuilder| async move { rb.send().await.unwrap().status().as_u16() };
+        assert_eq!(status(http.get(format!("{base}/healthz"))).await, 200);
+        assert_eq!(status(http.get(format!("{base}/v1/members"))).await, 403);
+        let wrong = http.get(format!("{base}/v1/members")).bearer_auth("nope");
+        assert_eq!(status(wrong).await, 403);
+        let right = http.get(format!("{base}/v1/members")).bearer_auth(token);
+        assert_eq!(status(right).await, 200);
+        let r = http
+            .get(format!("{base}/readyz"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a node without seeds is ready at once");
+        server.abort();
+        mesh.shutdown(Duration::from_millis(100)).await;
     }
 
     /// Every `.route(path, method(..))` in [`router`] must be described in `openapi.json`.

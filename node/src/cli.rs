@@ -144,6 +144,12 @@ pub struct NodeArgs {
     /// Extra seed multiaddrs to join through (repeatable).
     #[arg(long = "join", value_name = "ADDR")]
     pub join: Vec<String>,
+    /// Serve the local API here instead of node.api_listen.
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<SocketAddr>,
+    /// Allow a non-loopback API address (api.token is still required).
+    #[arg(long)]
+    pub api_insecure_bind: bool,
 }
 
 /// Options shared by commands that talk to a node's API.
@@ -501,7 +507,9 @@ pub struct NodeState {
 }
 
 async fn run_node(a: NodeArgs) -> CmdResult {
-    let cfg = NodeConfig::load(&a.config).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    let mut cfg = NodeConfig::load(&a.config).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    cfg.override_api(a.api_listen, a.api_insecure_bind)
+        .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     let rt_cfg = cfg
         .to_runtime(&a.join)
         .map_err(|e| fail(exit::CONFIG, e.to_string()))?;

@@ -295,6 +295,25 @@ impl NodeConfig {
         })
     }
 
+    /// Applies `agentmesh node --api-listen/--api-insecure-bind` over the file's values and
+    /// checks the result again: a non-loopback API still needs the flag and `api.token`.
+    pub fn override_api(
+        &mut self,
+        listen: Option<SocketAddr>,
+        insecure_bind: bool,
+    ) -> Result<(), ConfigError> {
+        if let Some(l) = listen {
+            self.api_listen = l;
+            self.file.node.api_listen = l.to_string();
+        }
+        self.file.api.insecure_bind |= insecure_bind;
+        check_api_bind(&self.api_listen, &self.file.api).map_err(|(field, message)| ConfigError {
+            file: self.path.display().to_string(),
+            field: field.to_string(),
+            message: message.replace("api.insecure_bind = true", "--api-insecure-bind"),
+        })
+    }
+
     /// Reads the key and certificate files and builds the runtime's configuration.
     /// `extra_seeds` (from `--join`) are added to the file's seeds.
     pub fn to_runtime(&self, extra_seeds: &[String]) -> Result<RuntimeConfig, ConfigError> {
@@ -778,6 +797,15 @@ attributes = {{ warehouses = ["A", "B"] }}
         assert_eq!(e.field, "api.token");
         let ok = format!("{base}{extra}token = \"0123456789abcdef0123\"\n");
         parse(&ok).unwrap();
+        // The command-line flag is the other way to allow it; the token stays required.
+        let mut c = parse(&good()).unwrap();
+        let any: SocketAddr = "0.0.0.0:7600".parse().unwrap();
+        let e = c.override_api(Some(any), false).unwrap_err();
+        assert!(e.message.contains("--api-insecure-bind"), "{e}");
+        assert_eq!(
+            c.override_api(Some(any), true).unwrap_err().field,
+            "api.token"
+        );
     }
 
     #[test]
