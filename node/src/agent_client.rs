@@ -23,6 +23,12 @@ pub const H_CALLER_AGENT: &str = "x-mesh-caller-agent";
 pub const H_CALLER_ROLES: &str = "x-mesh-caller-roles";
 /// Header carrying the call id (hex).
 pub const H_CALL_ID: &str = "x-mesh-call-id";
+/// Header carrying the opaque call-chain token an agent copies into its onward calls.
+pub const H_CHAIN: &str = "x-mesh-chain";
+/// Header naming a mesh error code on an error answer (the node's API sets it; an agent that
+/// passes a failed onward call back sets it too, so `loop_detected` and `deadline_exceeded`
+/// stay typed across hops).
+pub const H_ERROR: &str = "x-mesh-error";
 
 /// Builds the pooled client.
 pub fn client() -> reqwest::Client {
@@ -58,6 +64,8 @@ pub struct AgentRequest {
     pub traceparent: Option<String>,
     /// W3C tracestate.
     pub tracestate: Option<String>,
+    /// Call-chain token for onward calls.
+    pub chain: Option<String>,
 }
 
 /// Sends the request. A status below 500 comes back as the live response (body still
@@ -92,14 +100,34 @@ pub async fn send(
     if let Some(t) = &req.tracestate {
         b = b.header("tracestate", t);
     }
+    if let Some(c) = &req.chain {
+        b = b.header(H_CHAIN, c);
+    }
     let resp = b.body(req.body).send().await.map_err(map_err)?;
     let status = resp.status().as_u16();
     if status >= 500 {
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retryable = header(crate::retry::H_RETRYABLE).is_some_and(|v| v == "true");
+        let code = match header(H_ERROR).as_deref() {
+            Some("loop_detected") => ErrorCode::LoopDetected,
+            Some("deadline_exceeded") => ErrorCode::DeadlineExceeded,
+            _ => ErrorCode::AgentError,
+        };
         let body = read_capped(resp, ERROR_BODY_BYTES_MAX).await;
+        let message = match code {
+            ErrorCode::AgentError => format!("agent answered {status}"),
+            _ => format!("agent answered {status}: an onward call failed downstream"),
+        };
         return Err(CallError {
             status: Some(status),
             body: Some(body),
-            ..CallError::new(ErrorCode::AgentError, format!("agent answered {status}"))
+            retryable,
+            ..CallError::new(code, message)
         });
     }
     Ok(resp)

@@ -42,6 +42,13 @@ pub const ATTR_QUERY_PREFIX: &str = "attr.";
 pub const SERVED_BY_HEADER: &str = "x-mesh-served-by";
 /// Response header counting the attempts a call took.
 pub const ATTEMPTS_HEADER: &str = "x-mesh-attempts";
+/// Response header naming the policy that picked the agent.
+pub const POLICY_HEADER: &str = "x-mesh-policy";
+/// Response header saying why the pinned agent (`x-mesh-prefer`) was not used.
+pub const PREFER_FALLBACK_HEADER: &str = "x-mesh-prefer-fallback";
+/// Response header naming the error code of a failed call (agents copy it when they pass a
+/// failed onward call back, so the code survives the hop).
+pub const ERROR_HEADER: &str = crate::agent_client::H_ERROR;
 
 /// The OpenAPI 3.1 document served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -73,9 +80,15 @@ impl IntoResponse for ApiError {
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
         });
         let attempts = self.err.attempts;
+        let code = serde_json::to_value(self.err.code)
+            .ok()
+            .and_then(|v| v.as_str().map(header_text));
         let mut resp = (status, Json(self.err)).into_response();
         resp.headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+        if let Some(c) = code {
+            resp.headers_mut().insert(ERROR_HEADER, c);
+        }
         resp
     }
 }
@@ -97,6 +110,8 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/members", get(get_members))
         .route("/v1/capabilities", get(get_capabilities))
         .route("/v1/routes/{capability}", get(get_routes))
+        .route("/v1/config", get(get_config))
+        .route("/v1/config/reload", post(post_config_reload))
         .route("/v1/openapi.json", get(get_openapi))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
@@ -243,6 +258,7 @@ fn apply_query(req: &mut CallRequest, query: &str) -> Result<(), CallError> {
             "policy" => req.policy = Some(routing_hint("policy", &v)?),
             "prefer" => req.prefer = Some(routing_hint("prefer", &v)?),
             "deadline_ms" => req.deadline_ms = Some(parse_deadline("deadline_ms", &v)?),
+            "complexity" => req.complexity = Some(parse_complexity("complexity", &v)?),
             k => match k.strip_prefix(ATTR_QUERY_PREFIX) {
                 Some(name) => insert_attr(req, &format!("attr.{name}"), name, &v)?,
                 None => {
@@ -275,6 +291,11 @@ fn apply_headers(req: &mut CallRequest, headers: &HeaderMap) -> Result<(), CallE
             "x-mesh-prefer" => req.prefer = Some(routing_hint(n, v)?),
             "x-mesh-policy" => req.policy = Some(routing_hint(n, v)?),
             "x-mesh-min-proficiency" => req.min_proficiency = Some(parse_proficiency(n, v)?),
+            "x-mesh-complexity" => req.complexity = Some(parse_complexity(n, v)?),
+            "x-mesh-chain" => {
+                crate::chain::decode(v)?;
+                req.chain = Some(v.to_string());
+            }
             "traceparent" => req.traceparent = valid_traceparent(v).then(|| v.to_string()),
             "tracestate" => req.tracestate = (v.len() <= TRACESTATE_LEN_MAX).then(|| v.to_string()),
             // Other x-mesh-* headers are the mesh's own (responses); they are ignored.
@@ -313,6 +334,11 @@ fn parse_deadline(field: &str, v: &str) -> Result<u64, CallError> {
             format!("{v:?} is not a deadline: expected whole milliseconds, 1 to {DEADLINE_MS_MAX}"),
         )),
     }
+}
+
+fn parse_complexity(field: &str, v: &str) -> Result<crate::contract::Complexity, CallError> {
+    v.parse()
+        .map_err(|e: String| CallError::bad_field(field, e))
 }
 
 fn parse_proficiency(field: &str, v: &str) -> Result<Proficiency, CallError> {
@@ -379,10 +405,31 @@ async fn post_call(
     let h = out.headers_mut();
     h.insert(SERVED_BY_HEADER, header_text(&resp.served_by));
     h.insert(ATTEMPTS_HEADER, HeaderValue::from(resp.attempts));
+    h.insert(POLICY_HEADER, header_text(&resp.policy));
+    if let Some(why) = resp.prefer_fallback.as_deref() {
+        h.insert(PREFER_FALLBACK_HEADER, header_text(why));
+    }
     if let Some(ct) = resp.content_type.as_deref() {
         h.insert(header::CONTENT_TYPE, header_text(ct));
     }
     Ok(out)
+}
+
+/// `GET /v1/config`: the effective routing and resilience settings, per configured
+/// capability and as defaults.
+async fn get_config(State(st): State<ApiState>) -> Response {
+    let spec = st.mesh.mesh_config();
+    (StatusCode::OK, Json(&*spec)).into_response()
+}
+
+/// `POST /v1/config/reload`: re-read the node's config file and apply its resilience
+/// settings; an invalid file is refused (400, the error names file and key) and nothing
+/// changes.
+async fn post_config_reload(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    match st.mesh.reload_config() {
+        Ok(spec) => Ok((StatusCode::OK, Json(&*spec)).into_response()),
+        Err(message) => Err(bad("config", message)),
+    }
 }
 
 async fn get_routes(
@@ -652,7 +699,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 8, "router routes parsed");
+        assert_eq!(seen, 10, "router routes parsed");
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(
             paths.len(),

@@ -100,6 +100,8 @@ pub struct WireError {
     pub status: Option<u16>,
     /// The agent's body, for `agent_error`.
     pub body: Option<String>,
+    /// The agent marked the failure retryable.
+    pub retryable: bool,
 }
 
 /// One frame of the response direction.
@@ -141,6 +143,7 @@ impl From<WireError> for CallError {
         CallError {
             status: w.status,
             body: w.body,
+            retryable: w.retryable,
             ..CallError::new(w.code, w.message)
         }
     }
@@ -153,6 +156,7 @@ impl From<&CallError> for WireError {
             message: truncate(&e.message, ERROR_MESSAGE_LEN_MAX),
             status: e.status,
             body: e.body.as_deref().map(|b| truncate(b, ERROR_BODY_BYTES_MAX)),
+            retryable: e.retryable,
         }
     }
 }
@@ -397,6 +401,7 @@ mod tests {
                     message,
                     status,
                     body: Some("boom".into()),
+                    retryable: status.is_some(),
                 })
             }),
         ]

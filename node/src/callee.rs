@@ -129,6 +129,22 @@ pub struct Callee {
     pub agent: Arc<LocalAgent>,
     /// Admission state (calls from unadmitted peers are refused).
     pub admission: Arc<AdmissionTable>,
+    /// Membership, for the caller's priority (from its signed record).
+    pub gossip: crate::gossip_driver::SharedSnapshot,
+    /// The resilience settings in force (shedding thresholds).
+    pub spec: crate::runtime::SharedSpec,
+}
+
+impl Callee {
+    /// The priority of `node` as its record says (standard if unknown).
+    pub fn priority_of(&self, node: &NodeId) -> agentmesh_gossip::record::Priority {
+        crate::gossip_driver::snapshot(&self.gossip)
+            .members
+            .iter()
+            .find(|m| m.node_id == *node)
+            .and_then(|m| m.record.as_ref().map(|r| r.priority))
+            .unwrap_or_default()
+    }
 }
 
 /// Accepts inbound call streams until the handle is dropped.
@@ -189,6 +205,13 @@ impl Callee {
             AdmissionMode::Enforced { .. } => roles,
         };
         let reg = self.agent.offering(&header.capability)?;
+        let shedding = crate::runtime::spec_now(&self.spec).shedding.clone();
+        crate::shed::admit(
+            self.priority_of(&from),
+            self.agent.in_flight(),
+            reg.max_concurrency,
+            &shedding,
+        )?;
         let _guard = self.agent.try_acquire()?;
         let body = tokio::time::timeout_at(deadline, read_body(r))
             .await
@@ -287,6 +310,7 @@ pub fn agent_request(
         call_id: hex_id(&header.call_id),
         traceparent: header.traceparent.clone(),
         tracestate: header.tracestate.clone(),
+        chain: Some(crate::chain::encode(&header.chain)),
     }
 }
 

@@ -61,6 +61,7 @@ pub async fn call_local(
         call_id: hex_id(&a.header.call_id),
         traceparent: a.header.traceparent.clone(),
         tracestate: a.header.tracestate.clone(),
+        chain: Some(crate::chain::encode(&a.header.chain)),
     };
     let resp = agent.invoke(req).await?;
     let status = resp.status().as_u16();

@@ -135,6 +135,13 @@ pub struct FileConfig {
     pub mesh: MeshSection,
     /// `[agent]`, optional static registration.
     pub agent: Option<AgentRegistration>,
+    /// `[defaults]`: routing and resilience settings for every capability
+    /// (see [`crate::mesh_config`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<toml::Table>,
+    /// `[capability."name"]`: per-capability overrides of `[defaults]`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub capability: std::collections::BTreeMap<String, toml::Table>,
 }
 
 /// `[node]`.
@@ -215,6 +222,8 @@ pub struct NodeConfig {
     pub api_listen: SocketAddr,
     /// Root and mesh id when admission is enforced.
     pub enforced: Option<(NodeId, String)>,
+    /// The validated routing and resilience settings.
+    pub mesh: crate::mesh_config::MeshConfig,
 }
 
 impl NodeConfig {
@@ -287,11 +296,15 @@ impl NodeConfig {
         if let Some(agent) = &file.agent {
             validate_agent(agent).map_err(|e| err(&format!("agent.{}", e.field), e.message))?;
         }
+        let mesh =
+            crate::mesh_config::MeshConfig::from_tables(file.defaults.as_ref(), &file.capability)
+                .map_err(|e| err(&e.key, e.message))?;
         Ok(NodeConfig {
             path: PathBuf::from(file_name),
             file,
             api_listen,
             enforced,
+            mesh,
         })
     }
 
@@ -377,6 +390,7 @@ impl NodeConfig {
             },
             agent: self.file.agent.clone(),
             priority: n.priority,
+            mesh: self.mesh.clone(),
         })
     }
 }

@@ -50,6 +50,35 @@ pub struct CallRequest {
     pub content_type: Option<String>,
     /// Request body.
     pub body: bytes::Bytes,
+    /// Complexity hint (`x-mesh-complexity`): `high` goes to experts, `low` to the cheapest
+    /// competent agent.
+    pub complexity: Option<Complexity>,
+    /// The opaque call-chain token (`x-mesh-chain`) the node gave the calling agent, when this
+    /// call is an onward call made while serving another.
+    pub chain: Option<String>,
+}
+
+/// How demanding a request is (`x-mesh-complexity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Complexity {
+    /// Simple: the cheapest competent agent will do.
+    Low,
+    /// Hard: experts first, experienced agents when the experts are at capacity.
+    High,
+}
+
+impl std::str::FromStr for Complexity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "low" => Ok(Complexity::Low),
+            "high" => Ok(Complexity::High),
+            other => Err(format!(
+                "{other:?} is not a complexity: expected low | high"
+            )),
+        }
+    }
 }
 
 /// A streamed response body: chunks as the callee's agent produces them.
@@ -67,6 +96,10 @@ pub struct CallResponse {
     pub served_by: String,
     /// Attempts made.
     pub attempts: u32,
+    /// The policy that picked the agent.
+    pub policy: String,
+    /// Why a pinned agent (`x-mesh-prefer`) was not used, if it was not.
+    pub prefer_fallback: Option<String>,
 }
 
 /// Stable error codes visible to callers as `{"code": …}`.
@@ -135,6 +168,9 @@ pub struct CallError {
     /// Attempts made before failing.
     #[serde(default)]
     pub attempts: u32,
+    /// The agent marked its failure retryable (`x-mesh-retryable: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
 }
 
 impl CallError {
@@ -147,6 +183,7 @@ impl CallError {
             status: None,
             body: None,
             attempts: 0,
+            retryable: false,
         }
     }
 
@@ -195,6 +232,9 @@ pub struct RouteCandidate {
     pub cost: f64,
     /// Calls in flight to it from here, observed.
     pub in_flight: u32,
+    /// Calls in flight the callee reported on its last answer (ORCA-style load feedback).
+    #[serde(default)]
+    pub reported_in_flight: Option<u32>,
     /// Observed latency EWMA in ms, if any calls were made.
     pub latency_ms: Option<f64>,
     /// Observed success rate, if any calls were made.

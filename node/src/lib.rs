@@ -2,18 +2,25 @@
 //! routing and the runtime that composes them; plus the local API and CLI.
 #![forbid(unsafe_code)]
 
-pub mod contract;
-pub mod api;
-pub mod cli;
-pub mod config;
-pub mod demo_agent;
-pub mod runtime;
 pub mod admission;
-pub mod call_proto;
-pub mod frame;
-pub mod transport;
 pub mod agent_client;
+pub mod api;
+pub mod breaker;
+pub mod call_proto;
 pub mod callee;
 pub mod caller;
+pub mod chain;
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod demo_agent;
+pub mod frame;
 pub mod gossip_driver;
+pub mod mesh_config;
+pub mod policy;
+pub mod resilience;
+pub mod retry;
 pub mod router;
+pub mod runtime;
+pub mod shed;
+pub mod transport;

@@ -264,6 +264,14 @@ impl Router {
         }
     }
 
+    /// `(in flight from here, in flight the callee reported, its reported limit)`.
+    pub fn load_of(&self, node: &NodeId) -> (u32, u32, u32) {
+        lock(&self.load)
+            .get(node)
+            .map(|l| (l.in_flight, l.reported_in_flight, l.reported_max))
+            .unwrap_or((0, 0, 0))
+    }
+
     /// Calls from here in flight to `node`.
     pub fn in_flight(&self, node: &NodeId) -> u32 {
         lock(&self.load).get(node).map(|l| l.in_flight).unwrap_or(0)
@@ -325,6 +333,7 @@ impl Router {
             proficiency: c.capability.proficiency,
             cost: c.capability.cost,
             in_flight: self.in_flight(&c.node_id),
+            reported_in_flight: None,
             latency_ms: None,
             success_rate: None,
             breaker: "closed".into(),

@@ -18,7 +18,11 @@ use crate::contract::{
 use crate::gossip_driver::{
     self, now_ms, snapshot, DriverCmd, DriverStats, GossipInit, SharedSnapshot,
 };
-use crate::router::{self, Router};
+use crate::mesh_config::{CapabilitySettings, MeshConfig};
+use crate::resilience::{health_failure, Resilience};
+pub use crate::resilience::{spec_now, SharedSpec};
+use crate::retry::{classify, hop_budget_ms, transient_status, Retry};
+use crate::router::{self, Candidate, Router};
 use crate::transport::{self, SwarmCmd, Transport, TransportEvent, ADMIT_PROTOCOL, CALL_PROTOCOL};
 use agentmesh_crypto::{Keypair, NodeId, SignedCert};
 use agentmesh_gossip::member::{ADDRS_MAX, ADDR_LEN_MAX};
@@ -94,6 +98,8 @@ pub struct RuntimeConfig {
     pub agent: Option<AgentRegistration>,
     /// Traffic priority.
     pub priority: Priority,
+    /// Routing and resilience settings (`[defaults]`, `[capability."…"]`).
+    pub mesh: MeshConfig,
 }
 
 impl RuntimeConfig {
@@ -109,6 +115,7 @@ impl RuntimeConfig {
             profile: GossipProfile::Lan,
             agent: None,
             priority: Priority::Standard,
+            mesh: MeshConfig::default(),
         }
     }
 }
@@ -121,6 +128,9 @@ struct Inner {
     admission: Arc<AdmissionTable>,
     agent: Arc<LocalAgent>,
     router: Router,
+    res: Resilience,
+    priority: Priority,
+    config_path: Mutex<Option<std::path::PathBuf>>,
     driver_stats: Arc<DriverStats>,
     roles: Vec<String>,
     seeded: bool,
@@ -267,6 +277,9 @@ impl MeshHandle {
             admission: admission.clone(),
             agent: agent.clone(),
             router: Router::new(),
+            res: Resilience::new(cfg.mesh.clone(), rand::random::<u64>()),
+            priority: cfg.priority,
+            config_path: Mutex::new(None),
             driver_stats,
             roles,
             seeded: !cfg.seeds.is_empty(),
@@ -289,7 +302,15 @@ impl MeshHandle {
         let mut tasks = vec![
             tokio::spawn(handle.clone().connection_events(events, hello, cfg.mdns)),
             tokio::spawn(handle.clone().admit_inbound(admit_in)),
-            tokio::spawn(callee::accept_loop(Callee { agent, admission }, call_in)),
+            tokio::spawn(callee::accept_loop(
+                Callee {
+                    agent,
+                    admission,
+                    gossip: handle.0.gossip.clone(),
+                    spec: handle.0.res.spec.clone(),
+                },
+                call_in,
+            )),
             tokio::spawn(handle.clone().publish_load()),
         ];
         if !cfg.seeds.is_empty() {
@@ -367,8 +388,52 @@ impl MeshHandle {
 
     /// Ranks the candidates for `req` and says why, without calling anyone.
     pub fn routes(&self, req: &CallRequest) -> Result<RouteExplanation, CallError> {
+        let spec = spec_now(&self.0.res.spec);
+        let settings = spec.for_capability(&req.capability);
         let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, req);
-        self.0.router.explain(offers, req)
+        if offers.is_empty() {
+            return Err(CallError::new(
+                ErrorCode::NoCapability,
+                format!("no agent offers {}", req.capability),
+            ));
+        }
+        let (cands, ineligible) = split_offers(offers);
+        let views = self
+            .0
+            .res
+            .views(&cands, &self.0.router, &self.0.agent, &settings.breaker);
+        self.0
+            .res
+            .explain(&cands, &ineligible, &views, req, settings)
+    }
+
+    /// The resilience settings in force.
+    pub fn mesh_config(&self) -> Arc<MeshConfig> {
+        spec_now(&self.0.res.spec)
+    }
+
+    /// Replaces the resilience settings. Calls in flight keep the settings they started with;
+    /// observations and breaker states carry over.
+    pub fn set_mesh_config(&self, spec: MeshConfig) {
+        self.0.res.set_spec(spec);
+        tracing::info!("routing and resilience settings applied");
+    }
+
+    /// Remembers the config file that [`MeshHandle::reload_config`] re-reads.
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        *lock(&self.0.config_path) = Some(path);
+    }
+
+    /// Re-reads the config file and applies its resilience settings. A file that fails
+    /// validation is refused (the error names file, key and valid values) and the settings
+    /// in force stay.
+    pub fn reload_config(&self) -> Result<Arc<MeshConfig>, String> {
+        let path = lock(&self.0.config_path)
+            .clone()
+            .ok_or_else(|| "this node was not started from a config file".to_string())?;
+        let cfg = crate::config::NodeConfig::load(&path).map_err(|e| e.to_string())?;
+        self.set_mesh_config(cfg.mesh);
+        Ok(self.mesh_config())
     }
 
     /// Registers or replaces the local agent and publishes it in this node's record.
@@ -390,8 +455,10 @@ impl MeshHandle {
         Ok(())
     }
 
-    /// Routes and performs a call. The response streams; `served_by` and `attempts` say who
-    /// answered after how many tries.
+    /// Routes and performs a call with the capability's policy, breakers, retries and
+    /// deadline; when every candidate's breaker is open, the capability's fallback is called
+    /// instead (once). The response streams; `served_by` and `attempts` say who answered
+    /// after how many tries.
     pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
         if self.0.shutting_down.load(Ordering::Acquire) {
             return Err(CallError::new(
@@ -400,87 +467,248 @@ impl MeshHandle {
             ));
         }
         validate_call(&req)?;
-        let deadline_ms = req.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS);
-        if deadline_ms < DEADLINE_MIN_MS {
+        let spec = spec_now(&self.0.res.spec);
+        let settings = spec.for_capability(&req.capability).clone();
+        let incoming = match req.chain.as_deref() {
+            Some(t) => crate::chain::decode(t)?,
+            None => Vec::new(),
+        };
+        let deadline_ms = req
+            .deadline_ms
+            .unwrap_or(settings.deadline.default_ms)
+            .min(DEADLINE_MAX_MS);
+        if deadline_ms < settings.deadline.min_ms {
             return Err(CallError::new(
                 ErrorCode::DeadlineExceeded,
                 format!(
-                    "deadline of {deadline_ms} ms is below the minimum of {DEADLINE_MIN_MS} ms"
+                    "deadline of {deadline_ms} ms is below the minimum of {} ms; not sent",
+                    settings.deadline.min_ms
                 ),
             ));
         }
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(deadline_ms.min(DEADLINE_MAX_MS));
-        let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, &req);
-        let ordered = self.0.router.select(offers, &req, true)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(deadline_ms);
+        let chain = crate::chain::extend(
+            incoming.clone(),
+            self.0.node_id,
+            &req.capability,
+            settings.hop_limit,
+        )?;
         let _outbound = OutboundGuard::new(self.0.outbound.clone());
-        let attempt = Attempt {
-            header: CallHeader {
-                call_id: rand::random(),
-                capability: req.capability.clone(),
-                attrs: req.attrs.clone(),
-                min_proficiency: req.min_proficiency,
-                deadline_ms,
-                chain: vec![(self.0.node_id, req.capability.clone())],
-                traceparent: req.traceparent.clone(),
-                tracestate: req.tracestate.clone(),
-                caller_node: self.0.node_id,
-                caller_agent: self.0.agent.registration().map(|r| r.name),
-                caller_roles: self.0.roles.clone(),
-                content_type: req.content_type.clone(),
-            },
-            body: &req.body,
-            deadline,
-            reserve: Duration::from_millis(DEADLINE_RESERVE_MS),
-        };
-        let mut attempts = 0u32;
-        let mut last: Option<CallError> = None;
-        for cand in ordered.iter().take(CALL_ATTEMPTS_MAX as usize) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left < Duration::from_millis(DEADLINE_MIN_MS) {
-                last = Some(CallError::new(
-                    ErrorCode::DeadlineExceeded,
-                    "too little time left for another attempt",
-                ));
-                break;
+        match self.call_routed(&req, &settings, chain, deadline).await {
+            Err(e) if e.code == ErrorCode::CircuitOpen && settings.fallback.is_some() => {
+                let fallback = settings.fallback.clone().unwrap_or_default();
+                tracing::info!(capability = %req.capability, %fallback, "every breaker open; calling the fallback capability");
+                let fb_settings = spec.for_capability(&fallback).clone();
+                let chain = crate::chain::extend(
+                    incoming,
+                    self.0.node_id,
+                    &fallback,
+                    fb_settings.hop_limit,
+                )?;
+                let mut fb_req = req.clone();
+                fb_req.capability = fallback.clone();
+                fb_req.prefer = None;
+                let mut resp = self
+                    .call_routed(&fb_req, &fb_settings, chain, deadline)
+                    .await?;
+                resp.policy = format!("{} (fallback from {})", resp.policy, req.capability);
+                Ok(resp)
             }
-            attempts += 1;
-            let res: Result<Answer, CallError> = if cand.local {
-                caller::call_local(&self.0.agent, cand, &attempt, self.0.roles.clone()).await
-            } else {
-                caller::call_remote(
-                    &self.0.transport,
-                    &self.0.admission,
-                    &self.0.router,
-                    cand,
-                    &attempt,
-                )
-                .await
+            other => other,
+        }
+    }
+
+    async fn call_routed(
+        &self,
+        req: &CallRequest,
+        settings: &CapabilitySettings,
+        chain: Vec<(NodeId, String)>,
+        deadline: tokio::time::Instant,
+    ) -> Result<CallResponse, CallError> {
+        let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, req);
+        if offers.is_empty() {
+            return Err(CallError::new(
+                ErrorCode::NoCapability,
+                format!("no agent offers {}", req.capability),
+            ));
+        }
+        let total = offers.len();
+        let (cands, _) = split_offers(offers);
+        if cands.is_empty() {
+            return Err(CallError::new(
+                ErrorCode::NoEligibleAgent,
+                format!(
+                    "{total} agent(s) offer {} but none matches the constraints",
+                    req.capability
+                ),
+            ));
+        }
+        let res = &self.0.res;
+        res.deposit(&req.capability, &settings.retry);
+        let mut header = CallHeader {
+            call_id: rand::random(),
+            capability: req.capability.clone(),
+            attrs: req.attrs.clone(),
+            min_proficiency: req.min_proficiency,
+            deadline_ms: 0,
+            chain,
+            traceparent: req.traceparent.clone(),
+            tracestate: req.tracestate.clone(),
+            caller_node: self.0.node_id,
+            caller_agent: self.0.agent.registration().map(|r| r.name),
+            caller_roles: self.0.roles.clone(),
+            content_type: req.content_type.clone(),
+        };
+        let mut tried: Vec<NodeId> = Vec::new();
+        let mut attempts = 0u32;
+        let fail = |mut e: CallError, attempts: u32| {
+            e.attempts = attempts;
+            Err(e)
+        };
+        loop {
+            let views = res.views(&cands, &self.0.router, &self.0.agent, &settings.breaker);
+            let ranking = match res.rank(&views, req, settings, attempts == 0) {
+                Ok(r) => r,
+                Err(e) => return fail(e, attempts),
             };
-            match res {
+            // A retry prefers an agent not tried yet; the breaker must grant a slot.
+            let mut order: Vec<usize> = ranking
+                .order
+                .iter()
+                .copied()
+                .filter(|&i| !tried.contains(&cands[i].node_id))
+                .collect();
+            order.extend(
+                ranking
+                    .order
+                    .iter()
+                    .copied()
+                    .filter(|&i| tried.contains(&cands[i].node_id)),
+            );
+            let picked = order.into_iter().find_map(|i| {
+                let permit = if ranking.panic {
+                    Some(crate::breaker::Permit::Normal)
+                } else {
+                    res.acquire(cands[i].node_id, &settings.breaker)
+                };
+                permit.map(|p| (i, p))
+            });
+            let Some((i, permit)) = picked else {
+                return fail(
+                    CallError::new(
+                        ErrorCode::CircuitOpen,
+                        "no candidate's breaker admits a call now",
+                    ),
+                    attempts,
+                );
+            };
+            let cand = &cands[i];
+            let remaining = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64;
+            let budget_ms = match hop_budget_ms(remaining, &settings.deadline) {
+                Ok(b) => b,
+                Err(e) => return fail(e, attempts),
+            };
+            attempts += 1;
+            tried.push(cand.node_id);
+            header.deadline_ms = budget_ms;
+            let started = tokio::time::Instant::now();
+            let result = self
+                .attempt(
+                    cand,
+                    &header,
+                    &req.body,
+                    started + Duration::from_millis(budget_ms),
+                )
+                .await;
+            let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let err = match result {
                 Ok(a) => {
-                    return Ok(CallResponse {
-                        status: a.status,
-                        content_type: a.content_type,
-                        body: a.body,
-                        served_by: format!("{}/{}", cand.node_id, a.agent),
-                        attempts,
-                    })
-                }
-                Err(e) => {
-                    tracing::debug!(target_node = %cand.node_id, code = ?e.code, error = %e.message, "call attempt failed");
-                    let transient =
-                        matches!(e.code, ErrorCode::AgentUnreachable | ErrorCode::Overloaded);
-                    last = Some(e);
-                    if !transient {
-                        break;
+                    res.observe(cand.node_id, rtt_ms, true, permit, &settings.breaker);
+                    let retry_it = transient_status(a.status)
+                        && attempts < settings.retry.max_attempts
+                        && res.withdraw(&req.capability, &settings.retry);
+                    if !retry_it {
+                        return Ok(CallResponse {
+                            status: a.status,
+                            content_type: a.content_type,
+                            body: a.body,
+                            served_by: format!("{}/{}", cand.node_id, a.agent),
+                            attempts,
+                            policy: ranking.policy.name().to_string(),
+                            prefer_fallback: ranking.prefer_fallback,
+                        });
+                    }
+                    CallError {
+                        status: Some(a.status),
+                        ..CallError::new(ErrorCode::Overloaded, "agent answered 429")
                     }
                 }
+                Err(e) => {
+                    tracing::debug!(target_node = %cand.node_id, code = ?e.code, error = %e.message, attempt = attempts, "call attempt failed");
+                    res.observe(
+                        cand.node_id,
+                        rtt_ms,
+                        !health_failure(&e),
+                        permit,
+                        &settings.breaker,
+                    );
+                    if classify(&e) == Retry::Permanent || attempts >= settings.retry.max_attempts {
+                        return fail(e, attempts);
+                    }
+                    if !res.withdraw(&req.capability, &settings.retry) {
+                        let mut e = e;
+                        e.message.push_str("; not retried: retry budget exhausted");
+                        return fail(e, attempts);
+                    }
+                    e
+                }
+            };
+            let pause = Duration::from_millis(res.backoff_ms(attempts, &settings.retry));
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if pause + Duration::from_millis(settings.deadline.min_ms) >= left {
+                let mut e = err;
+                e.message.push_str("; not retried: too little time left");
+                return fail(e, attempts);
             }
+            tokio::time::sleep(pause).await;
         }
-        let mut e = last.unwrap_or_else(|| CallError::new(ErrorCode::Internal, "no attempt made"));
-        e.attempts = attempts;
-        Err(e)
+    }
+
+    /// One attempt to one candidate, local (HTTP) or remote (QUIC), until `deadline`.
+    async fn attempt(
+        &self,
+        cand: &Candidate,
+        header: &CallHeader,
+        body: &bytes::Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, CallError> {
+        let attempt = Attempt {
+            header: header.clone(),
+            body,
+            deadline,
+            reserve: Duration::ZERO,
+        };
+        if cand.local {
+            let shedding = spec_now(&self.0.res.spec).shedding.clone();
+            crate::shed::admit(
+                self.0.priority,
+                self.0.agent.in_flight(),
+                self.0.agent.max_concurrency(),
+                &shedding,
+            )?;
+            caller::call_local(&self.0.agent, cand, &attempt, self.0.roles.clone()).await
+        } else {
+            caller::call_remote(
+                &self.0.transport,
+                &self.0.admission,
+                &self.0.router,
+                cand,
+                &attempt,
+            )
+            .await
+        }
     }
 
     /// True once the node is serving and, if it has seeds, has joined through one of them.
@@ -769,6 +997,21 @@ impl Drop for OutboundGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Splits offers into eligible candidates and `(candidate, why not)`.
+fn split_offers(
+    offers: Vec<(Candidate, Option<String>)>,
+) -> (Vec<Candidate>, Vec<(Candidate, String)>) {
+    let mut ok = Vec::new();
+    let mut not = Vec::new();
+    for (c, why) in offers {
+        match why {
+            None => ok.push(c),
+            Some(w) => not.push((c, w)),
+        }
+    }
+    (ok, not)
 }
 
 fn validate_call(req: &CallRequest) -> Result<(), CallError> {

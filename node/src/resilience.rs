@@ -1,0 +1,297 @@
+//! The node's routing and resilience state: the settings in force (swappable on reload), the
+//! scoreboard of observations and breakers, retry budgets, round-robin cursors and the RNG.
+//! The decisions themselves are the pure functions of [`crate::policy`], [`crate::breaker`]
+//! and [`crate::retry`]; this module only holds their state between calls and reads the clock.
+
+use crate::breaker::{BreakerConfig, Permit};
+use crate::callee::LocalAgent;
+use crate::contract::{CallError, CallRequest, ErrorCode, RouteCandidate, RouteExplanation};
+use crate::mesh_config::{CapabilitySettings, MeshConfig};
+use crate::policy::{self, Ask, PolicyName, RankConfig, Ranking, Scoreboard, View};
+use crate::retry::{RetryBudget, RetryConfig};
+use crate::router::{Candidate, Router};
+use agentmesh_crypto::NodeId;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Most capabilities with a retry budget or cursor kept.
+pub const RESILIENCE_CAPABILITIES_MAX: usize = 4096;
+
+/// The settings in force, swapped whole on reload; calls in flight keep the `Arc` they took.
+pub type SharedSpec = Arc<RwLock<Arc<MeshConfig>>>;
+
+/// The settings in force now.
+pub fn spec_now(s: &SharedSpec) -> Arc<MeshConfig> {
+    s.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Routing and resilience state of one node.
+#[derive(Debug)]
+pub struct Resilience {
+    /// The settings in force.
+    pub spec: SharedSpec,
+    scores: Mutex<Scoreboard>,
+    budgets: Mutex<HashMap<String, RetryBudget>>,
+    cursors: Mutex<HashMap<String, u64>>,
+    rng: Mutex<StdRng>,
+    epoch: tokio::time::Instant,
+}
+
+impl Resilience {
+    /// Fresh state with `spec`, RNG seeded from `seed`.
+    pub fn new(spec: MeshConfig, seed: u64) -> Self {
+        Resilience {
+            spec: Arc::new(RwLock::new(Arc::new(spec))),
+            scores: Mutex::new(Scoreboard::default()),
+            budgets: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Milliseconds since this node started (the clock of every state machine here).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Replaces the settings; calls in flight keep theirs.
+    pub fn set_spec(&self, spec: MeshConfig) {
+        *self.spec.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(spec);
+    }
+
+    /// Observed view of each candidate.
+    pub fn views(
+        &self,
+        cands: &[Candidate],
+        router: &Router,
+        local: &LocalAgent,
+        breaker: &BreakerConfig,
+    ) -> Vec<View> {
+        let now = self.now_ms();
+        let mut scores = lock(&self.scores);
+        cands
+            .iter()
+            .map(|c| {
+                let (in_flight, reported, max) = if c.local {
+                    (0, local.in_flight(), local.max_concurrency())
+                } else {
+                    router.load_of(&c.node_id)
+                };
+                let s = scores.entry(c.node_id, now);
+                let (success_rate, calls) = s.success(now);
+                let state = s.breaker.state(now);
+                let admits = !breaker.enabled || s.breaker.would_admit(now, breaker);
+                View {
+                    node: c.node_id.to_string(),
+                    node_short: c.node_id.short(),
+                    agent: c.agent.clone(),
+                    proficiency: c.capability.proficiency,
+                    cost: c.capability.cost,
+                    in_flight,
+                    reported_in_flight: reported,
+                    reported_max: if max > 0 {
+                        max
+                    } else {
+                        c.record.max_concurrency
+                    },
+                    latency_ms: s.ewma.get(),
+                    success_rate,
+                    calls,
+                    breaker: state,
+                    admits,
+                }
+            })
+            .collect()
+    }
+
+    /// Ranks `cands` for `req`; advances the round-robin cursor if `advance`.
+    pub fn rank(
+        &self,
+        views: &[View],
+        req: &CallRequest,
+        settings: &CapabilitySettings,
+        advance: bool,
+    ) -> Result<Ranking, CallError> {
+        let policy = req.policy.as_deref().map(PolicyName::parse).transpose()?;
+        let ask = Ask {
+            policy,
+            prefer: req.prefer.as_deref().filter(|p| !p.is_empty()),
+            complexity: req.complexity,
+        };
+        let cfg = RankConfig {
+            default_policy: settings.policy,
+            tiers: &settings.quality,
+            panic_threshold: settings.breaker.panic_threshold,
+        };
+        let cursor = self.cursor(&req.capability, advance);
+        let mut rng = lock(&self.rng);
+        policy::rank(views, &ask, cfg, cursor, &mut *rng)
+    }
+
+    fn cursor(&self, capability: &str, advance: bool) -> u64 {
+        let mut c = lock(&self.cursors);
+        if !c.contains_key(capability) && c.len() >= RESILIENCE_CAPABILITIES_MAX {
+            c.clear();
+        }
+        let v = c.entry(capability.to_string()).or_insert(0);
+        let out = *v;
+        if advance {
+            *v = v.wrapping_add(1);
+        }
+        out
+    }
+
+    /// Asks `node`'s breaker for a call slot.
+    pub fn acquire(&self, node: NodeId, cfg: &BreakerConfig) -> Option<Permit> {
+        let now = self.now_ms();
+        lock(&self.scores)
+            .entry(node, now)
+            .breaker
+            .try_acquire(now, cfg)
+    }
+
+    /// Records an attempt's outcome.
+    pub fn observe(
+        &self,
+        node: NodeId,
+        rtt_ms: f64,
+        ok: bool,
+        permit: Permit,
+        cfg: &BreakerConfig,
+    ) {
+        let now = self.now_ms();
+        let mut rng = lock(&self.rng);
+        lock(&self.scores).observe(node, now, rtt_ms, ok, permit, cfg, &mut *rng);
+    }
+
+    /// Records a call against the capability's retry budget.
+    pub fn deposit(&self, capability: &str, cfg: &RetryConfig) {
+        let now = self.now_ms();
+        self.with_budget(capability, now, |b| b.deposit(now, cfg));
+    }
+
+    /// Takes a retry from the capability's budget.
+    pub fn withdraw(&self, capability: &str, cfg: &RetryConfig) -> bool {
+        let now = self.now_ms();
+        self.with_budget(capability, now, |b| b.withdraw(now, cfg))
+    }
+
+    fn with_budget<T>(
+        &self,
+        capability: &str,
+        now: u64,
+        f: impl FnOnce(&mut RetryBudget) -> T,
+    ) -> T {
+        let mut m = lock(&self.budgets);
+        if !m.contains_key(capability) && m.len() >= RESILIENCE_CAPABILITIES_MAX {
+            m.clear();
+        }
+        f(m.entry(capability.to_string())
+            .or_insert_with(|| RetryBudget::new(now)))
+    }
+
+    /// A full-jitter backoff before retry number `retry`, in ms.
+    pub fn backoff_ms(&self, retry: u32, cfg: &RetryConfig) -> u64 {
+        let mut rng = lock(&self.rng);
+        crate::retry::backoff_ms(retry, cfg, &mut *rng)
+    }
+
+    /// Explains the ranking without advancing anything.
+    pub fn explain(
+        &self,
+        cands: &[Candidate],
+        ineligible: &[(Candidate, String)],
+        views: &[View],
+        req: &CallRequest,
+        settings: &CapabilitySettings,
+    ) -> Result<RouteExplanation, CallError> {
+        let mut rows = Vec::new();
+        let mut policy = req
+            .policy
+            .clone()
+            .unwrap_or_else(|| settings.policy.name().to_string());
+        match self.rank(views, req, settings, false) {
+            Ok(r) => {
+                policy = r.policy.name().to_string();
+                if r.panic {
+                    policy.push_str(" (panic mode)");
+                }
+                for (pos, &i) in r.order.iter().enumerate() {
+                    let mut reason = r.reasons[i].clone();
+                    if cands[i].local {
+                        reason.push_str("; local agent (no network hop)");
+                    }
+                    rows.push(row(&cands[i], &views[i], Some(pos as u32 + 1), reason));
+                }
+                for i in (0..views.len()).filter(|i| !r.order.contains(i)) {
+                    rows.push(row(&cands[i], &views[i], None, r.reasons[i].clone()));
+                }
+                if let Some(f) = r.prefer_fallback {
+                    policy.push_str(&format!("; {f}"));
+                }
+            }
+            Err(e) if e.code == ErrorCode::BadRequest => return Err(e),
+            Err(e) => {
+                for (c, v) in cands.iter().zip(views) {
+                    let reason = format!("ineligible: {} ({})", e.message, v.breaker.name());
+                    rows.push(row(c, v, None, reason));
+                }
+                if let (ErrorCode::CircuitOpen, Some(f)) = (e.code, &settings.fallback) {
+                    policy.push_str(&format!("; every breaker open: calls go to fallback {f}"));
+                }
+            }
+        }
+        for (c, why) in ineligible {
+            rows.push(RouteCandidate {
+                rank: None,
+                node_id: c.node_id.to_string(),
+                agent: c.agent.clone(),
+                proficiency: c.capability.proficiency,
+                cost: c.capability.cost,
+                in_flight: 0,
+                reported_in_flight: None,
+                latency_ms: None,
+                success_rate: None,
+                breaker: "closed".into(),
+                reason: format!("ineligible: {why}"),
+            });
+        }
+        Ok(RouteExplanation {
+            capability: req.capability.clone(),
+            policy,
+            candidates: rows,
+        })
+    }
+}
+
+fn row(c: &Candidate, v: &View, rank: Option<u32>, reason: String) -> RouteCandidate {
+    RouteCandidate {
+        rank,
+        node_id: c.node_id.to_string(),
+        agent: c.agent.clone(),
+        proficiency: c.capability.proficiency,
+        cost: c.capability.cost,
+        in_flight: v.in_flight,
+        reported_in_flight: Some(v.reported_in_flight),
+        latency_ms: v.latency_ms.map(|l| (l * 10.0).round() / 10.0),
+        success_rate: v.success_rate.map(|s| (s * 1000.0).round() / 1000.0),
+        breaker: v.breaker.name().into(),
+        reason,
+    }
+}
+
+/// Whether a failed attempt says something about the agent's health (breaker, success rate).
+/// Overload, refusals and bad requests do not: the agent is fine, it said no.
+pub fn health_failure(e: &CallError) -> bool {
+    matches!(
+        e.code,
+        ErrorCode::AgentError | ErrorCode::AgentUnreachable | ErrorCode::DeadlineExceeded
+    )
+}
