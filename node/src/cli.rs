@@ -75,6 +75,9 @@ pub enum Command {
     Call(CallArgs),
     /// Run the demo agent: a fast HTTP agent with configurable latency and errors.
     DemoAgent(DemoAgentArgs),
+    /// Check, show or reload the routing and resilience settings.
+    #[command(subcommand)]
+    Config(crate::cli_config::ConfigCommand),
 }
 
 /// `agentmesh mesh …`.
@@ -185,6 +188,12 @@ pub struct RoutesArgs {
     /// Minimum proficiency: novice | experienced | expert.
     #[arg(long)]
     pub min_proficiency: Option<String>,
+    /// Routing policy to explain (default: the capability's).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Complexity hint: low | high.
+    #[arg(long)]
+    pub complexity: Option<String>,
     /// Which node to ask.
     #[command(flatten)]
     pub api: ApiArgs,
@@ -257,6 +266,13 @@ pub struct DemoAgentArgs {
     /// Write the bound address to this file once serving.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// While answering, call this capability through the node (`--register` or `--node-api`),
+    /// passing on x-mesh-chain, x-mesh-deadline-ms and traceparent.
+    #[arg(long, value_name = "CAP")]
+    pub forward: Option<String>,
+    /// The node API used by `--forward` (default: the `--register` URL).
+    #[arg(long, value_name = "API_URL")]
+    pub node_api: Option<String>,
 }
 
 /// A command's failure: an exit code and a message for stderr.
@@ -268,14 +284,14 @@ pub struct Failure {
     pub message: String,
 }
 
-fn fail(code: u8, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(code: u8, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
     }
 }
 
-type CmdResult = Result<(), Failure>;
+pub(crate) type CmdResult = Result<(), Failure>;
 
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
@@ -288,6 +304,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Routes(a) => routes(a).await,
         Command::Call(a) => call(a).await,
         Command::DemoAgent(a) => demo_agent(a).await,
+        Command::Config(c) => crate::cli_config::run(c).await,
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
@@ -298,7 +315,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn print_json(v: &serde_json::Value) {
+pub(crate) fn print_json(v: &serde_json::Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
@@ -586,7 +603,10 @@ async fn serve_node(
             })
             .await
     });
+    mesh.set_config_path(cfg.path.clone());
+    let reloader = tokio::spawn(crate::cli_config::reload_on_sighup(mesh.clone()));
     let signal = wait_for_signal().await;
+    reloader.abort();
     let drain = Duration::from_millis(cfg.file.node.drain_timeout_ms);
     tracing::info!(%signal, drain_ms = drain.as_millis() as u64, "leaving the mesh and draining");
     mesh.shutdown(drain).await;
@@ -629,25 +649,25 @@ async fn wait_for_signal() -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Commands that talk to a node's API.
 
-fn client(timeout: Duration) -> Result<reqwest::Client, Failure> {
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, Failure> {
     reqwest::Client::builder()
         .timeout(timeout)
         .build()
         .map_err(|e| fail(exit::FAILURE, e.to_string()))
 }
 
-fn url(api: &ApiArgs, path: &str) -> String {
+pub(crate) fn url(api: &ApiArgs, path: &str) -> String {
     format!("{}{path}", api.api.trim_end_matches('/'))
 }
 
-fn authed(rb: reqwest::RequestBuilder, api: &ApiArgs) -> reqwest::RequestBuilder {
+pub(crate) fn authed(rb: reqwest::RequestBuilder, api: &ApiArgs) -> reqwest::RequestBuilder {
     match &api.token {
         Some(t) => rb.bearer_auth(t),
         None => rb,
     }
 }
 
-fn unreachable(api: &ApiArgs, e: reqwest::Error) -> Failure {
+pub(crate) fn unreachable(api: &ApiArgs, e: reqwest::Error) -> Failure {
     fail(
         exit::UNREACHABLE,
         format!(
@@ -659,7 +679,10 @@ fn unreachable(api: &ApiArgs, e: reqwest::Error) -> Failure {
 
 /// Reads a response fully (up to [`CLI_RESPONSE_BYTES_MAX`]); a non-2xx status is a failure
 /// carrying the node's error `code` and message.
-async fn read_ok(api: &ApiArgs, resp: reqwest::Response) -> Result<bytes::Bytes, Failure> {
+pub(crate) async fn read_ok(
+    api: &ApiArgs,
+    resp: reqwest::Response,
+) -> Result<bytes::Bytes, Failure> {
     let status = resp.status();
     let body = read_limited(resp).await.map_err(|e| unreachable(api, e))?;
     if status.is_success() {
@@ -693,7 +716,7 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<bytes::Bytes, reqwe
     Ok(out.freeze())
 }
 
-async fn get_json(api: &ApiArgs, path: &str) -> Result<serde_json::Value, Failure> {
+pub(crate) async fn get_json(api: &ApiArgs, path: &str) -> Result<serde_json::Value, Failure> {
     let c = client(Duration::from_millis(CLI_HTTP_TIMEOUT_MS))?;
     let resp = authed(c.get(url(api, path)), api)
         .send()
@@ -792,7 +815,16 @@ impl QueryBuild for reqwest::Url {
 }
 
 async fn routes(a: RoutesArgs) -> CmdResult {
-    let q = routing_query(&a.attrs, &a.min_proficiency)?;
+    let mut q = routing_query(&a.attrs, &a.min_proficiency)?;
+    for (k, v) in [("policy", &a.policy), ("complexity", &a.complexity)] {
+        if let Some(v) = v {
+            let pair = reqwest::Url::parse_with_params("http://q/", &[(k, v)])
+                .map(|u| u.query().unwrap_or("").to_string())
+                .unwrap_or_default();
+            q.push(if q.is_empty() { '?' } else { '&' });
+            q.push_str(&pair);
+        }
+    }
     let v = get_json(&a.api, &format!("/v1/routes/{}{q}", a.capability)).await?;
     if a.json {
         print_json(&v);
@@ -895,6 +927,16 @@ async fn demo_agent(a: DemoAgentArgs) -> CmdResult {
         error_rate: a.error_rate,
         seed: a.seed,
         capabilities: a.capabilities.clone(),
+        forward: match (&a.forward, a.node_api.as_ref().or(a.register.as_ref())) {
+            (Some(cap), Some(api)) => Some((api.clone(), cap.clone())),
+            (Some(_), None) => {
+                return Err(fail(
+                    exit::USAGE,
+                    "--forward needs --node-api or --register",
+                ))
+            }
+            (None, _) => None,
+        },
     };
     opts.validate().map_err(|e| fail(exit::USAGE, e))?;
     let (listener, addr) = crate::demo_agent::bind(a.listen)

@@ -39,6 +39,10 @@ pub struct DemoAgentOptions {
     pub seed: u64,
     /// Capabilities answered; empty answers any, others get 404.
     pub capabilities: Vec<String>,
+    /// Onward call made while answering: `(node API base URL, capability)`. The agent calls
+    /// the capability through its node, copying `x-mesh-chain`, `x-mesh-deadline-ms` and
+    /// `traceparent`, and nests the answer under `"forwarded"`.
+    pub forward: Option<(String, String)>,
 }
 
 impl DemoAgentOptions {
@@ -70,7 +74,14 @@ impl DemoAgentOptions {
 struct Agent {
     opts: DemoAgentOptions,
     draws: AtomicU64,
+    http: reqwest::Client,
 }
+
+/// Headers an agent copies from the request it serves into its onward call.
+pub const FORWARDED_HEADERS: &[&str] = &["x-mesh-chain", "x-mesh-deadline-ms", "traceparent"];
+
+/// Largest onward answer read, in bytes.
+pub const FORWARD_BODY_BYTES_MAX: usize = 1024 * 1024;
 
 /// SplitMix64: a counter-based generator, so concurrent requests need no shared lock.
 fn splitmix(x: u64) -> u64 {
@@ -114,6 +125,7 @@ pub fn router(opts: DemoAgentOptions) -> Router {
     let agent = Arc::new(Agent {
         opts,
         draws: AtomicU64::new(0),
+        http: reqwest::Client::new(),
     });
     Router::new()
         .route(
@@ -158,14 +170,59 @@ async fn answer(
         .collect();
     let input = serde_json::from_slice::<serde_json::Value>(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
-    Json(serde_json::json!({
+    let mut out = serde_json::json!({
         "agent": name,
         "capability": capability,
         "received_headers": received,
         "latency_ms": (latency_ms * 1000.0).round() / 1000.0,
         "input": input,
-    }))
-    .into_response()
+    });
+    if let Some((api, cap)) = &agent.opts.forward {
+        match forward(&agent.http, api, cap, &headers, body).await {
+            Ok(v) => out["forwarded"] = v,
+            Err(resp) => return resp,
+        }
+    }
+    Json(out).into_response()
+}
+
+/// Calls `cap` through the node at `api`, copying the chain, deadline and trace headers. A
+/// failed onward call is passed back with its status, body and `x-mesh-error` code, so the
+/// mesh error (`loop_detected`, `deadline_exceeded`) reaches the original caller typed.
+async fn forward(
+    http: &reqwest::Client,
+    api: &str,
+    cap: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<serde_json::Value, Response> {
+    let mut rb = http
+        .post(format!("{}/v1/call/{cap}", api.trim_end_matches('/')))
+        .header("content-type", "application/json")
+        .body(body);
+    for h in FORWARDED_HEADERS {
+        if let Some(v) = headers.get(*h) {
+            rb = rb.header(*h, v.clone());
+        }
+    }
+    let resp = rb.send().await.map_err(|e| {
+        let body = serde_json::json!({"error": format!("onward call failed: {e}")});
+        (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+    })?;
+    let status = resp.status();
+    let code = resp.headers().get(crate::agent_client::H_ERROR).cloned();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let bytes = &bytes[..bytes.len().min(FORWARD_BODY_BYTES_MAX)];
+    let v = serde_json::from_slice::<serde_json::Value>(bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into()));
+    if status.is_success() {
+        return Ok(v);
+    }
+    let mut r = (status, Json(v)).into_response();
+    if let Some(c) = code {
+        r.headers_mut().insert(crate::agent_client::H_ERROR, c);
+    }
+    Err(r)
 }
 
 /// Serves the demo agent on `listener` until `shutdown` resolves.
@@ -199,8 +256,10 @@ mod tests {
                 error_rate: 0.1,
                 seed: 7,
                 capabilities: vec![],
+                forward: None,
             },
             draws: AtomicU64::new(0),
+            http: reqwest::Client::new(),
         }
     }
 

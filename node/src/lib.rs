@@ -11,6 +11,7 @@ pub mod callee;
 pub mod caller;
 pub mod chain;
 pub mod cli;
+pub mod cli_config;
 pub mod config;
 pub mod contract;
 pub mod demo_agent;
