@@ -1304,10 +1304,15 @@ impl Gossip {
         if self.probe.as_ref().is_some_and(|p| now >= p.period_end) {
             self.finish_probe(now);
         }
-        if now >= self.next_probe_at && !self.leaving {
-            self.finish_probe(now);
-            self.start_probe(now);
-            self.housekeeping(now);
+        if now >= self.next_probe_at {
+            if self.leaving {
+                // A leaving node stops probing but its timer must still move on.
+                self.next_probe_at = now + self.cfg.protocol_period_ms;
+            } else {
+                self.finish_probe(now);
+                self.start_probe(now);
+                self.housekeeping(now);
+            }
         }
         let due: Vec<u32> = self
             .relays
@@ -1870,6 +1875,15 @@ impl Gossip {
             .filter(|(id, since)| now >= **since + grace && !in_flight.contains(id))
             .map(|(id, _)| *id)
             .collect();
+        // Members still waiting for an admitted record: a lost pull must not leave them
+        // invisible for good.
+        wanted.extend(
+            self.pending
+                .keys()
+                .filter(|id| !in_flight.contains(id))
+                .take(self.cfg.pull_batch_max * self.cfg.pulls_in_flight_max)
+                .copied(),
+        );
         while self.pulls.len() < self.cfg.pulls_in_flight_max && !wanted.is_empty() {
             let n = self
                 .cfg

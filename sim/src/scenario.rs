@@ -99,6 +99,10 @@ pub struct Report {
     pub duplicates_per_update: Option<f64>,
     /// Worst time from a join or leave until every live node knows it.
     pub membership_convergence_ms_max: Option<u64>,
+    /// Worst time from a join until every live node knows it.
+    pub join_convergence_ms_max: Option<u64>,
+    /// Worst time from a graceful leave until every live node knows it.
+    pub leave_convergence_ms_max: Option<u64>,
     /// Median time from a crash until every live node marks it dead.
     pub detection_ms_p50: Option<u64>,
     /// 99th percentile of the same.
@@ -131,14 +135,23 @@ struct Track {
     t0: Millis,
     subject: usize,
     seen_at: Vec<Millis>,
+    /// Nodes live when it happened: only they are expected to see it (later joiners learn
+    /// the current state, not the event).
+    observers: Vec<bool>,
 }
 
 impl Track {
-    fn new(t0: Millis, n: usize, subject: usize) -> Self {
+    fn new(w: &World, subject: usize) -> Self {
+        let n = w.nodes.len();
+        let mut observers = vec![false; n];
+        for i in w.live() {
+            observers[i] = i != subject;
+        }
         Track {
-            t0,
+            t0: w.now,
             subject,
             seen_at: vec![0; n],
+            observers,
         }
     }
     fn mark(&mut self, i: usize, t: Millis) {
@@ -150,7 +163,7 @@ impl Track {
     fn done_ms(&self, live: &[usize]) -> Option<u64> {
         let mut worst = self.t0;
         for &i in live {
-            if i == self.subject {
+            if i == self.subject || !self.observers[i] {
                 continue;
             }
             match self.seen_at[i] {
@@ -477,6 +490,8 @@ pub fn run(p: &Params) -> Result<Report, String> {
         convergence_ms_max: conv.iter().max().copied(),
         duplicates_per_update: dup,
         membership_convergence_ms_max: membership.iter().max().copied(),
+        join_convergence_ms_max: m.joins.values().filter_map(|t| t.done_ms(&live)).max(),
+        leave_convergence_ms_max: m.leaves.values().filter_map(|t| t.done_ms(&live)).max(),
         detection_ms_p50: pct(&mut det, 0.5),
         detection_ms_p99: pct(&mut det, 0.99),
         undetected,
@@ -501,18 +516,17 @@ fn apply(
     join_at: &mut Option<Millis>,
 ) {
     let now = w.now;
-    let size = w.nodes.len();
     match &a {
         Action::Crash(i) => {
             if w.is_up(*i) && !m.leaves.contains_key(i) {
-                m.crashes.insert(*i, Track::new(now, size, *i));
+                m.crashes.insert(*i, Track::new(w, *i));
             }
         }
         Action::Leave(i) => {
-            m.leaves.insert(*i, Track::new(now, size, *i));
+            m.leaves.insert(*i, Track::new(w, *i));
         }
         Action::Join(i) => {
-            m.joins.insert(*i, Track::new(now, size, *i));
+            m.joins.insert(*i, Track::new(w, *i));
             if join_at.is_none() {
                 *join_at = Some(now);
             }
@@ -529,7 +543,7 @@ fn apply(
     w.act(a, m);
     if let (true, Some(i)) = (is_update, target) {
         if let Some(v) = w.nodes[i].g.as_ref().map(|g| g.local_record().version()) {
-            m.updates.insert((i, v), Track::new(now, size, i));
+            m.updates.insert((i, v), Track::new(w, i));
         }
     }
 }
