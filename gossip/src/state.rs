@@ -274,6 +274,7 @@ pub struct Gossip {
     seq: u32,
     relays: BTreeMap<u32, Relay>,
     poked: BTreeSet<NodeId>,
+    bootstrapping: bool,
     lhm: u32,
     queue: BroadcastQueue,
     next_gossip_at: Millis,
@@ -349,6 +350,7 @@ impl Gossip {
             seq: 0,
             relays: BTreeMap::new(),
             poked: BTreeSet::new(),
+            bootstrapping: false,
             lhm: 0,
             queue,
             next_gossip_at: now,
@@ -392,10 +394,13 @@ impl Gossip {
         entries: &[(Arc<SignedMember>, Arc<SignedRecord>)],
         now: Millis,
     ) {
+        self.bootstrapping = true;
         for (m, r) in entries {
             self.accept_record(from, r.clone(), now);
             self.apply_alive(from, m.clone(), now);
         }
+        self.bootstrapping = false;
+        self.probe_order.shuffle(&mut self.rng);
         // Nothing learned at boot needs re-gossiping.
         self.queue = BroadcastQueue::new(self.cfg.broadcast_queue_max);
         self.stats = Stats::default();
@@ -1106,6 +1111,11 @@ impl Gossip {
     }
 
     fn probe_insert(&mut self, id: NodeId) {
+        if self.bootstrapping {
+            // Shuffled once at the end of the bootstrap (inserting at random is O(N) each).
+            self.probe_order.push(id);
+            return;
+        }
         // Insert at a random position so new members are probed within one round.
         let pos = self.rng.gen_range(0..=self.probe_order.len());
         self.probe_order.insert(pos, id);

@@ -1,31 +1,48 @@
 //! A verifier shared by every simulated node: the same bytes are verified once. Results are a
 //! pure function of the bytes, so sharing cannot change any outcome, only the cost.
 
-use agentmesh_crypto::{CertError, CryptoError, NodeId, SignedCert};
+use agentmesh_crypto::{AdmissionCert, CertError, CryptoError, NodeId, SignedCert};
 use agentmesh_gossip::member::{MemberInfo, SignedMember};
 use agentmesh_gossip::record::{NodeRecord, SignedRecord};
 use agentmesh_gossip::{StrictVerifier, Verifier};
-use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-type Key = [u8; 32];
+/// Entries are keyed by signature; a hit must also match the signer and the payload exactly,
+/// so a forged payload under a reused signature is verified afresh.
+type Key = [u8; 64];
 
-fn key(signer: &NodeId, payload: &[u8], sig: &[u8; 64]) -> Key {
-    let mut h = Sha256::new();
-    h.update(signer.0);
-    h.update(payload);
-    h.update(sig);
-    h.finalize().into()
+struct Entry<T> {
+    signer: NodeId,
+    payload: Vec<u8>,
+    result: T,
+}
+
+type Table<T> = RefCell<HashMap<Key, Entry<T>>>;
+
+fn lookup<T: Clone>(map: &Table<T>, signer: &NodeId, payload: &[u8], sig: &Key) -> Option<T> {
+    map.borrow()
+        .get(sig)
+        .filter(|e| e.signer == *signer && e.payload == payload)
+        .map(|e| e.result.clone())
+}
+
+fn store<T>(map: &Table<T>, signer: NodeId, payload: &[u8], sig: Key, result: T) {
+    let entry = Entry {
+        signer,
+        payload: payload.to_vec(),
+        result,
+    };
+    map.borrow_mut().insert(sig, entry);
 }
 
 /// Memoises verification results by the exact signed bytes.
 #[derive(Default)]
 pub struct CachingVerifier {
-    records: RefCell<HashMap<Key, Result<Arc<NodeRecord>, CryptoError>>>,
-    members: RefCell<HashMap<Key, Result<Arc<MemberInfo>, CryptoError>>>,
-    certs: RefCell<HashMap<Key, bool>>,
+    records: Table<Result<Arc<NodeRecord>, CryptoError>>,
+    members: Table<Result<Arc<MemberInfo>, CryptoError>>,
+    certs: Table<Option<Arc<AdmissionCert>>>,
     requested: Cell<u64>,
     performed: Cell<u64>,
 }
@@ -35,30 +52,37 @@ impl CachingVerifier {
     pub fn counts(&self) -> (u64, u64) {
         (self.performed.get(), self.requested.get())
     }
+
+    fn count(&self, performed: bool) {
+        self.requested.set(self.requested.get() + 1);
+        if performed {
+            self.performed.set(self.performed.get() + 1);
+        }
+    }
 }
 
 impl Verifier for CachingVerifier {
     fn record(&self, rec: &SignedRecord) -> Result<Arc<NodeRecord>, CryptoError> {
-        self.requested.set(self.requested.get() + 1);
-        let k = key(&rec.signer, &rec.payload, &rec.signature.0);
-        if let Some(r) = self.records.borrow().get(&k) {
-            return r.clone();
+        let sig = &rec.signature.0;
+        if let Some(r) = lookup(&self.records, &rec.signer, &rec.payload, sig) {
+            self.count(false);
+            return r;
         }
-        self.performed.set(self.performed.get() + 1);
+        self.count(true);
         let r = StrictVerifier.record(rec);
-        self.records.borrow_mut().insert(k, r.clone());
+        store(&self.records, rec.signer, &rec.payload, *sig, r.clone());
         r
     }
 
     fn member(&self, m: &SignedMember) -> Result<Arc<MemberInfo>, CryptoError> {
-        self.requested.set(self.requested.get() + 1);
-        let k = key(&m.signer, &m.payload, &m.signature.0);
-        if let Some(r) = self.members.borrow().get(&k) {
-            return r.clone();
+        let sig = &m.signature.0;
+        if let Some(r) = lookup(&self.members, &m.signer, &m.payload, sig) {
+            self.count(false);
+            return r;
         }
-        self.performed.set(self.performed.get() + 1);
+        self.count(true);
         let r = StrictVerifier.member(m);
-        self.members.borrow_mut().insert(k, r.clone());
+        store(&self.members, m.signer, &m.payload, *sig, r.clone());
         r
     }
 
@@ -70,17 +94,53 @@ impl Verifier for CachingVerifier {
         node: &NodeId,
         now_unix_s: u64,
     ) -> Result<(), CertError> {
-        // Cache only the signature check; validity fields are checked every time.
-        let k = key(&cert.0.signer, &cert.0.payload, &cert.0.signature.0);
-        let sig_ok = *self.certs.borrow_mut().entry(k).or_insert_with(|| {
-            cert.0
-                .verify(agentmesh_crypto::Context::AdmissionCert)
-                .is_ok()
-        });
-        if !sig_ok {
+        let env = &cert.0;
+        let sig = &env.signature.0;
+        let decoded = match lookup(&self.certs, &env.signer, &env.payload, sig) {
+            Some(d) => d,
+            None => {
+                let d = env
+                    .verify(agentmesh_crypto::Context::AdmissionCert)
+                    .ok()
+                    .map(Arc::new);
+                store(&self.certs, env.signer, &env.payload, *sig, d.clone());
+                d
+            }
+        };
+        let Some(c) = decoded else {
             return Err(CertError::Crypto(CryptoError::BadSignature));
+        };
+        // The field checks of SignedCert::verify_fields, on the cached decoding.
+        if env.signer != *root {
+            return Err(CertError::WrongRoot {
+                found: env.signer,
+                expected: *root,
+            });
         }
-        cert.verify_fields(root, mesh_id, node, now_unix_s)
-            .map(|_| ())
+        if c.mesh_id != mesh_id {
+            return Err(CertError::WrongMesh {
+                found: c.mesh_id.clone(),
+                expected: mesh_id.to_string(),
+            });
+        }
+        if c.node_id != *node {
+            return Err(CertError::WrongNode {
+                found: c.node_id,
+                presenter: *node,
+            });
+        }
+        if now_unix_s < c.not_before {
+            return Err(CertError::NotYetValid {
+                not_before: c.not_before,
+                now: now_unix_s,
+            });
+        }
+        if now_unix_s >= c.not_after {
+            return Err(CertError::Expired {
+                not_after: c.not_after,
+                now: now_unix_s,
+            });
+        }
+        Ok(())
     }
 }
