@@ -470,7 +470,8 @@ pub fn run(p: &Params) -> Result<Report, String> {
     });
 
     let mut violations = w.violations.clone();
-    for (j, k) in w.falsely_dead() {
+    let falsely_dead = w.falsely_dead();
+    for (&j, &k) in &falsely_dead {
         if k * 2 > live.len() {
             violations.push(format!(
                 "live node {j} is dead to a majority ({k}) at the end"
@@ -495,7 +496,7 @@ pub fn run(p: &Params) -> Result<Report, String> {
         detection_ms_p50: pct(&mut det, 0.5),
         detection_ms_p99: pct(&mut det, 0.99),
         undetected,
-        false_dead: w.falsely_dead().len(),
+        false_dead: falsely_dead.len(),
         dead_declarations_of_healthy: m.dead_of_healthy,
         cold_join_ms,
         heal_ms,

@@ -525,21 +525,16 @@ impl World {
     pub fn falsely_dead(&self) -> BTreeMap<usize, usize> {
         let live = self.live();
         let mut out = BTreeMap::new();
-        for &j in &live {
-            let id = self.nodes[j].id;
-            let n = live
-                .iter()
-                .filter(|&&i| {
-                    i != j
-                        && self.nodes[i]
-                            .g
-                            .as_ref()
-                            .and_then(|g| g.state_of(&id))
-                            .is_some_and(|s| s == MemberState::Dead)
-                })
-                .count();
-            if n > 0 {
-                out.insert(j, n);
+        for &i in &live {
+            let Some(g) = self.nodes[i].g.as_ref() else {
+                continue;
+            };
+            for id in g.ids_in_state(MemberState::Dead) {
+                if let Some(&j) = self.index.get(&id) {
+                    if j != i && self.is_up(j) && self.nodes[j].adversary.is_none() {
+                        *out.entry(j).or_insert(0) += 1;
+                    }
+                }
             }
         }
         out
