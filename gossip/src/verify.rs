@@ -8,7 +8,7 @@ use crate::member::{MemberInfo, SignedMember};
 use crate::record::{NodeRecord, SignedRecord, RECORD_CONTEXT};
 
 /// Verifies envelopes and certificates on behalf of the state machine.
-pub trait Verifier {
+pub trait Verifier: Send + Sync {
     /// Verifies a record envelope and decodes it.
     fn record(&self, rec: &SignedRecord) -> Result<Arc<NodeRecord>, CryptoError>;
     /// Verifies a self-signed membership identity and decodes it.

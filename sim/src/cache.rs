@@ -5,9 +5,10 @@ use agentmesh_crypto::{AdmissionCert, CertError, CryptoError, NodeId, SignedCert
 use agentmesh_gossip::member::{MemberInfo, SignedMember};
 use agentmesh_gossip::record::{NodeRecord, SignedRecord};
 use agentmesh_gossip::{StrictVerifier, Verifier};
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 
 /// Entries are keyed by signature; a hit must also match the signer and the payload exactly,
 /// so a forged payload under a reused signature is verified afresh.
@@ -19,10 +20,11 @@ struct Entry<T> {
     result: T,
 }
 
-type Table<T> = RefCell<HashMap<Key, Entry<T>>>;
+type Table<T> = Mutex<HashMap<Key, Entry<T>>>;
 
 fn lookup<T: Clone>(map: &Table<T>, signer: &NodeId, payload: &[u8], sig: &Key) -> Option<T> {
-    map.borrow()
+    map.lock()
+        .expect("single-threaded simulator")
         .get(sig)
         .filter(|e| e.signer == *signer && e.payload == payload)
         .map(|e| e.result.clone())
@@ -34,7 +36,9 @@ fn store<T>(map: &Table<T>, signer: NodeId, payload: &[u8], sig: Key, result: T)
         payload: payload.to_vec(),
         result,
     };
-    map.borrow_mut().insert(sig, entry);
+    map.lock()
+        .expect("single-threaded simulator")
+        .insert(sig, entry);
 }
 
 /// Memoises verification results by the exact signed bytes.
@@ -43,20 +47,23 @@ pub struct CachingVerifier {
     records: Table<Result<Arc<NodeRecord>, CryptoError>>,
     members: Table<Result<Arc<MemberInfo>, CryptoError>>,
     certs: Table<Option<Arc<AdmissionCert>>>,
-    requested: Cell<u64>,
-    performed: Cell<u64>,
+    requested: AtomicU64,
+    performed: AtomicU64,
 }
 
 impl CachingVerifier {
     /// `(performed, requested)` verifications.
     pub fn counts(&self) -> (u64, u64) {
-        (self.performed.get(), self.requested.get())
+        (
+            self.performed.load(Ordering::Relaxed),
+            self.requested.load(Ordering::Relaxed),
+        )
     }
 
     fn count(&self, performed: bool) {
-        self.requested.set(self.requested.get() + 1);
+        self.requested.fetch_add(1, Ordering::Relaxed);
         if performed {
-            self.performed.set(self.performed.get() + 1);
+            self.performed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

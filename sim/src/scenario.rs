@@ -518,10 +518,8 @@ fn apply(
 ) {
     let now = w.now;
     match &a {
-        Action::Crash(i) => {
-            if w.is_up(*i) && !m.leaves.contains_key(i) {
-                m.crashes.insert(*i, Track::new(w, *i));
-            }
+        Action::Crash(i) if w.is_up(*i) && !m.leaves.contains_key(i) => {
+            m.crashes.insert(*i, Track::new(w, *i));
         }
         Action::Leave(i) => {
             m.leaves.insert(*i, Track::new(w, *i));
