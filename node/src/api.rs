@@ -389,6 +389,11 @@ fn header_text(s: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// A header value kept as is when it is valid (spaces included), else [`header_text`].
+fn plain_header(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s.trim()).unwrap_or_else(|_| header_text(s))
+}
+
 async fn post_call(
     State(st): State<ApiState>,
     Path(capability): Path<String>,
@@ -405,9 +410,9 @@ async fn post_call(
     let h = out.headers_mut();
     h.insert(SERVED_BY_HEADER, header_text(&resp.served_by));
     h.insert(ATTEMPTS_HEADER, HeaderValue::from(resp.attempts));
-    h.insert(POLICY_HEADER, header_text(&resp.policy));
+    h.insert(POLICY_HEADER, plain_header(&resp.policy));
     if let Some(why) = resp.prefer_fallback.as_deref() {
-        h.insert(PREFER_FALLBACK_HEADER, header_text(why));
+        h.insert(PREFER_FALLBACK_HEADER, plain_header(why));
     }
     if let Some(ct) = resp.content_type.as_deref() {
         h.insert(header::CONTENT_TYPE, header_text(ct));

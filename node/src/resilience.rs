@@ -174,19 +174,20 @@ impl Resilience {
     /// Records a call against the capability's retry budget.
     pub fn deposit(&self, capability: &str, cfg: &RetryConfig) {
         let now = self.now_ms();
-        self.with_budget(capability, now, |b| b.deposit(now, cfg));
+        self.with_budget(capability, now, cfg, |b| b.deposit(now, cfg));
     }
 
     /// Takes a retry from the capability's budget.
     pub fn withdraw(&self, capability: &str, cfg: &RetryConfig) -> bool {
         let now = self.now_ms();
-        self.with_budget(capability, now, |b| b.withdraw(now, cfg))
+        self.with_budget(capability, now, cfg, |b| b.withdraw(now, cfg))
     }
 
     fn with_budget<T>(
         &self,
         capability: &str,
         now: u64,
+        cfg: &RetryConfig,
         f: impl FnOnce(&mut RetryBudget) -> T,
     ) -> T {
         let mut m = lock(&self.budgets);
@@ -194,7 +195,7 @@ impl Resilience {
             m.clear();
         }
         f(m.entry(capability.to_string())
-            .or_insert_with(|| RetryBudget::new(now)))
+            .or_insert_with(|| RetryBudget::new(now, cfg.budget_min_per_s)))
     }
 
     /// A full-jitter backoff before retry number `retry`, in ms.

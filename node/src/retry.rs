@@ -114,10 +114,11 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    /// An empty budget at `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
+    /// A budget at `now_ms` holding `initial` retries (the node starts with one second's
+    /// worth of the floor, so the first failures of a fresh node may be retried).
+    pub fn new(now_ms: u64, initial: f64) -> Self {
         RetryBudget {
-            balance: 0.0,
+            balance: initial.clamp(0.0, RETRY_BUDGET_BALANCE_MAX),
             last_ms: now_ms,
         }
     }
@@ -296,7 +297,7 @@ mod tests {
             (10, 0, 2),
         ];
         for (calls, span_ms, max) in cases {
-            let mut b = RetryBudget::new(0);
+            let mut b = RetryBudget::new(0, 0.0);
             let mut granted = 0;
             for i in 0..*calls {
                 let now = span_ms * i / calls;
@@ -320,7 +321,7 @@ mod tests {
             budget_min_per_s: 5.0,
             ..RetryConfig::default()
         };
-        let mut b = RetryBudget::new(0);
+        let mut b = RetryBudget::new(0, 0.0);
         b.deposit(3_600_000, &cfg);
         let burst = (0..100).filter(|_| b.withdraw(3_600_000, &cfg)).count();
         assert_eq!(burst, 5, "one second's worth of floor, not an hour's");

@@ -511,7 +511,7 @@ impl MeshHandle {
                 let mut resp = self
                     .call_routed(&fb_req, &fb_settings, chain, deadline)
                     .await?;
-                resp.policy = format!("{} (fallback from {})", resp.policy, req.capability);
+                resp.policy = format!("{}; fallback from {}", resp.policy, req.capability);
                 Ok(resp)
             }
             other => other,

@@ -182,6 +182,13 @@ pub enum CertKind {
     OtherRoot,
 }
 
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// What a test node runs with.
 #[derive(Debug, Clone)]
 pub struct NodeOpts {
@@ -195,6 +202,14 @@ pub struct NodeOpts {
     pub latency_ms_p50: f64,
     /// Index of the node to use as seed (None: the first node, if any).
     pub seed: Option<usize>,
+    /// `[node] priority` (None: the default, standard).
+    pub priority: Option<String>,
+    /// `[agent] max_concurrency` (None: the default).
+    pub max_concurrency: Option<u32>,
+    /// The demo agent calls this capability through its node while answering.
+    pub forward: Option<String>,
+    /// TOML appended to the node's config (`[defaults]`, `[capability."…"]` sections).
+    pub extra_toml: String,
 }
 
 impl NodeOpts {
@@ -206,6 +221,10 @@ impl NodeOpts {
             error_rate: 0.0,
             latency_ms_p50: 0.0,
             seed: None,
+            priority: None,
+            max_concurrency: None,
+            forward: None,
+            extra_toml: String::new(),
         }
     }
 }
@@ -282,10 +301,26 @@ impl Mesh {
 
     /// Starts a demo agent and returns its base URL.
     pub async fn start_agent(&mut self, name: &str, opts: &NodeOpts) -> Result<String> {
+        self.start_agent_with(name, opts, None).await
+    }
+
+    /// Starts a demo agent that may call onward through the node API at `node_api`.
+    pub async fn start_agent_with(
+        &mut self,
+        name: &str,
+        opts: &NodeOpts,
+        node_api: Option<&str>,
+    ) -> Result<String> {
         let addr_file = self.path().join(format!("{name}.addr"));
         let log = std::fs::File::create(self.path().join(format!("{name}.log")))?;
-        let child = Command::new(agentmesh_bin())
-            .args(["demo-agent", "--listen", "127.0.0.1:0", "--name", name])
+        let mut cmd = Command::new(agentmesh_bin());
+        if let (Some(cap), Some(api)) = (&opts.forward, node_api) {
+            cmd.args(["demo-agent", "--forward", cap, "--node-api", api]);
+        } else {
+            cmd.arg("demo-agent");
+        }
+        let child = cmd
+            .args(["--listen", "127.0.0.1:0", "--name", name])
             .args(["--error-rate", &opts.error_rate.to_string()])
             .args(["--latency-ms-p50", &opts.latency_ms_p50.to_string()])
             .args(["--latency-ms-p99", &(opts.latency_ms_p50 * 1.5).to_string()])
@@ -311,7 +346,15 @@ impl Mesh {
     pub async fn start_node(&mut self, opts: NodeOpts) -> Result<Node> {
         let i = self.nodes.len() + 1;
         let agent = format!("agent-{i}");
-        let handler = self.start_agent(&agent, &opts).await?;
+        // An agent that calls onward must know its node's API before the node starts.
+        let api_port = match &opts.forward {
+            Some(_) => Some(free_tcp_port()?),
+            None => None,
+        };
+        let node_api = api_port.map(|p| format!("http://127.0.0.1:{p}"));
+        let handler = self
+            .start_agent_with(&agent, &opts, node_api.as_deref())
+            .await?;
         let dir = self.path().join(format!("node{i}"));
         std::fs::create_dir_all(&dir)?;
         let key = dir.join("node.key");
@@ -322,10 +365,22 @@ impl Mesh {
             Some(s) => Some(self.nodes[s].addr.clone()),
             None => self.nodes.first().map(|n| n.addr.clone()),
         };
-        std::fs::write(
-            dir.join("node.toml"),
-            self.config(port, seed.as_deref(), &agent, &handler, &opts.caps),
-        )?;
+        let mut toml = self.config(port, seed.as_deref(), &agent, &handler, &opts.caps);
+        if let Some(p) = api_port {
+            toml = toml.replace(
+                "api_listen = \"127.0.0.1:0\"",
+                &format!("api_listen = \"127.0.0.1:{p}\""),
+            );
+        }
+        if let Some(p) = &opts.priority {
+            toml = toml.replace("[node]\n", &format!("[node]\npriority = \"{p}\"\n"));
+        }
+        if let Some(m) = opts.max_concurrency {
+            toml = toml.replace("[agent]\n", &format!("[agent]\nmax_concurrency = {m}\n"));
+        }
+        toml.push('\n');
+        toml.push_str(&opts.extra_toml);
+        std::fs::write(dir.join("node.toml"), toml)?;
         let log = std::fs::File::create(dir.join("node.log"))?;
         let child = Command::new(agentmesh_bin())
             .args(["node", "--config"])
