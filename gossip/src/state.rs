@@ -1351,6 +1351,11 @@ impl Gossip {
         if now >= self.next_gossip_at {
             self.next_gossip_at = now + self.cfg.gossip_interval_ms;
             self.gossip_round(now);
+            // Pull what Plumtree missed without waiting for the next anti-entropy round.
+            if !self.stale.is_empty() {
+                self.pulls.retain(|_, p| p.deadline > now);
+                self.start_pulls(now);
+            }
         }
         self.graft_missing(now);
         if now >= self.next_ae_at {
@@ -1873,7 +1878,7 @@ impl Gossip {
 
     fn start_pulls(&mut self, now: Millis) {
         // Give Plumtree a chance first: only entries stale for longer than a graft round.
-        let grace = 2 * self.cfg.graft_timeout_ms;
+        let grace = self.cfg.graft_timeout_ms;
         let in_flight: BTreeSet<NodeId> = self
             .pulls
             .values()
