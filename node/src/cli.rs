@@ -266,8 +266,7 @@ pub struct DemoAgentArgs {
     /// Write the bound address to this file once serving.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
-    /// While answering, call this capability through the node (`--register` or `--node-api`),
-    /// passing on x-mesh-chain, x-mesh-deadline-ms and traceparent.
+    /// Call this capability onward through the node, passing on the chain and deadline.
     #[arg(long, value_name = "CAP")]
     pub forward: Option<String>,
     /// The node API used by `--forward` (default: the `--register` URL).

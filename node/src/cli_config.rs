@@ -13,13 +13,15 @@ use std::time::Duration;
 /// `agentmesh config …`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Check a node.toml without starting a node (exit 3 and the file, key and valid values
-    /// if it is invalid).
+    /// Check a node.toml without starting a node (exit 3 if invalid).
+    ///
+    /// The error names the file, the key and the valid values.
     Validate(ValidateArgs),
     /// Print the effective routing and resilience settings per capability of a running node.
     Show(ShowArgs),
-    /// Make a running node re-read its config file (as SIGHUP does); an invalid file is
-    /// refused and the old settings stay.
+    /// Make a running node re-read its config file, as SIGHUP does.
+    ///
+    /// An invalid file is refused and the old settings stay.
     Reload(ShowArgs),
 }
 
