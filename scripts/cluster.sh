@@ -10,7 +10,10 @@
 # QUIC on UDP $((QUIC_PORT_BASE+i)), and its demo agent on TCP $((AGENT_PORT_BASE+i)).
 #
 # Environment: AGENTMESH_HOME, CARGO_TARGET_DIR, QUIC_PORT_BASE (4100), AGENT_PORT_BASE (8100),
-# API_PORT_BASE (7600), CLUSTER_WAIT_S (30 + N), RUST_LOG (info), CLUSTER_PROFILE (release).
+# API_PORT_BASE (7600), CLUSTER_WAIT_S (30 + N), RUST_LOG (info), CLUSTER_PROFILE (release),
+# CLUSTER_NO_BUILD=1 (use the existing binary), CLUSTER_NO_WAIT=1 (return once all processes are
+# launched, without waiting for convergence; benches poll themselves). `up` records the launch
+# window in $AGENTMESH_HOME/launch_start.ms and launch_end.ms (Unix ms).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,11 +30,12 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
 build() {
+  if [[ "${CLUSTER_NO_BUILD:-0}" == 1 && -x "$BIN" ]]; then return 0; fi
   log "building agentmesh ($PROFILE) into $TARGET_DIR"
   local flag=()
   if [[ "$PROFILE" == release ]]; then flag=(--release); fi
@@ -126,6 +130,7 @@ up() {
   done
 
   local t0; t0=$(date +%s%3N)
+  echo "$t0" > "$HOME_DIR/launch_start.ms"
   for i in $(seq 1 "$n"); do
     local dir="$HOME_DIR/node$i" caps
     caps=$(caps_for "$i" | cut -d'|' -f1 | paste -sd, -)
@@ -136,6 +141,11 @@ up() {
     RUST_LOG="${RUST_LOG:-info}" "$BIN" node --config "$dir/node.toml" > "$dir/node.log" 2>&1 &
     echo $! > "$dir/node.pid"
   done
+  date +%s%3N > "$HOME_DIR/launch_end.ms"
+  if [[ "${CLUSTER_NO_WAIT:-0}" == 1 ]]; then
+    log "started $n nodes and $n demo agents; not waiting (CLUSTER_NO_WAIT=1)"
+    return 0
+  fi
   log "started $n nodes and $n demo agents; waiting for every node to see all $n"
 
   local wait_s=${CLUSTER_WAIT_S:-$((30 + n))} deadline=$(( $(date +%s) + ${CLUSTER_WAIT_S:-$((30 + n))} ))
