@@ -1063,10 +1063,15 @@ impl Gossip {
             // Death declared elsewhere counts as a confirmation of suspicion, not as a verdict:
             // dead claims are unauthenticated, so one lying member must not kill anyone. Each
             // node's own Lifeguard timer (shortened by the confirmations) decides.
+            let independent = self.suspicions.contains_key(&node);
             self.apply_suspect(node, inc, accuser, now);
-            if let Some(s) = self.suspicions.get_mut(&node) {
-                // Another member's timer already ran out: as strong as k confirmations.
-                s.saturate();
+            if independent {
+                if let Some(s) = self.suspicions.get_mut(&node) {
+                    // Another member's timer ran out and we already suspected on our own
+                    // evidence: as strong as k confirmations. A dead claim out of the blue
+                    // (a liar's) only starts a suspicion, at the maximum timeout.
+                    s.saturate();
+                }
             }
             return;
         }
