@@ -596,6 +596,10 @@ async fn serve_node(
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let app = crate::api::router(mesh.clone(), cfg.file.api.token.clone());
     let server = tokio::spawn(async move {
+        // Nagle would hold a streamed body chunk behind the response head for ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.changed().await;

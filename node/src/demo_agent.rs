@@ -231,6 +231,9 @@ pub async fn serve(
     opts: DemoAgentOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(opts))
         .with_graceful_shutdown(shutdown)
         .await
