@@ -64,6 +64,10 @@ pub const LOAD_PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 pub const REJECT_LINGER: Duration = Duration::from_millis(300);
 /// Inbound admit streams handled at once.
 pub const ADMIT_STREAMS_MAX: usize = 1024;
+/// Attempts of the outbound admission exchange before giving up on a peer.
+pub const ADMIT_ATTEMPTS_MAX: u32 = 5;
+/// First pause between admission attempts; doubles each time.
+pub const ADMIT_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Longest agent name accepted at registration.
 pub const AGENT_NAME_LEN_MAX: usize = 128;
 
@@ -809,17 +813,40 @@ impl MeshHandle {
 
     /// Presents our certificate to a newly connected peer and records its verdict.
     async fn admit_outbound(self, peer: libp2p::PeerId, node: NodeId, hello: AdmitHello) {
-        let mut control = self.0.transport.control.clone();
-        let exchange = async {
-            let mut s = control
-                .open_stream(peer, ADMIT_PROTOCOL)
-                .await
-                .map_err(|e| e.to_string())?;
-            admission::present(&mut s, &hello)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(ADMIT_TIMEOUT, exchange).await {
+        // Transient failures (a stream reset while both sides dial at once, a busy peer) are
+        // retried with backoff; a verdict, either way, ends the exchange.
+        let mut backoff = ADMIT_RETRY_BACKOFF_MIN;
+        for attempt in 1..=ADMIT_ATTEMPTS_MAX {
+            let mut control = self.0.transport.control.clone();
+            let exchange = async {
+                let mut s = control
+                    .open_stream(peer, ADMIT_PROTOCOL)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                admission::present(&mut s, &hello)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let outcome = tokio::time::timeout(ADMIT_TIMEOUT, exchange).await;
+            let transient = matches!(outcome, Ok(Err(_)) | Err(_));
+            if transient && attempt < ADMIT_ATTEMPTS_MAX {
+                tracing::debug!(%peer, attempt, "admission exchange failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                continue;
+            }
+            self.record_admission_outcome(peer, node, outcome);
+            return;
+        }
+    }
+
+    fn record_admission_outcome(
+        &self,
+        peer: libp2p::PeerId,
+        node: NodeId,
+        outcome: Result<Result<AdmitVerdict, String>, tokio::time::error::Elapsed>,
+    ) {
+        match outcome {
             Ok(Ok(AdmitVerdict::Accepted)) => {
                 tracing::debug!(%peer, "admitted by peer");
                 self.0
