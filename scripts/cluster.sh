@@ -18,7 +18,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOME_DIR="${AGENTMESH_HOME:-./.agentmesh}"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/agentmesh-target}"
 PROFILE="${CLUSTER_PROFILE:-release}"
 BIN="$TARGET_DIR/$PROFILE/agentmesh"
 QUIC_PORT_BASE="${QUIC_PORT_BASE:-4100}"
