@@ -154,38 +154,54 @@ impl SignedCert {
         presenter: &NodeId,
         now_unix_s: u64,
     ) -> Result<AdmissionCert, CertError> {
-        if &self.0.signer != root {
+        let cert = self.0.decode_unverified()?;
+        cert.check_fields(&self.0.signer, root, mesh_id, presenter, now_unix_s)?;
+        Ok(cert)
+    }
+}
+
+impl AdmissionCert {
+    /// The checks of [`SignedCert::verify_fields`] on an already decoded certificate signed
+    /// by `signer`: root, limits, mesh, subject and validity window.
+    pub fn check_fields(
+        &self,
+        signer: &NodeId,
+        root: &NodeId,
+        mesh_id: &str,
+        presenter: &NodeId,
+        now_unix_s: u64,
+    ) -> Result<(), CertError> {
+        if signer != root {
             return Err(CertError::WrongRoot {
-                found: self.0.signer,
+                found: *signer,
                 expected: *root,
             });
         }
-        let cert = self.0.decode_unverified()?;
-        cert.check_limits()?;
-        if cert.mesh_id != mesh_id {
+        self.check_limits()?;
+        if self.mesh_id != mesh_id {
             return Err(CertError::WrongMesh {
-                found: cert.mesh_id,
+                found: self.mesh_id.clone(),
                 expected: mesh_id.to_string(),
             });
         }
-        if &cert.node_id != presenter {
+        if &self.node_id != presenter {
             return Err(CertError::WrongNode {
-                found: cert.node_id,
+                found: self.node_id,
                 presenter: *presenter,
             });
         }
-        if now_unix_s < cert.not_before {
+        if now_unix_s < self.not_before {
             return Err(CertError::NotYetValid {
-                not_before: cert.not_before,
+                not_before: self.not_before,
                 now: now_unix_s,
             });
         }
-        if now_unix_s >= cert.not_after {
+        if now_unix_s >= self.not_after {
             return Err(CertError::Expired {
-                not_after: cert.not_after,
+                not_after: self.not_after,
                 now: now_unix_s,
             });
         }
-        Ok(cert)
+        Ok(())
     }
 }

@@ -118,36 +118,6 @@ impl Verifier for CachingVerifier {
             return Err(CertError::Crypto(CryptoError::BadSignature));
         };
         // The field checks of SignedCert::verify_fields, on the cached decoding.
-        if env.signer != *root {
-            return Err(CertError::WrongRoot {
-                found: env.signer,
-                expected: *root,
-            });
-        }
-        if c.mesh_id != mesh_id {
-            return Err(CertError::WrongMesh {
-                found: c.mesh_id.clone(),
-                expected: mesh_id.to_string(),
-            });
-        }
-        if c.node_id != *node {
-            return Err(CertError::WrongNode {
-                found: c.node_id,
-                presenter: *node,
-            });
-        }
-        if now_unix_s < c.not_before {
-            return Err(CertError::NotYetValid {
-                not_before: c.not_before,
-                now: now_unix_s,
-            });
-        }
-        if now_unix_s >= c.not_after {
-            return Err(CertError::Expired {
-                not_after: c.not_after,
-                now: now_unix_s,
-            });
-        }
-        Ok(())
+        c.check_fields(&env.signer, root, mesh_id, node, now_unix_s)
     }
 }
