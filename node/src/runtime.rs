@@ -40,16 +40,8 @@ use tokio::task::JoinHandle;
 
 pub use crate::admission::AdmissionMode;
 
-/// Deadline of a call that names none.
-pub const DEFAULT_DEADLINE_MS: u64 = 30_000;
-/// A call with less time left than this fails at once with `deadline_exceeded`.
-pub const DEADLINE_MIN_MS: u64 = 10;
-/// Time each hop keeps back from the budget it passes on.
-pub const DEADLINE_RESERVE_MS: u64 = 5;
 /// Largest deadline accepted.
 pub const DEADLINE_MAX_MS: u64 = 10 * 60 * 1000;
-/// Attempts per call (a retry goes to another candidate, only after a transient failure).
-pub const CALL_ATTEMPTS_MAX: u32 = 2;
 /// First pause between join rounds.
 pub const JOIN_RETRY_MIN: Duration = Duration::from_millis(250);
 /// Longest pause between join rounds.
