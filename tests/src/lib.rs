@@ -71,11 +71,31 @@ fn build_bin() -> Result<PathBuf> {
         };
         if v["reason"] == "compiler-artifact" && v["target"]["name"] == "agentmesh" {
             if let Some(exe) = v["executable"].as_str() {
-                return Ok(PathBuf::from(exe));
+                return private_copy(Path::new(exe));
             }
         }
     }
     bail!("cargo build printed no executable for agentmesh")
+}
+
+/// Copies the freshly built binary to a path owned by this checkout. Several checkouts (git
+/// worktrees) may share one `CARGO_TARGET_DIR`, and each build re-links the shared
+/// `debug/agentmesh`; a private copy keeps a long test run on the binary it built. The copy is
+/// written under a temporary name and renamed, so processes still running the old one are safe.
+fn private_copy(exe: &Path) -> Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    env!("CARGO_MANIFEST_DIR").hash(&mut h);
+    let dir = exe
+        .parent()
+        .context("executable has no parent")?
+        .join(format!("agentmesh-bin-{:016x}", h.finish()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dst = dir.join("agentmesh");
+    let tmp = dir.join(format!("agentmesh.tmp{}", std::process::id()));
+    std::fs::copy(exe, &tmp).with_context(|| format!("copying {}", exe.display()))?;
+    std::fs::rename(&tmp, &dst).with_context(|| format!("renaming to {}", dst.display()))?;
+    Ok(dst)
 }
 
 /// Polls `cond` every [`POLL_INTERVAL_MS`] until it returns `Ok(Some(v))` or `timeout` passes.
