@@ -42,6 +42,8 @@ pub const ATTR_QUERY_PREFIX: &str = "attr.";
 pub const SERVED_BY_HEADER: &str = "x-mesh-served-by";
 /// Response header counting the attempts a call took.
 pub const ATTEMPTS_HEADER: &str = "x-mesh-attempts";
+/// Response header: hedged attempts started, when any were.
+pub const HEDGES_HEADER: &str = "x-mesh-hedges";
 /// Response header naming the policy that picked the agent.
 pub const POLICY_HEADER: &str = "x-mesh-policy";
 /// Response header saying why the pinned agent (`x-mesh-prefer`) was not used.
@@ -105,7 +107,7 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         token: token.map(Arc::from),
     };
     Router::new()
-        .route("/v1/agent", put(put_agent))
+        .route("/v1/agent", put(put_agent).get(get_agent))
         .route("/v1/call/{capability}", post(post_call))
         .route("/v1/members", get(get_members))
         .route("/v1/capabilities", get(get_capabilities))
@@ -215,6 +217,16 @@ async fn put_agent(State(st): State<ApiState>, body: Body) -> Result<Response, A
         "capabilities": caps,
     });
     Ok((StatusCode::OK, Json(body)).into_response())
+}
+
+/// `GET /v1/agent`: the local agent's registration (if any) and the calls in flight to it.
+async fn get_agent(State(st): State<ApiState>) -> Response {
+    let body = serde_json::json!({
+        "node_id": st.mesh.node_id().to_string(),
+        "registration": st.mesh.agent_registration(),
+        "in_flight": st.mesh.local_in_flight(),
+    });
+    Json(body).into_response()
 }
 
 /// Builds a [`CallRequest`] from the path, query string and headers of a call or a routes
@@ -410,6 +422,9 @@ async fn post_call(
     let h = out.headers_mut();
     h.insert(SERVED_BY_HEADER, header_text(&resp.served_by));
     h.insert(ATTEMPTS_HEADER, HeaderValue::from(resp.attempts));
+    if resp.hedges > 0 {
+        h.insert(HEDGES_HEADER, HeaderValue::from(resp.hedges));
+    }
     h.insert(POLICY_HEADER, plain_header(&resp.policy));
     if let Some(why) = resp.prefer_fallback.as_deref() {
         h.insert(PREFER_FALLBACK_HEADER, plain_header(why));

@@ -94,8 +94,10 @@ pub struct CallResponse {
     pub body: ResponseBody,
     /// `"<node id>/<agent name>"` of the agent that served it.
     pub served_by: String,
-    /// Attempts made.
+    /// Attempts made (hedges included).
     pub attempts: u32,
+    /// Hedged attempts started (0 without hedging).
+    pub hedges: u32,
     /// The policy that picked the agent.
     pub policy: String,
     /// Why a pinned agent (`x-mesh-prefer`) was not used, if it was not.
@@ -241,6 +243,9 @@ pub struct RouteCandidate {
     pub success_rate: Option<f64>,
     /// Breaker state: `closed | open | half_open`.
     pub breaker: String,
+    /// Adaptive concurrency `in_flight/limit`, when the capability enables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_limit: Option<String>,
     /// Why it is (or is not) eligible and where it ranks.
     pub reason: String,
 }

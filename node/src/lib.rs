@@ -2,6 +2,7 @@
 //! routing and the runtime that composes them; plus the local API and CLI.
 #![forbid(unsafe_code)]
 
+pub mod adaptive;
 pub mod admission;
 pub mod agent_client;
 pub mod api;
@@ -17,6 +18,7 @@ pub mod contract;
 pub mod demo_agent;
 pub mod frame;
 pub mod gossip_driver;
+pub mod hedge;
 pub mod mesh_config;
 pub mod policy;
 pub mod resilience;

@@ -52,25 +52,8 @@ pub const CAPABILITY_SECTIONS_MAX: usize = 1024;
 /// Default hop limit of a call chain.
 pub const HOP_LIMIT_DEFAULT: u32 = 8;
 
-/// Hedging settings (gRPC A6). Accepted for forward compatibility; `enabled = true` is refused
-/// until hedging is implemented.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HedgingConfig {
-    /// Send a second attempt to another agent after the observed p95.
-    pub enabled: bool,
-    /// Most hedged attempts per call.
-    pub max_hedges: u32,
-}
-
-impl Default for HedgingConfig {
-    fn default() -> Self {
-        HedgingConfig {
-            enabled: false,
-            max_hedges: 1,
-        }
-    }
-}
+pub use crate::adaptive::AdaptiveConfig;
+pub use crate::hedge::HedgingConfig;
 
 /// Load shedding by caller priority (per node).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +93,8 @@ pub struct CapabilitySettings {
     pub quality: QualityTiers,
     /// Hedging.
     pub hedging: HedgingConfig,
+    /// Adaptive concurrency limit per agent.
+    pub adaptive: AdaptiveConfig,
 }
 
 impl Default for CapabilitySettings {
@@ -123,6 +108,7 @@ impl Default for CapabilitySettings {
             breaker: BreakerConfig::default(),
             quality: QualityTiers::default(),
             hedging: HedgingConfig::default(),
+            adaptive: AdaptiveConfig::default(),
         }
     }
 }
@@ -279,6 +265,7 @@ fn settings(at: &str, t: &toml::Table) -> Result<CapabilitySettings, SpecError> 
         "breaker",
         "quality",
         "hedging",
+        "adaptive",
     ];
     if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(spec_err(
@@ -317,6 +304,7 @@ fn settings(at: &str, t: &toml::Table) -> Result<CapabilitySettings, SpecError> 
         breaker: field(at, t, "breaker")?,
         quality: field(at, t, "quality")?,
         hedging: field(at, t, "hedging")?,
+        adaptive: field(at, t, "adaptive")?,
     };
     let sub = |name: &str, r: Result<(), (&'static str, String)>| {
         r.map_err(|(k, m)| spec_err(format!("{at}.{name}.{k}"), m))
@@ -325,12 +313,10 @@ fn settings(at: &str, t: &toml::Table) -> Result<CapabilitySettings, SpecError> 
     sub("retry", s.retry.validate())?;
     sub("breaker", s.breaker.validate())?;
     sub("quality", s.quality.validate())?;
-    if s.hedging.enabled {
-        return Err(spec_err(
-            format!("{at}.hedging.enabled"),
-            "hedging is not implemented in this version; valid: false",
-        ));
-    }
+    sub("hedging", s.hedging.validate())?;
+    s.adaptive
+        .validate()
+        .map_err(|(k, m)| spec_err(format!("{at}.adaptive.{k}"), m))?;
     Ok(s)
 }
 
@@ -451,9 +437,14 @@ max_attempts = 2
                 "1 to 16",
             ),
             (
-                "[capability.\"a\".hedging]\nenabled = true",
-                "capability.\"a\".hedging.enabled",
-                "not implemented",
+                "[capability.\"a\".hedging]\nenabled = true\nmax_hedges = 9",
+                "capability.\"a\".hedging.max_hedges",
+                "1 to 3",
+            ),
+            (
+                "[capability.\"a\".adaptive]\nenabled = true\nbackoff_ratio = 1.5",
+                "capability.\"a\".adaptive.backoff_ratio",
+                "between 0 and 1",
             ),
             (
                 "[capability.\"a\"]\npolicy = 3",

@@ -578,6 +578,8 @@ pub struct PeerStats {
     outcomes: VecDeque<(u64, bool)>,
     /// Its breaker.
     pub breaker: Breaker,
+    /// Its adaptive concurrency limit.
+    pub limiter: crate::adaptive::AimdLimiter,
     touched_ms: u64,
 }
 

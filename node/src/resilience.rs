@@ -3,9 +3,11 @@
 //! The decisions themselves are the pure functions of [`crate::policy`], [`crate::breaker`]
 //! and [`crate::retry`]; this module only holds their state between calls and reads the clock.
 
+use crate::adaptive::{AdaptiveConfig, Sample};
 use crate::breaker::{BreakerConfig, Permit};
 use crate::callee::LocalAgent;
 use crate::contract::{CallError, CallRequest, ErrorCode, RouteCandidate, RouteExplanation};
+use crate::hedge::{HedgingConfig, LatencyWindow};
 use crate::mesh_config::{CapabilitySettings, MeshConfig};
 use crate::policy::{self, Ask, PolicyName, RankConfig, Ranking, Scoreboard, View};
 use crate::retry::{RetryBudget, RetryConfig};
@@ -39,6 +41,7 @@ pub struct Resilience {
     scores: Mutex<Scoreboard>,
     budgets: Mutex<HashMap<String, RetryBudget>>,
     cursors: Mutex<HashMap<String, u64>>,
+    latencies: Mutex<HashMap<String, LatencyWindow>>,
     rng: Mutex<StdRng>,
     epoch: tokio::time::Instant,
 }
@@ -51,6 +54,7 @@ impl Resilience {
             scores: Mutex::new(Scoreboard::default()),
             budgets: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),
+            latencies: Mutex::new(HashMap::new()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             epoch: tokio::time::Instant::now(),
         }
@@ -198,6 +202,47 @@ impl Resilience {
             .or_insert_with(|| RetryBudget::new(now, cfg.budget_min_per_s)))
     }
 
+    /// Records a successful attempt's latency for the capability's hedging delay.
+    pub fn record_latency(&self, capability: &str, ms: f64) {
+        let mut m = lock(&self.latencies);
+        if !m.contains_key(capability) && m.len() >= RESILIENCE_CAPABILITIES_MAX {
+            m.clear();
+        }
+        m.entry(capability.to_string()).or_default().push(ms);
+    }
+
+    /// How long a hedged call waits before its next attempt.
+    pub fn hedge_delay(&self, capability: &str, cfg: &HedgingConfig) -> std::time::Duration {
+        let ms = lock(&self.latencies)
+            .get(capability)
+            .map_or(cfg.delay_ms.max(cfg.min_delay_ms), |w| w.delay_ms(cfg));
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// Takes a slot under `node`'s adaptive concurrency limit (always granted when the
+    /// capability does not enable it); `None` when the agent is at its limit.
+    pub fn limit_acquire(&self, node: NodeId, cfg: &AdaptiveConfig) -> Option<LimitSlot<'_>> {
+        if cfg.enabled {
+            let now = self.now_ms();
+            if !lock(&self.scores).entry(node, now).limiter.try_acquire(cfg) {
+                return None;
+            }
+        }
+        Some(LimitSlot {
+            res: self,
+            node,
+            cfg: cfg.enabled.then(|| cfg.clone()),
+        })
+    }
+
+    fn limit_release(&self, node: NodeId, cfg: &AdaptiveConfig, rtt_ms: f64, sample: Sample) {
+        let now = self.now_ms();
+        lock(&self.scores)
+            .entry(node, now)
+            .limiter
+            .release(cfg, rtt_ms, sample);
+    }
+
     /// A full-jitter backoff before retry number `retry`, in ms.
     pub fn backoff_ms(&self, retry: u32, cfg: &RetryConfig) -> u64 {
         let mut rng = lock(&self.rng);
@@ -261,8 +306,18 @@ impl Resilience {
                 latency_ms: None,
                 success_rate: None,
                 breaker: "closed".into(),
+                adaptive_limit: None,
                 reason: format!("ineligible: {why}"),
             });
+        }
+        if settings.adaptive.enabled {
+            let now = self.now_ms();
+            let mut scores = lock(&self.scores);
+            for (r, c) in rows.iter_mut().zip(cands) {
+                let l = &scores.entry(c.node_id, now).limiter;
+                r.adaptive_limit =
+                    Some(format!("{}/{}", l.in_flight(), l.limit(&settings.adaptive)));
+            }
         }
         Ok(RouteExplanation {
             capability: req.capability.clone(),
@@ -284,7 +339,48 @@ fn row(c: &Candidate, v: &View, rank: Option<u32>, reason: String) -> RouteCandi
         latency_ms: v.latency_ms.map(|l| (l * 10.0).round() / 10.0),
         success_rate: v.success_rate.map(|s| (s * 1000.0).round() / 1000.0),
         breaker: v.breaker.name().into(),
+        adaptive_limit: None,
         reason,
+    }
+}
+
+/// A slot under an agent's adaptive concurrency limit. [`LimitSlot::finish`] gives it back
+/// with what the attempt showed; dropping it (a cancelled attempt) gives it back learning
+/// nothing.
+pub struct LimitSlot<'a> {
+    res: &'a Resilience,
+    node: NodeId,
+    cfg: Option<AdaptiveConfig>,
+}
+
+impl LimitSlot<'_> {
+    /// Releases the slot with the attempt's latency and outcome.
+    pub fn finish(mut self, rtt_ms: f64, sample: Sample) {
+        if let Some(cfg) = self.cfg.take() {
+            self.res.limit_release(self.node, &cfg, rtt_ms, sample);
+        }
+    }
+}
+
+impl Drop for LimitSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(cfg) = self.cfg.take() {
+            self.res
+                .limit_release(self.node, &cfg, 0.0, Sample::Ignored);
+        }
+    }
+}
+
+/// What an attempt's result says to the adaptive limit: an overload, a timeout or an
+/// unreachable agent is a drop; an answer is judged by its latency; anything else says nothing.
+pub fn limit_sample(result: &Result<u16, ErrorCode>) -> Sample {
+    match result {
+        Ok(429) | Ok(503) => Sample::Dropped,
+        Ok(_) => Sample::Answered,
+        Err(ErrorCode::Overloaded | ErrorCode::DeadlineExceeded | ErrorCode::AgentUnreachable) => {
+            Sample::Dropped
+        }
+        Err(_) => Sample::Ignored,
     }
 }
 

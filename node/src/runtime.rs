@@ -40,6 +40,19 @@ use tokio::task::JoinHandle;
 
 pub use crate::admission::AdmissionMode;
 
+/// One attempt in flight, as a future (boxed so hedged attempts can race in one set).
+type AttemptFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = AttemptDone<'a>> + Send + 'a>>;
+
+/// A finished attempt with what [`MeshHandle`] needs to account for it.
+struct AttemptDone<'a> {
+    i: usize,
+    permit: crate::breaker::Permit,
+    slot: crate::resilience::LimitSlot<'a>,
+    started: tokio::time::Instant,
+    result: Result<Answer, CallError>,
+}
+
 /// Largest deadline accepted.
 pub const DEADLINE_MAX_MS: u64 = 10 * 60 * 1000;
 /// First pause between join rounds.
@@ -432,6 +445,11 @@ impl MeshHandle {
         Ok(self.mesh_config())
     }
 
+    /// The local agent's registration, if one is registered.
+    pub fn agent_registration(&self) -> Option<AgentRegistration> {
+        self.0.agent.registration()
+    }
+
     /// Registers or replaces the local agent and publishes it in this node's record.
     pub async fn register_agent(&self, reg: AgentRegistration) -> Result<(), CallError> {
         validate_registration(&reg)?;
@@ -541,7 +559,7 @@ impl MeshHandle {
         }
         let res = &self.0.res;
         res.deposit(&req.capability, &settings.retry);
-        let mut header = CallHeader {
+        let header = CallHeader {
             call_id: rand::random(),
             capability: req.capability.clone(),
             attrs: req.attrs.clone(),
@@ -555,6 +573,11 @@ impl MeshHandle {
             caller_roles: self.0.roles.clone(),
             content_type: req.content_type.clone(),
         };
+        if settings.hedging.enabled && cands.len() > 1 {
+            return self
+                .call_hedged(req, settings, &cands, &header, deadline)
+                .await;
+        }
         let mut tried: Vec<NodeId> = Vec::new();
         let mut attempts = 0u32;
         let fail = |mut e: CallError, attempts: u32| {
@@ -562,66 +585,25 @@ impl MeshHandle {
             Err(e)
         };
         loop {
-            let views = res.views(&cands, &self.0.router, &self.0.agent, &settings.breaker);
-            let ranking = match res.rank(&views, req, settings, attempts == 0) {
-                Ok(r) => r,
-                Err(e) => return fail(e, attempts),
-            };
-            // A retry prefers an agent not tried yet; the breaker must grant a slot.
-            let mut order: Vec<usize> = ranking
-                .order
-                .iter()
-                .copied()
-                .filter(|&i| !tried.contains(&cands[i].node_id))
-                .collect();
-            order.extend(
-                ranking
-                    .order
-                    .iter()
-                    .copied()
-                    .filter(|&i| tried.contains(&cands[i].node_id)),
+            let launched = self.launch(
+                &cands,
+                req,
+                settings,
+                &header,
+                deadline,
+                &mut tried,
+                attempts == 0,
+                true,
             );
-            let picked = order.into_iter().find_map(|i| {
-                let permit = if ranking.panic {
-                    Some(crate::breaker::Permit::Normal)
-                } else {
-                    res.acquire(cands[i].node_id, &settings.breaker)
-                };
-                permit.map(|p| (i, p))
-            });
-            let Some((i, permit)) = picked else {
-                return fail(
-                    CallError::new(
-                        ErrorCode::CircuitOpen,
-                        "no candidate's breaker admits a call now",
-                    ),
-                    attempts,
-                );
-            };
-            let cand = &cands[i];
-            let remaining = deadline
-                .saturating_duration_since(tokio::time::Instant::now())
-                .as_millis() as u64;
-            let budget_ms = match hop_budget_ms(remaining, &settings.deadline) {
-                Ok(b) => b,
+            let (ranking, attempt) = match launched {
+                Ok(l) => l,
                 Err(e) => return fail(e, attempts),
             };
             attempts += 1;
-            tried.push(cand.node_id);
-            header.deadline_ms = budget_ms;
-            let started = tokio::time::Instant::now();
-            let result = self
-                .attempt(
-                    cand,
-                    &header,
-                    &req.body,
-                    started + Duration::from_millis(budget_ms),
-                )
-                .await;
-            let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let (i, result) = self.settle(&cands, req, settings, attempt.await);
+            let cand = &cands[i];
             let err = match result {
                 Ok(a) => {
-                    res.observe(cand.node_id, rtt_ms, true, permit, &settings.breaker);
                     let retry_it = transient_status(a.status)
                         && attempts < settings.retry.max_attempts
                         && res.withdraw(&req.capability, &settings.retry);
@@ -632,6 +614,7 @@ impl MeshHandle {
                             body: a.body,
                             served_by: format!("{}/{}", cand.node_id, a.agent),
                             attempts,
+                            hedges: 0,
                             policy: ranking.policy.name().to_string(),
                             prefer_fallback: ranking.prefer_fallback,
                         });
@@ -642,14 +625,6 @@ impl MeshHandle {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(target_node = %cand.node_id, code = ?e.code, error = %e.message, attempt = attempts, "call attempt failed");
-                    res.observe(
-                        cand.node_id,
-                        rtt_ms,
-                        !health_failure(&e),
-                        permit,
-                        &settings.breaker,
-                    );
                     if classify(&e) == Retry::Permanent || attempts >= settings.retry.max_attempts {
                         return fail(e, attempts);
                     }
@@ -670,6 +645,220 @@ impl MeshHandle {
             }
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// A hedged call (gRPC A6): the first attempt goes out at once; while it has not answered,
+    /// another goes to an agent not tried yet every hedging delay (the capability's observed
+    /// p95), up to `max_hedges`, each paid from the retry budget. A transient failure starts
+    /// the next hedge at once; a permanent one ends the call. The first answer wins, and
+    /// dropping the others cancels them down the chain.
+    async fn call_hedged(
+        &self,
+        req: &CallRequest,
+        settings: &CapabilitySettings,
+        cands: &[Candidate],
+        header: &CallHeader,
+        deadline: tokio::time::Instant,
+    ) -> Result<CallResponse, CallError> {
+        let res = &self.0.res;
+        let delay = res.hedge_delay(&req.capability, &settings.hedging);
+        let mut tried: Vec<NodeId> = Vec::new();
+        let fail = |mut e: CallError, attempts: u32| {
+            e.attempts = attempts;
+            Err(e)
+        };
+        let (ranking, first) = match self.launch(
+            cands, req, settings, header, deadline, &mut tried, true, false,
+        ) {
+            Ok(l) => l,
+            Err(e) => return fail(e, 0),
+        };
+        let mut racing = futures::stream::FuturesUnordered::new();
+        racing.push(first);
+        let (mut attempts, mut hedges) = (1u32, 0u32);
+        let mut hedging = true;
+        let mut next_hedge = tokio::time::Instant::now() + delay;
+        let mut last_err: Option<CallError> = None;
+        loop {
+            let may_hedge =
+                hedging && hedges < settings.hedging.max_hedges && tried.len() < cands.len();
+            let hedge_now;
+            tokio::select! {
+                Some(done) = racing.next(), if !racing.is_empty() => {
+                    let (i, result) = self.settle(cands, req, settings, done);
+                    match result {
+                        Ok(a) if !transient_status(a.status) => {
+                            return Ok(CallResponse {
+                                status: a.status,
+                                content_type: a.content_type,
+                                body: a.body,
+                                served_by: format!("{}/{}", cands[i].node_id, a.agent),
+                                attempts,
+                                hedges,
+                                policy: ranking.policy.name().to_string(),
+                                prefer_fallback: ranking.prefer_fallback,
+                            });
+                        }
+                        Ok(a) => {
+                            last_err = Some(CallError {
+                                status: Some(a.status),
+                                ..CallError::new(ErrorCode::Overloaded, "agent answered 429")
+                            });
+                        }
+                        Err(e) if classify(&e) == Retry::Permanent => return fail(e, attempts),
+                        Err(e) => last_err = Some(e),
+                    }
+                    hedge_now = may_hedge;
+                    if !hedge_now && racing.is_empty() {
+                        let e = last_err.take().unwrap_or_else(|| {
+                            CallError::new(ErrorCode::Internal, "hedged call ended without an answer")
+                        });
+                        return fail(e, attempts);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_hedge), if may_hedge => hedge_now = true,
+            }
+            if !hedge_now {
+                continue;
+            }
+            next_hedge = tokio::time::Instant::now() + delay;
+            let launched = if res.withdraw(&req.capability, &settings.retry) {
+                self.launch(
+                    cands, req, settings, header, deadline, &mut tried, false, false,
+                )
+            } else {
+                Err(CallError::new(
+                    ErrorCode::Overloaded,
+                    "not hedged: retry budget exhausted",
+                ))
+            };
+            match launched {
+                Ok((_, f)) => {
+                    racing.push(f);
+                    attempts += 1;
+                    hedges += 1;
+                }
+                Err(e) => {
+                    hedging = false;
+                    if racing.is_empty() {
+                        return fail(last_err.take().unwrap_or(e), attempts);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Picks the next candidate (untried first; tried ones too if `allow_tried`), takes its
+    /// adaptive-limit slot and breaker permit, and returns the attempt as a future.
+    #[allow(clippy::too_many_arguments)]
+    fn launch<'a>(
+        &'a self,
+        cands: &'a [Candidate],
+        req: &'a CallRequest,
+        settings: &CapabilitySettings,
+        header: &CallHeader,
+        deadline: tokio::time::Instant,
+        tried: &mut Vec<NodeId>,
+        advance: bool,
+        allow_tried: bool,
+    ) -> Result<(crate::policy::Ranking, AttemptFuture<'a>), CallError> {
+        let res = &self.0.res;
+        let views = res.views(cands, &self.0.router, &self.0.agent, &settings.breaker);
+        let ranking = res.rank(&views, req, settings, advance)?;
+        let untried = ranking
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| !tried.contains(&cands[i].node_id));
+        let again = ranking
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| allow_tried && tried.contains(&cands[i].node_id));
+        let mut limited = false;
+        let mut picked = None;
+        for i in untried.chain(again) {
+            let Some(slot) = res.limit_acquire(cands[i].node_id, &settings.adaptive) else {
+                limited = true;
+                continue;
+            };
+            let permit = if ranking.panic {
+                Some(crate::breaker::Permit::Normal)
+            } else {
+                res.acquire(cands[i].node_id, &settings.breaker)
+            };
+            if let Some(p) = permit {
+                picked = Some((i, p, slot));
+                break;
+            }
+        }
+        let Some((i, permit, slot)) = picked else {
+            return Err(if limited {
+                CallError::new(
+                    ErrorCode::Overloaded,
+                    "every admitting agent is at its adaptive concurrency limit",
+                )
+            } else {
+                CallError::new(
+                    ErrorCode::CircuitOpen,
+                    "no candidate's breaker admits a call now",
+                )
+            });
+        };
+        let remaining = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as u64;
+        let budget_ms = hop_budget_ms(remaining, &settings.deadline)?;
+        tried.push(cands[i].node_id);
+        let mut h = header.clone();
+        h.deadline_ms = budget_ms;
+        let started = tokio::time::Instant::now();
+        let fut = async move {
+            let until = started + Duration::from_millis(budget_ms);
+            let result = self.attempt(&cands[i], &h, &req.body, until).await;
+            AttemptDone {
+                i,
+                permit,
+                slot,
+                started,
+                result,
+            }
+        };
+        Ok((ranking, Box::pin(fut)))
+    }
+
+    /// Feeds a finished attempt to the breaker, the scoreboard, the adaptive limit and the
+    /// hedging latency window.
+    fn settle(
+        &self,
+        cands: &[Candidate],
+        req: &CallRequest,
+        settings: &CapabilitySettings,
+        done: AttemptDone<'_>,
+    ) -> (usize, Result<Answer, CallError>) {
+        let res = &self.0.res;
+        let rtt_ms = done.started.elapsed().as_secs_f64() * 1000.0;
+        let node = cands[done.i].node_id;
+        let seen = done.result.as_ref().map(|a| a.status).map_err(|e| e.code);
+        done.slot
+            .finish(rtt_ms, crate::resilience::limit_sample(&seen));
+        match &done.result {
+            Ok(_) => {
+                res.observe(node, rtt_ms, true, done.permit, &settings.breaker);
+                res.record_latency(&req.capability, rtt_ms);
+            }
+            Err(e) => {
+                tracing::debug!(target_node = %node, code = ?e.code, error = %e.message, "call attempt failed");
+                res.observe(
+                    node,
+                    rtt_ms,
+                    !health_failure(e),
+                    done.permit,
+                    &settings.breaker,
+                );
+            }
+        }
+        (done.i, done.result)
     }
 
     /// One attempt to one candidate, local (HTTP) or remote (QUIC), until `deadline`.

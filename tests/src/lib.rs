@@ -573,6 +573,47 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
+/// Bound on a small mesh seeing every capability.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Mesh {
+    /// Waits until `node` lists `cap` offered by at least `n` agents.
+    pub async fn wait_offers(&self, node: &Node, cap: &str, n: usize) -> Result<()> {
+        wait_until(
+            &format!("{} to see {n} offer(s) of {cap}", node.agent),
+            CONVERGE_TIMEOUT,
+            || async {
+                let (_, v) = self.get(node, "/v1/capabilities").await?;
+                let got = v["capabilities"][cap].as_array().map_or(0, |a| a.len());
+                Ok((got >= n).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Calls `cap` through `node` with an empty JSON body: status, served-by, headers and the
+    /// JSON answer (null if not JSON).
+    pub async fn call_json(
+        &self,
+        node: &Node,
+        cap: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String, reqwest::header::HeaderMap, serde_json::Value)> {
+        let r = self.call(node, cap, "{}", headers).await?;
+        let status = r.status().as_u16();
+        let by = served_by(&r);
+        let h = r.headers().clone();
+        let v = r.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, by, h, v))
+    }
+
+    /// Calls in flight to `node`'s agent now (`GET /v1/agent`).
+    pub async fn agent_in_flight(&self, node: &Node) -> Result<u64> {
+        let (_, v) = self.get(node, "/v1/agent").await?;
+        v["in_flight"].as_u64().context("no in_flight in /v1/agent")
+    }
+}
+
 /// The `x-mesh-served-by` header of a response, or "".
 pub fn served_by(r: &reqwest::Response) -> String {
     r.headers()

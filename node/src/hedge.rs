@@ -1,0 +1,168 @@
+//! Hedged calls (gRPC A6 semantics): when the first attempt has not answered after the
+//! capability's observed p95 latency, a second attempt goes to another agent; the first answer
+//! wins and the others are cancelled (dropping an attempt resets its QUIC stream, and the
+//! callee's node then drops the agent request). Hedges are paid from the retry budget.
+//! This module holds the settings and the latency window the delay comes from; the race itself
+//! runs in the runtime.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+
+/// Most hedged attempts per call a config may ask for.
+pub const HEDGES_MAX: u32 = 3;
+/// Successful-attempt latencies kept per capability for the p95.
+pub const HEDGE_WINDOW_SAMPLES: usize = 256;
+/// Below this many samples the configured `delay_ms` is used instead of the p95.
+pub const HEDGE_MIN_SAMPLES: usize = 20;
+/// Largest hedging delay a config may set, in ms.
+pub const HEDGE_DELAY_MS_MAX: u64 = 600_000;
+
+/// Hedging settings of a capability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HedgingConfig {
+    /// Send further attempts to other agents after the observed p95.
+    pub enabled: bool,
+    /// Most hedged attempts per call (on top of the first), 1 to [`HEDGES_MAX`].
+    pub max_hedges: u32,
+    /// Delay used until [`HEDGE_MIN_SAMPLES`] latencies were observed, in ms.
+    pub delay_ms: u64,
+    /// The delay is never shorter than this, in ms (a p95 of 0 would hedge every call).
+    pub min_delay_ms: u64,
+}
+
+impl Default for HedgingConfig {
+    fn default() -> Self {
+        HedgingConfig {
+            enabled: false,
+            max_hedges: 1,
+            delay_ms: 100,
+            min_delay_ms: 2,
+        }
+    }
+}
+
+impl HedgingConfig {
+    /// Checks the settings; the error names the key and the valid values.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=HEDGES_MAX).contains(&self.max_hedges) {
+            return Err(("max_hedges", format!("valid: 1 to {HEDGES_MAX}")));
+        }
+        if self.delay_ms > HEDGE_DELAY_MS_MAX {
+            return Err(("delay_ms", format!("valid: 0 to {HEDGE_DELAY_MS_MAX}")));
+        }
+        if self.min_delay_ms > self.delay_ms {
+            return Err(("min_delay_ms", "valid: 0 to delay_ms".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The latest successful-attempt latencies of one capability (bounded).
+#[derive(Debug, Clone, Default)]
+pub struct LatencyWindow {
+    samples: VecDeque<f64>,
+}
+
+impl LatencyWindow {
+    /// Adds a latency in ms, forgetting the oldest beyond [`HEDGE_WINDOW_SAMPLES`].
+    pub fn push(&mut self, ms: f64) {
+        if !ms.is_finite() || ms < 0.0 {
+            return;
+        }
+        if self.samples.len() == HEDGE_WINDOW_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(ms);
+    }
+
+    /// Samples held.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// True if nothing was observed.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The `q` quantile (nearest rank), if any samples.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut v: Vec<f64> = self.samples.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        Some(v[rank - 1])
+    }
+
+    /// How long to wait before hedging: the observed p95 once there are enough samples,
+    /// else the configured delay; never below `min_delay_ms`.
+    pub fn delay_ms(&self, cfg: &HedgingConfig) -> u64 {
+        let base = match self.quantile(0.95) {
+            Some(p95) if self.samples.len() >= HEDGE_MIN_SAMPLES => p95.ceil() as u64,
+            _ => cfg.delay_ms,
+        };
+        base.max(cfg.min_delay_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_is_the_configured_one_until_enough_samples() {
+        let cfg = HedgingConfig {
+            enabled: true,
+            delay_ms: 80,
+            ..HedgingConfig::default()
+        };
+        let mut w = LatencyWindow::default();
+        for _ in 0..HEDGE_MIN_SAMPLES - 1 {
+            w.push(5.0);
+        }
+        assert_eq!(w.delay_ms(&cfg), 80);
+        w.push(5.0);
+        assert_eq!(w.delay_ms(&cfg), 5);
+    }
+
+    #[test]
+    fn delay_is_the_p95_of_the_window() {
+        let cfg = HedgingConfig::default();
+        let mut w = LatencyWindow::default();
+        for i in 1..=100 {
+            w.push(i as f64);
+        }
+        assert_eq!(w.delay_ms(&cfg), 95);
+        // The window forgets the oldest: 256 fast samples push the slow ones out.
+        for _ in 0..HEDGE_WINDOW_SAMPLES {
+            w.push(1.0);
+        }
+        assert_eq!(w.len(), HEDGE_WINDOW_SAMPLES);
+        assert_eq!(w.delay_ms(&cfg), cfg.min_delay_ms);
+    }
+
+    #[test]
+    fn bad_samples_are_ignored() {
+        let mut w = LatencyWindow::default();
+        w.push(f64::NAN);
+        w.push(-1.0);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let bad = HedgingConfig {
+            max_hedges: HEDGES_MAX + 1,
+            ..HedgingConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "max_hedges");
+        let bad = HedgingConfig {
+            min_delay_ms: 200,
+            ..HedgingConfig::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "min_delay_ms");
+    }
+}
