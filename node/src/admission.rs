@@ -174,6 +174,14 @@ impl AdmissionTable {
         self.update(peer, |_| {});
     }
 
+    /// True if both sides admitted `peer` on the current connection.
+    pub fn is_mutual(&self, peer: &NodeId) -> bool {
+        lock(&self.peers).get(peer).is_some_and(|s| {
+            matches!(s.ours, PeerVerdict::Admitted { .. })
+                && matches!(s.theirs, PeerVerdict::Admitted { .. })
+        })
+    }
+
     /// The last connection to `peer` closed: forget it (it must be admitted again).
     pub fn disconnected(&self, peer: &NodeId) {
         lock(&self.peers).remove(peer);

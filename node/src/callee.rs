@@ -151,7 +151,7 @@ impl Callee {
 pub async fn accept_loop(callee: Callee, mut incoming: libp2p_stream::IncomingStreams) {
     let slots = Arc::new(Semaphore::new(INBOUND_CALL_STREAMS_MAX));
     while let Some((peer, stream)) = incoming.next().await {
-        let Ok(from) = NodeId::from_peer_id(&peer) else {
+        let Ok(from) = crate::transport::node_of(&peer) else {
             continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -303,7 +303,7 @@ pub fn agent_request(
         body,
         content_type: header.content_type.clone(),
         deadline: deadline.saturating_duration_since(tokio::time::Instant::now()),
-        caller_node: from.to_string(),
+        caller_node: crate::transport::id_text(&from).to_string(),
         caller_agent: header.caller_agent.clone(),
         // Roles come from the verified certificate, not from the header.
         caller_roles: roles,

@@ -55,7 +55,7 @@ pub async fn call_local(
         body: a.body.clone(),
         content_type: a.header.content_type.clone(),
         deadline: a.deadline.saturating_duration_since(Instant::now()),
-        caller_node: a.header.caller_node.to_string(),
+        caller_node: crate::transport::id_text(&a.header.caller_node).to_string(),
         caller_agent: a.header.caller_agent.clone(),
         caller_roles: roles,
         call_id: hex_id(&a.header.call_id),
@@ -89,9 +89,7 @@ pub async fn call_remote(
     cand: &Candidate,
     a: &Attempt<'_>,
 ) -> Result<Answer, CallError> {
-    let peer = cand
-        .node_id
-        .to_peer_id()
+    let peer = crate::transport::peer_of(&cand.node_id)
         .map_err(|e| CallError::new(ErrorCode::Internal, e.to_string()))?;
     let budget = a
         .deadline
@@ -101,34 +99,42 @@ pub async fn call_remote(
     header.deadline_ms = budget.as_millis() as u64;
     let guard = router.start_call(cand.node_id);
     let open = async {
-        transport
-            .connect(peer, parse_addrs(&cand.addrs))
-            .await
-            .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
-        admission
-            .wait_mutual(&cand.node_id, budget.min(ADMIT_TIMEOUT))
-            .await
-            .map_err(|r| unreachable(format!("peer not admitted: {r}")))?;
-        let mut control = transport.control.clone();
-        let stream = tokio::time::timeout(
-            STREAM_OPEN_TIMEOUT,
-            control.open_stream(peer, CALL_PROTOCOL),
-        )
-        .await
-        .map_err(|_| unreachable("stream open timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-        let (mut r, mut w) = stream.split();
-        write_header(&mut w, &header)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        write_body(&mut w, a.body)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        w.flush().await.map_err(|e| unreachable(e.to_string()))?;
-        let first = read_resp(&mut r)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok::<_, CallError>((first, r, w))
+        // Both verdicts are dropped when the last connection closes, so a mutually admitted
+        // peer is connected: skip the round trip through the swarm task.
+        if !admission.is_mutual(&cand.node_id) {
+            transport
+                .connect(peer, parse_addrs(&cand.addrs))
+                .await
+                .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
+            admission
+                .wait_mutual(&cand.node_id, budget.min(ADMIT_TIMEOUT))
+                .await
+                .map_err(|r| unreachable(format!("peer not admitted: {r}")))?;
+        }
+        // A parked stream first; if it turns out dead before any answer, one fresh stream.
+        let mut parked = transport.pool.take(&peer);
+        loop {
+            let from_pool = parked.is_some();
+            let stream = match parked.take() {
+                Some(s) => s,
+                None => {
+                    let mut control = transport.control.clone();
+                    tokio::time::timeout(
+                        STREAM_OPEN_TIMEOUT,
+                        control.open_stream(peer, CALL_PROTOCOL),
+                    )
+                    .await
+                    .map_err(|_| unreachable("stream open timed out".into()))?
+                    .map_err(|e| unreachable(e.to_string()))?
+                }
+            };
+            transport.pool.refill(&transport.control, peer);
+            match send_call(stream, &header, a.body).await {
+                Ok(done) => return Ok(done),
+                Err(_) if from_pool => transport.pool.forget(&peer),
+                Err(e) => return Err(unreachable(e.to_string())),
+            }
+        }
     };
     let (first, r, w) = tokio::time::timeout_at(a.deadline, open)
         .await
@@ -155,6 +161,28 @@ pub async fn call_remote(
         agent: head.agent,
         body: remote_body(r, w, a.deadline, guard),
     })
+}
+
+type CallStreamHalves = (
+    RespFrame,
+    futures::io::ReadHalf<libp2p::Stream>,
+    futures::io::WriteHalf<libp2p::Stream>,
+);
+
+/// Sends the header and body on `stream` and reads the first response frame.
+async fn send_call(
+    stream: libp2p::Stream,
+    header: &CallHeader,
+    body: &bytes::Bytes,
+) -> Result<CallStreamHalves, crate::call_proto::ProtoError> {
+    let (mut r, mut w) = stream.split();
+    write_header(&mut w, header).await?;
+    write_body(&mut w, body).await?;
+    w.flush()
+        .await
+        .map_err(|e| crate::call_proto::ProtoError::from(crate::frame::FrameError::from(e)))?;
+    let first = read_resp(&mut r).await?;
+    Ok((first, r, w))
 }
 
 fn unreachable(msg: String) -> CallError {

@@ -409,7 +409,7 @@ impl PeerSender {
     }
 
     async fn open(&self) -> Result<libp2p::Stream, String> {
-        let peer = self.peer.to_peer_id().map_err(|e| e.to_string())?;
+        let peer = crate::transport::peer_of(&self.peer).map_err(|e| e.to_string())?;
         let fut = async {
             self.transport.connect(peer, self.addrs.clone()).await?;
             self.admission
@@ -436,7 +436,7 @@ async fn accept_inbound(
 ) {
     let slots = Arc::new(Semaphore::new(INBOUND_STREAMS_MAX));
     while let Some((peer, stream)) = incoming.next().await {
-        let Ok(from) = NodeId::from_peer_id(&peer) else {
+        let Ok(from) = crate::transport::node_of(&peer) else {
             continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {

@@ -26,4 +26,5 @@ pub mod retry;
 pub mod router;
 pub mod runtime;
 pub mod shed;
+pub mod stream_pool;
 pub mod transport;

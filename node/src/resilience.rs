@@ -93,8 +93,8 @@ impl Resilience {
                 let state = s.breaker.state(now);
                 let admits = !breaker.enabled || s.breaker.would_admit(now, breaker);
                 View {
-                    node: c.node_id.to_string(),
-                    node_short: c.node_id.short(),
+                    node: crate::transport::id_text(&c.node_id).to_string(),
+                    node_short: crate::transport::id_short(&c.node_id),
                     agent: c.agent.clone(),
                     proficiency: c.capability.proficiency,
                     cost: c.capability.cost,

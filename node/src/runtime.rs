@@ -612,7 +612,11 @@ impl MeshHandle {
                             status: a.status,
                             content_type: a.content_type,
                             body: a.body,
-                            served_by: format!("{}/{}", cand.node_id, a.agent),
+                            served_by: format!(
+                                "{}/{}",
+                                crate::transport::id_text(&cand.node_id),
+                                a.agent
+                            ),
                             attempts,
                             hedges: 0,
                             policy: ranking.policy.name().to_string(),
@@ -692,7 +696,11 @@ impl MeshHandle {
                                 status: a.status,
                                 content_type: a.content_type,
                                 body: a.body,
-                                served_by: format!("{}/{}", cands[i].node_id, a.agent),
+                                served_by: format!(
+                                    "{}/{}",
+                                    crate::transport::id_text(&cands[i].node_id),
+                                    a.agent
+                                ),
                                 attempts,
                                 hedges,
                                 policy: ranking.policy.name().to_string(),

@@ -5,7 +5,7 @@
 //! cloned [`libp2p_stream::Control`]; it reports connections as [`TransportEvent`]s. This
 //! module decides *how* bytes move, never *what* is sent.
 
-use agentmesh_crypto::Keypair;
+use agentmesh_crypto::{Keypair, NodeId};
 use futures::StreamExt;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -101,6 +101,8 @@ pub struct Transport {
     pub listen_addrs: Vec<Multiaddr>,
     /// Our peer id.
     pub local_peer: PeerId,
+    /// Call streams opened ahead of need.
+    pub pool: std::sync::Arc<crate::stream_pool::StreamPool>,
 }
 
 impl Transport {
@@ -230,6 +232,7 @@ pub async fn start(
             cmds: cmd_tx,
             listen_addrs,
             local_peer,
+            pool: Default::default(),
         },
         ev_rx,
     ))
@@ -377,4 +380,74 @@ async fn handle_event(
         }
         _ => {}
     }
+}
+
+/// Most node id ↔ peer id conversions remembered (the table is cleared when full).
+pub const ID_CACHE_MAX: usize = 8192;
+
+/// Memoised node id ↔ peer id conversions. Each conversion checks the key is a curve point
+/// (a point decompression, ~20 µs), and the call path converts on every call at both ends.
+#[derive(Default)]
+struct IdCache {
+    to_peer: HashMap<NodeId, PeerId>,
+    to_node: HashMap<PeerId, NodeId>,
+    text: HashMap<NodeId, std::sync::Arc<str>>,
+}
+
+fn id_cache() -> std::sync::MutexGuard<'static, IdCache> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<IdCache>> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// `node.to_peer_id()`, memoised.
+pub fn peer_of(node: &NodeId) -> Result<PeerId, agentmesh_crypto::CryptoError> {
+    if let Some(p) = id_cache().to_peer.get(node) {
+        return Ok(*p);
+    }
+    let p = node.to_peer_id()?;
+    remember(*node, p);
+    Ok(p)
+}
+
+/// `NodeId::from_peer_id(peer)`, memoised.
+pub fn node_of(peer: &PeerId) -> Result<NodeId, agentmesh_crypto::CryptoError> {
+    if let Some(n) = id_cache().to_node.get(peer) {
+        return Ok(*n);
+    }
+    let n = NodeId::from_peer_id(peer)?;
+    remember(n, *peer);
+    Ok(n)
+}
+
+/// `node.to_string()` (its peer id text), memoised: printing decompresses the key.
+pub fn id_text(node: &NodeId) -> std::sync::Arc<str> {
+    if let Some(t) = id_cache().text.get(node) {
+        return t.clone();
+    }
+    let t: std::sync::Arc<str> = node.to_string().into();
+    let mut c = id_cache();
+    if c.text.len() >= ID_CACHE_MAX {
+        c.text.clear();
+    }
+    c.text.insert(*node, t.clone());
+    t
+}
+
+/// The last 8 characters of [`id_text`] (as `NodeId::short`).
+pub fn id_short(node: &NodeId) -> String {
+    let t = id_text(node);
+    t[t.len().saturating_sub(8)..].to_string()
+}
+
+fn remember(node: NodeId, peer: PeerId) {
+    let mut c = id_cache();
+    if c.to_peer.len() >= ID_CACHE_MAX {
+        c.to_peer.clear();
+        c.to_node.clear();
+    }
+    c.to_peer.insert(node, peer);
+    c.to_node.insert(peer, node);
 }
