@@ -127,6 +127,16 @@ pub struct Procs {
 }
 
 impl Procs {
+    /// Processes started so far.
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    /// True if none were started.
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
     /// Takes ownership of a started child.
     pub fn push(&mut self, name: &str, child: Child) -> usize {
         self.children.push((name.to_string(), child));
@@ -230,6 +240,8 @@ pub struct NodeOpts {
     pub forward: Option<String>,
     /// TOML appended to the node's config (`[defaults]`, `[capability."…"]` sections).
     pub extra_toml: String,
+    /// Declared cost per call of every capability (None: the default).
+    pub cost: Option<f64>,
 }
 
 impl NodeOpts {
@@ -245,6 +257,7 @@ impl NodeOpts {
             max_concurrency: None,
             forward: None,
             extra_toml: String::new(),
+            cost: None,
         }
     }
 }
@@ -264,6 +277,8 @@ pub struct Node {
     pub addr: String,
     /// Index of the node process in [`Mesh::procs`].
     pub proc_index: usize,
+    /// Index of its demo agent's process in [`Mesh::procs`].
+    pub agent_proc: usize,
 }
 
 impl Node {
@@ -385,7 +400,14 @@ impl Mesh {
             Some(s) => Some(self.nodes[s].addr.clone()),
             None => self.nodes.first().map(|n| n.addr.clone()),
         };
+        let agent_proc = self.procs.len() - 1;
         let mut toml = self.config(port, seed.as_deref(), &agent, &handler, &opts.caps);
+        if let Some(c) = opts.cost {
+            toml = toml.replace(
+                "[[agent.capabilities]]\n",
+                &format!("[[agent.capabilities]]\ncost = {c}\n"),
+            );
+        }
         if let Some(p) = api_port {
             toml = toml.replace(
                 "api_listen = \"127.0.0.1:0\"",
@@ -430,6 +452,7 @@ impl Mesh {
             agent,
             api,
             proc_index,
+            agent_proc,
         };
         self.nodes.push(node.clone());
         Ok(node)
