@@ -97,7 +97,11 @@ async fn run() -> anyhow::Result<serde_json::Value> {
     let n = env("BENCH_CALLS", 300);
     let conc = env("BENCH_CONCURRENCY", 4).clamp(1, 64);
     let mut mesh = Mesh::new()?;
-    let no_retry = "[defaults.retry]\nmax_attempts = 1\n";
+    // No retries and no quality tiers, so the breaker phase shows the breaker alone (with tiers
+    // on, a 100 %-failing agent drops below the preferred tier after a few calls and is
+    // skipped before its breaker judges it).
+    let no_retry = "[defaults.retry]\nmax_attempts = 1\n\
+        [defaults.quality]\nprefer = 0.0\nfallback = 0.0\nfloor = 0.0\n";
     let caller = mesh
         .start_node(NodeOpts {
             extra_toml: no_retry.into(),
