@@ -18,6 +18,7 @@ use crate::record::{
 };
 use crate::score::{Penalty, Scores};
 use crate::suspicion::Suspicion;
+use crate::table::{Entry, Members, ProbeCycle};
 use crate::verify::{StrictVerifier, Verifier};
 use crate::wire::{self, Message, PULL_RECORDS_MAX};
 
@@ -209,20 +210,6 @@ pub struct Stats {
     pub refutations: u64,
 }
 
-struct Entry {
-    signed: Arc<SignedMember>,
-    info: Arc<MemberInfo>,
-    state: MemberState,
-    since: Millis,
-    record: Option<(Arc<SignedRecord>, Arc<NodeRecord>)>,
-}
-
-impl Entry {
-    fn record_version(&self) -> Option<Version> {
-        self.record.as_ref().map(|(_, r)| r.version())
-    }
-}
-
 struct Probe {
     target: NodeId,
     seq: u32,
@@ -262,19 +249,17 @@ pub struct Gossip {
     local_signed: Arc<SignedRecord>,
     local_member: Arc<SignedMember>,
     leaving: bool,
-    members: BTreeMap<NodeId, Entry>,
+    members: Members,
     pending: BTreeMap<NodeId, Arc<SignedMember>>,
     orphans: BTreeMap<NodeId, (Arc<SignedRecord>, Arc<NodeRecord>)>,
     suspicions: BTreeMap<NodeId, Suspicion>,
     join_seeds: BTreeSet<NodeId>,
-    probe_order: Vec<NodeId>,
-    probe_idx: usize,
+    probe_cycle: ProbeCycle,
     probe: Option<Probe>,
     next_probe_at: Millis,
     seq: u32,
     relays: BTreeMap<u32, Relay>,
     poked: BTreeSet<NodeId>,
-    bootstrapping: bool,
     lhm: u32,
     queue: BroadcastQueue,
     next_gossip_at: Millis,
@@ -338,19 +323,17 @@ impl Gossip {
             local_signed,
             local_member,
             leaving: false,
-            members: BTreeMap::new(),
+            members: Members::default(),
             pending: BTreeMap::new(),
             orphans: BTreeMap::new(),
             suspicions: BTreeMap::new(),
             join_seeds: BTreeSet::new(),
-            probe_order: Vec::new(),
-            probe_idx: 0,
+            probe_cycle: ProbeCycle::default(),
             probe: None,
             next_probe_at: now,
             seq: 0,
             relays: BTreeMap::new(),
             poked: BTreeSet::new(),
-            bootstrapping: false,
             lhm: 0,
             queue,
             next_gossip_at: now,
@@ -394,14 +377,33 @@ impl Gossip {
         entries: &[(Arc<SignedMember>, Arc<SignedRecord>)],
         now: Millis,
     ) {
-        self.bootstrapping = true;
+        // Straight into the table (appends when `entries` are sorted by id): no events, no
+        // re-gossip, nothing queued. A pair that fails any check is skipped; when the member is
+        // already known, the ordinary path applies.
+        self.members.reserve(entries.len());
         for (m, r) in entries {
-            self.accept_record(from, r.clone(), now);
-            self.apply_alive(from, m.clone(), now);
+            let id = m.signer;
+            if id == self.me || r.signer != id || self.members.len() >= self.cfg.members_max {
+                continue;
+            }
+            if self.members.contains_key(&id) {
+                self.accept_record(from, r.clone(), now);
+                self.apply_alive(from, m.clone(), now);
+                continue;
+            }
+            let Some(info) = self.verify_member(from, m) else {
+                continue;
+            };
+            let Some(rec) = self.verify_record(from, r, now) else {
+                continue;
+            };
+            if info.leaving {
+                continue;
+            }
+            self.members
+                .insert(Entry::new(m.clone(), info, Some((r.clone(), rec))));
+            self.mark_stale(id, now);
         }
-        self.bootstrapping = false;
-        self.probe_order.shuffle(&mut self.rng);
-        // Nothing learned at boot needs re-gossiping.
         self.queue = BroadcastQueue::new(self.cfg.broadcast_queue_max);
         self.stats = Stats::default();
         self.events.clear();
@@ -467,11 +469,7 @@ impl Gossip {
 
     /// The number of alive or suspect members, self included.
     pub fn live_count(&self) -> usize {
-        1 + self
-            .members
-            .values()
-            .filter(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
-            .count()
+        1 + self.members.live()
     }
 
     /// The state of a member as seen here (None if unknown; self is always alive).
@@ -483,7 +481,7 @@ impl Gossip {
                 MemberState::Alive
             });
         }
-        self.members.get(id).map(|e| e.state)
+        self.members.get(id).map(|e| e.state())
     }
 
     /// The version of the record held for `id`.
@@ -517,7 +515,7 @@ impl Gossip {
         out.extend(self.members.iter().map(|(id, e)| MemberView {
             node_id: *id,
             addrs: e.info.addrs.clone(),
-            state: e.state,
+            state: e.state(),
             incarnation: e.info.incarnation,
             record: e.record.as_ref().map(|(_, r)| r.clone()),
         }));
@@ -525,11 +523,24 @@ impl Gossip {
     }
 
     /// Ids of members in a state, self excluded.
-    pub fn ids_in_state(&self, state: MemberState) -> impl Iterator<Item = NodeId> + '_ {
-        self.members
-            .iter()
-            .filter(move |(_, e)| e.state == state)
-            .map(|(id, _)| *id)
+    pub fn ids_in_state(&self, state: MemberState) -> Box<dyn Iterator<Item = NodeId> + '_> {
+        let members = &self.members;
+        match state {
+            // Dead and left members are indexed: no scan of the whole view.
+            MemberState::Dead | MemberState::Left => Box::new(
+                members
+                    .down()
+                    .keys()
+                    .filter(move |id| members.get(id).is_some_and(|e| e.state() == state))
+                    .copied(),
+            ),
+            _ => Box::new(
+                members
+                    .iter()
+                    .filter(move |(_, e)| e.state() == state)
+                    .map(|(id, _)| *id),
+            ),
+        }
     }
 
     /// Addresses of a member.
@@ -544,7 +555,7 @@ impl Gossip {
     pub fn find(&self, q: &CapabilityQuery) -> Vec<CapabilityMatch> {
         let local = (!self.leaving).then(|| (self.me, Arc::new(self.local.clone())));
         let others = self.members.iter().filter_map(|(id, e)| {
-            if e.state != MemberState::Alive {
+            if e.state() != MemberState::Alive {
                 return None;
             }
             e.record.as_ref().map(|(_, r)| (*id, r.clone()))
@@ -694,7 +705,7 @@ impl Gossip {
     fn is_member(&self, id: &NodeId) -> bool {
         self.members
             .get(id)
-            .is_some_and(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+            .is_some_and(|e| matches!(e.state(), MemberState::Alive | MemberState::Suspect))
     }
 
     fn handle_message(&mut self, from: NodeId, msg: Message, now: Millis) {
@@ -827,7 +838,7 @@ impl Gossip {
             {
                 if let Some(e) = self.members.get(node) {
                     let refuted = *incarnation < e.info.incarnation
-                        && matches!(e.state, MemberState::Alive | MemberState::Suspect);
+                        && matches!(e.state(), MemberState::Alive | MemberState::Suspect);
                     if refuted && *node != from && corrections.len() < wire::UPDATES_PER_MESSAGE_MAX
                     {
                         corrections.push(Update::Alive(e.signed.clone()));
@@ -884,10 +895,6 @@ impl Gossip {
             }
             return;
         }
-        if m.payload.len() + 96 > MEMBER_BYTES_MAX {
-            self.penalize(from, Penalty::Oversize);
-            return;
-        }
         // Cheap dedup before any signature check.
         if let Some(e) = self.members.get(&subject) {
             if e.signed.signature == m.signature {
@@ -901,53 +908,63 @@ impl Gossip {
         {
             return;
         }
-        let info = match self.verifier.member(&m) {
-            Ok(i) => i,
-            Err(_) => return self.penalize(from, Penalty::BadSignature),
+        let Some(info) = self.verify_member(from, &m) else {
+            return;
         };
-        if info.node_id != subject {
-            return self.penalize(from, Penalty::ForeignRecord);
-        }
-        if info.check_limits().is_err() {
-            return self.penalize(from, Penalty::Oversize);
-        }
         let Some(e) = self.members.get_mut(&subject) else {
             return self.admit_new_member(from, m, info, now);
         };
         let newer = info.key() > e.info.key();
         let revive = info.incarnation > e.info.incarnation;
-        match e.state {
+        match e.state() {
             MemberState::Dead | MemberState::Left if !revive => return,
             _ if !newer && (!info.leaving || e.info.leaving) => return,
             _ => {}
         }
-        let old_state = e.state;
+        let old_state = e.state();
         e.signed = m.clone();
         e.info = info.clone();
         if info.leaving {
             if old_state != MemberState::Left {
-                e.state = MemberState::Left;
-                e.since = now;
+                self.members.set_state(&subject, MemberState::Left, now);
                 self.suspicions.remove(&subject);
                 self.tree_remove(&subject);
                 self.emit(Event::Left(subject));
             }
-        } else if revive || old_state == MemberState::Alive {
-            e.state = MemberState::Alive;
-            if old_state != MemberState::Alive {
-                e.since = now;
-                self.suspicions.remove(&subject);
-                match old_state {
-                    MemberState::Suspect => self.emit(Event::Alive(subject)),
-                    _ => {
-                        self.emit(Event::Joined(subject));
-                        self.probe_insert(subject);
-                    }
-                }
+        } else if (revive || old_state == MemberState::Alive) && old_state != MemberState::Alive {
+            self.members.set_state(&subject, MemberState::Alive, now);
+            self.suspicions.remove(&subject);
+            match old_state {
+                MemberState::Suspect => self.emit(Event::Alive(subject)),
+                _ => self.emit(Event::Joined(subject)),
             }
         }
         self.mark_stale(subject, now);
         self.enqueue(Update::Alive(m));
+    }
+
+    /// Checks a signed identity (size, signature, subject, limits); penalises `from` if bad.
+    fn verify_member(&mut self, from: NodeId, m: &SignedMember) -> Option<Arc<MemberInfo>> {
+        if m.payload.len() + 96 > MEMBER_BYTES_MAX {
+            self.penalize(from, Penalty::Oversize);
+            return None;
+        }
+        let info = match self.verifier.member(m) {
+            Ok(i) => i,
+            Err(_) => {
+                self.penalize(from, Penalty::BadSignature);
+                return None;
+            }
+        };
+        if info.node_id != m.signer {
+            self.penalize(from, Penalty::ForeignRecord);
+            return None;
+        }
+        if info.check_limits().is_err() {
+            self.penalize(from, Penalty::Oversize);
+            return None;
+        }
+        Some(info)
     }
 
     fn admit_new_member(
@@ -986,20 +1003,11 @@ impl Gossip {
             return;
         }
         self.pending.remove(&subject);
-        self.members.insert(
-            subject,
-            Entry {
-                signed: m.clone(),
-                info,
-                state: MemberState::Alive,
-                since: now,
-                record,
-            },
-        );
-        self.probe_insert(subject);
+        let has_record = record.is_some();
+        self.members.insert(Entry::new(m.clone(), info, record));
         self.mark_stale(subject, now);
         self.emit(Event::Joined(subject));
-        if self.members[&subject].record.is_some() {
+        if has_record {
             self.emit(Event::Updated(subject));
         }
         self.enqueue(Update::Alive(m));
@@ -1015,16 +1023,15 @@ impl Gossip {
             return;
         }
         let n = self.live_count();
-        let Some(e) = self.members.get_mut(&node) else {
+        let Some(e) = self.members.get(&node) else {
             return;
         };
         if inc < e.info.incarnation {
             return;
         }
-        match e.state {
+        match e.state() {
             MemberState::Alive => {
-                e.state = MemberState::Suspect;
-                e.since = now;
+                self.members.set_state(&node, MemberState::Suspect, now);
                 let s = Suspicion::new(&self.cfg, n, accuser, now);
                 self.suspicions.insert(node, s);
                 self.emit(Event::Suspect(node));
@@ -1075,14 +1082,13 @@ impl Gossip {
             }
             return;
         }
-        let Some(e) = self.members.get_mut(&node) else {
+        let Some(e) = self.members.get(&node) else {
             return;
         };
-        if inc < e.info.incarnation || matches!(e.state, MemberState::Dead | MemberState::Left) {
+        if inc < e.info.incarnation || matches!(e.state(), MemberState::Dead | MemberState::Left) {
             return;
         }
-        e.state = MemberState::Dead;
-        e.since = now;
+        self.members.set_state(&node, MemberState::Dead, now);
         self.suspicions.remove(&node);
         self.tree_remove(&node);
         self.stale.remove(&node);
@@ -1115,17 +1121,6 @@ impl Gossip {
         self.local_member = Arc::new(Signed::sign(&self.key, MEMBER_CONTEXT, &info));
     }
 
-    fn probe_insert(&mut self, id: NodeId) {
-        if self.bootstrapping {
-            // Shuffled once at the end of the bootstrap (inserting at random is O(N) each).
-            self.probe_order.push(id);
-            return;
-        }
-        // Insert at a random position so new members are probed within one round.
-        let pos = self.rng.gen_range(0..=self.probe_order.len());
-        self.probe_order.insert(pos, id);
-    }
-
     fn tree_remove(&mut self, id: &NodeId) {
         self.eager.remove(id);
         self.lazy.remove(id);
@@ -1139,26 +1134,10 @@ impl Gossip {
     }
 
     fn next_probe_target(&mut self) -> Option<NodeId> {
-        for _ in 0..=self.probe_order.len() {
-            if self.probe_idx >= self.probe_order.len() {
-                // End of a round: drop departed members and reshuffle.
-                let members = &self.members;
-                self.probe_order.retain(|id| {
-                    members.get(id).is_some_and(|e| {
-                        matches!(e.state, MemberState::Alive | MemberState::Suspect)
-                    })
-                });
-                self.probe_order.dedup();
-                self.probe_order.shuffle(&mut self.rng);
-                self.probe_idx = 0;
-                if self.probe_order.is_empty() {
-                    return None;
-                }
-            }
-            let id = self.probe_order[self.probe_idx];
-            self.probe_idx += 1;
-            if self.is_member(&id) {
-                return Some(id);
+        for _ in 0..=self.members.len() {
+            let i = self.probe_cycle.next(self.members.len(), &mut self.rng)?;
+            if let Some(e) = self.members.nth(i).filter(|e| e.is_live()) {
+                return Some(*e.id());
             }
         }
         None
@@ -1176,7 +1155,7 @@ impl Gossip {
         // memberlist: a ping to a suspect carries the suspicion, so a suspect whose first
         // notice was lost still learns it must refute before its timer runs out.
         if let Some(e) = self.members.get(&target) {
-            if e.state == MemberState::Suspect {
+            if e.state() == MemberState::Suspect {
                 let incarnation = e.info.incarnation;
                 updates.truncate(wire::UPDATES_PER_MESSAGE_MAX - 1);
                 updates.insert(
@@ -1206,15 +1185,7 @@ impl Gossip {
         let Some(p) = self.probe.as_mut() else { return };
         p.indirect_sent = true;
         let (target, seq) = (p.target, p.seq);
-        let mut helpers: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(id, e)| **id != target && e.state == MemberState::Alive)
-            .map(|(id, _)| *id)
-            .collect();
-        let k = self.cfg.indirect_probes.min(helpers.len());
-        let (chosen, _) = helpers.partial_shuffle(&mut self.rng, k);
-        let chosen: Vec<NodeId> = chosen.to_vec();
+        let chosen = self.random_alive(self.cfg.indirect_probes, &BTreeSet::from([target]));
         if let Some(p) = self.probe.as_mut() {
             p.nacks_expected = chosen.len() as u32;
         }
@@ -1245,7 +1216,7 @@ impl Gossip {
         let Some(e) = self.members.get(&p.target) else {
             return;
         };
-        if !matches!(e.state, MemberState::Alive | MemberState::Suspect) {
+        if !matches!(e.state(), MemberState::Alive | MemberState::Suspect) {
             return;
         }
         // A failed probe of an already-suspect member is an independent confirmation.
@@ -1375,10 +1346,9 @@ impl Gossip {
         let ttl = self.cfg.tombstone_ms;
         let gone: Vec<NodeId> = self
             .members
+            .down()
             .iter()
-            .filter(|(_, e)| {
-                matches!(e.state, MemberState::Dead | MemberState::Left) && now >= e.since + ttl
-            })
+            .filter(|(_, since)| now >= **since + ttl)
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
@@ -1387,8 +1357,10 @@ impl Gossip {
         self.scores.recover(self.cfg.score_recovery_per_period);
         // Gossip to one dead member so a healed partition notices it was wrongly declared dead.
         let dead: Vec<NodeId> = self.ids_in_state(MemberState::Dead).collect();
-        if let Some(&d) = dead.choose(&mut self.rng) {
-            let inc = self.members[&d].info.incarnation;
+        let chosen = dead.choose(&mut self.rng).copied();
+        if let Some((d, inc)) =
+            chosen.and_then(|d| self.members.get(&d).map(|e| (d, e.info.incarnation)))
+        {
             let mut updates = vec![Update::Dead {
                 node: d,
                 incarnation: inc,
@@ -1401,31 +1373,61 @@ impl Gossip {
         self.poked.clear();
     }
 
-    /// A member we hold as dead just spoke to us: tell it, once per period, so it refutes
-    /// with a higher incarnation and both sides of a healed partition converge.
+    /// A member we hold as dead or suspect just spoke to us: tell it, once per period, so it
+    /// refutes with a higher incarnation. Heals partitions, and clears suspicions raised while
+    /// we were cut off whose rumours ran out of retransmissions before reaching the suspect.
     fn poke_if_dead(&mut self, from: NodeId) {
         let Some(e) = self.members.get(&from) else {
             return;
         };
-        if e.state != MemberState::Dead || self.poked.len() >= RELAYS_MAX {
-            return;
-        }
-        if self.poked.insert(from) {
-            let mut updates = vec![Update::Dead {
+        let incarnation = e.info.incarnation;
+        let update = match e.state() {
+            MemberState::Dead => Update::Dead {
                 node: from,
-                incarnation: e.info.incarnation,
+                incarnation,
                 from: self.me,
-            }];
+            },
+            MemberState::Suspect => Update::Suspect {
+                node: from,
+                incarnation,
+                from: self.me,
+            },
+            _ => return,
+        };
+        if self.poked.len() < RELAYS_MAX && self.poked.insert(from) {
+            let mut updates = vec![update];
             updates.extend(self.piggyback(from));
             self.send(from, Message::Gossip { updates });
         }
     }
 
+    /// Up to `n` distinct alive members not in `exclude`, uniformly at random. Samples table
+    /// positions (O(n) for a large view, where most members are alive) and falls back to a
+    /// scan when the view is small or mostly down.
     fn random_alive(&mut self, n: usize, exclude: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        let len = self.members.len();
+        if n == 0 || len == 0 {
+            return Vec::new();
+        }
+        if len >= 64 && self.members.live() * 2 >= len {
+            let mut out: Vec<NodeId> = Vec::with_capacity(n);
+            for _ in 0..(8 * n + 32) {
+                let i = self.rng.gen_range(0..len);
+                let Some(e) = self.members.nth(i) else { continue };
+                let id = *e.id();
+                if e.state() == MemberState::Alive && !exclude.contains(&id) && !out.contains(&id)
+                {
+                    out.push(id);
+                    if out.len() == n {
+                        return out;
+                    }
+                }
+            }
+        }
         let mut ids: Vec<NodeId> = self
             .members
             .iter()
-            .filter(|(id, e)| e.state == MemberState::Alive && !exclude.contains(id))
+            .filter(|(id, e)| e.state() == MemberState::Alive && !exclude.contains(id))
             .map(|(id, _)| *id)
             .collect();
         let k = n.min(ids.len());
@@ -1490,7 +1492,7 @@ impl Gossip {
             .chain(
                 self.members
                     .values()
-                    .filter(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+                    .filter(|e| matches!(e.state(), MemberState::Alive | MemberState::Suspect))
                     .map(|e| e.signed.clone()),
             )
             .collect();
@@ -1700,32 +1702,9 @@ impl Gossip {
                 return false;
             }
         }
-        let decoded = match self.verifier.record(&rec) {
-            Ok(r) => r,
-            Err(_) => {
-                self.penalize(from, Penalty::BadSignature);
-                return false;
-            }
+        let Some(decoded) = self.verify_record(from, &rec, now) else {
+            return false;
         };
-        if decoded.node_id != origin {
-            self.penalize(from, Penalty::ForeignRecord);
-            return false;
-        }
-        if decoded.check_limits().is_err() {
-            self.penalize(from, Penalty::Oversize);
-            return false;
-        }
-        if let Admission::Enforced { root, mesh_id } = &self.cfg.admission {
-            let ok = decoded.cert.as_ref().is_some_and(|c| {
-                self.verifier
-                    .cert(c, root, mesh_id, &origin, now / 1000)
-                    .is_ok()
-            });
-            if !ok {
-                self.penalize(from, Penalty::Unadmitted);
-                return false;
-            }
-        }
         let held = self
             .members
             .get(&origin)
@@ -1752,6 +1731,47 @@ impl Gossip {
         self.missing
             .retain(|(o, v), _| !(*o == origin && *v <= version));
         true
+    }
+
+    /// Checks a signed record (signature, origin, limits, admission); penalises `from` if bad.
+    fn verify_record(
+        &mut self,
+        from: NodeId,
+        rec: &SignedRecord,
+        now: Millis,
+    ) -> Option<Arc<NodeRecord>> {
+        let origin = rec.signer;
+        if rec.payload.len() + 96 > RECORD_BYTES_MAX {
+            self.penalize(from, Penalty::Oversize);
+            return None;
+        }
+        let decoded = match self.verifier.record(rec) {
+            Ok(r) => r,
+            Err(_) => {
+                self.penalize(from, Penalty::BadSignature);
+                return None;
+            }
+        };
+        if decoded.node_id != origin {
+            self.penalize(from, Penalty::ForeignRecord);
+            return None;
+        }
+        if decoded.check_limits().is_err() {
+            self.penalize(from, Penalty::Oversize);
+            return None;
+        }
+        if let Admission::Enforced { root, mesh_id } = &self.cfg.admission {
+            let ok = decoded.cert.as_ref().is_some_and(|c| {
+                self.verifier
+                    .cert(c, root, mesh_id, &origin, now / 1000)
+                    .is_ok()
+            });
+            if !ok {
+                self.penalize(from, Penalty::Unadmitted);
+                return None;
+            }
+        }
+        Some(decoded)
     }
 
     fn orphans_insert(&mut self, id: NodeId, rec: Arc<SignedRecord>, dec: Arc<NodeRecord>) {
@@ -1861,7 +1881,7 @@ impl Gossip {
             return;
         };
         let behind = e.record_version().is_none_or(|v| v < e.info.record_version);
-        if behind && matches!(e.state, MemberState::Alive | MemberState::Suspect) {
+        if behind && matches!(e.state(), MemberState::Alive | MemberState::Suspect) {
             self.stale.entry(id).or_insert(now);
         } else {
             self.stale.remove(&id);
