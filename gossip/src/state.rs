@@ -386,7 +386,7 @@ impl Gossip {
             if id == self.me || r.signer != id || self.members.len() >= self.cfg.members_max {
                 continue;
             }
-            if self.members.contains_key(&id) {
+            if !self.members.is_after_last(&id) && self.members.contains_key(&id) {
                 self.accept_record(from, r.clone(), now);
                 self.apply_alive(from, m.clone(), now);
                 continue;
@@ -944,7 +944,7 @@ impl Gossip {
     }
 
     /// Checks a signed identity (size, signature, subject, limits); penalises `from` if bad.
-    fn verify_member(&mut self, from: NodeId, m: &SignedMember) -> Option<Arc<MemberInfo>> {
+    fn verify_member(&mut self, from: NodeId, m: &Arc<SignedMember>) -> Option<Arc<MemberInfo>> {
         if m.payload.len() + 96 > MEMBER_BYTES_MAX {
             self.penalize(from, Penalty::Oversize);
             return None;
@@ -1737,7 +1737,7 @@ impl Gossip {
     fn verify_record(
         &mut self,
         from: NodeId,
-        rec: &SignedRecord,
+        rec: &Arc<SignedRecord>,
         now: Millis,
     ) -> Option<Arc<NodeRecord>> {
         let origin = rec.signer;
@@ -1761,11 +1761,9 @@ impl Gossip {
             return None;
         }
         if let Admission::Enforced { root, mesh_id } = &self.cfg.admission {
-            let ok = decoded.cert.as_ref().is_some_and(|c| {
-                self.verifier
-                    .cert(c, root, mesh_id, &origin, now / 1000)
-                    .is_ok()
-            });
+            let ok = self
+                .verifier
+                .record_admitted(&decoded, root, mesh_id, now / 1000);
             if !ok {
                 self.penalize(from, Penalty::Unadmitted);
                 return None;

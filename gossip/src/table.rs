@@ -103,6 +103,11 @@ impl Members {
         self.pos(id).is_ok()
     }
 
+    /// True if `id` sorts after every held member (so it is not held; O(1)).
+    pub fn is_after_last(&self, id: &NodeId) -> bool {
+        self.v.last().is_none_or(|e| e.id() < id)
+    }
+
     /// The entry at position `i` in id order (for sampling).
     pub fn nth(&self, i: usize) -> Option<&Entry> {
         self.v.get(i)
