@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::broadcast::BroadcastQueue;
 use crate::config::{Admission, Config};
 use crate::member::{MemberInfo, MemberState, SignedMember, Update, MEMBER_BYTES_MAX};
-use crate::member::{ADDRS_MAX, MEMBER_CONTEXT};
+use crate::member::{Accusation, SignedAccusation, ACCUSATION_CONTEXT, ADDRS_MAX, MEMBER_CONTEXT};
 use crate::record::{
     record_hash, AgentInfo, Capability, Health, NodeRecord, Priority, Proficiency, SignedRecord,
     Version, RECORD_BYTES_MAX, RECORD_CONTEXT,
@@ -34,6 +34,8 @@ pub const ORPHANS_MAX: usize = 1024;
 pub const RELAYS_MAX: usize = 256;
 /// Most missing-record (IHAVE) timers at once.
 pub const MISSING_MAX: usize = 4096;
+/// Most of our own signed accusations kept for re-sending.
+pub const OWN_ACCUSATIONS_MAX: usize = 1024;
 /// Most seeds remembered as join targets.
 pub const JOIN_SEEDS_MAX: usize = 16;
 
@@ -253,6 +255,8 @@ pub struct Gossip {
     pending: BTreeMap<NodeId, Arc<SignedMember>>,
     orphans: BTreeMap<NodeId, (Arc<SignedRecord>, Arc<NodeRecord>)>,
     suspicions: BTreeMap<NodeId, Suspicion>,
+    own_accusations: BTreeMap<(NodeId, u64, bool), Arc<SignedAccusation>>,
+    probe_soon: BTreeSet<NodeId>,
     join_seeds: BTreeSet<NodeId>,
     probe_cycle: ProbeCycle,
     probe: Option<Probe>,
@@ -327,6 +331,8 @@ impl Gossip {
             pending: BTreeMap::new(),
             orphans: BTreeMap::new(),
             suspicions: BTreeMap::new(),
+            own_accusations: BTreeMap::new(),
+            probe_soon: BTreeSet::new(),
             join_seeds: BTreeSet::new(),
             probe_cycle: ProbeCycle::default(),
             probe: None,
@@ -829,13 +835,8 @@ impl Gossip {
         // refutation, so a late hearer does not keep a suspicion everyone else has dropped.
         let mut corrections = Vec::new();
         for u in &updates {
-            if let Update::Suspect {
-                node, incarnation, ..
-            }
-            | Update::Dead {
-                node, incarnation, ..
-            } = u
-            {
+            if let Some((node, incarnation)) = u.rumour() {
+                let (node, incarnation) = (&node, &incarnation);
                 if let Some(e) = self.members.get(node) {
                     let refuted = *incarnation < e.info.incarnation
                         && matches!(e.state(), MemberState::Alive | MemberState::Suspect);
@@ -870,17 +871,70 @@ impl Gossip {
         for u in updates {
             match u {
                 Update::Alive(m) => self.apply_alive(from, m, now),
+                // Unsigned rumours name an accuser anyone can forge: they only make us refute
+                // (about us); about others they count for nothing.
                 Update::Suspect {
-                    node,
-                    incarnation,
-                    from: accuser,
-                } => self.apply_suspect(node, incarnation, accuser, now),
-                Update::Dead {
-                    node,
-                    incarnation,
-                    from: accuser,
-                } => self.apply_dead(node, incarnation, accuser, now),
+                    node, incarnation, ..
+                }
+                | Update::Dead {
+                    node, incarnation, ..
+                } => {
+                    if node == self.me {
+                        self.refute_rumour(incarnation, now);
+                    }
+                }
+                Update::Accuse(a) => self.on_accusation(from, a, now),
             }
+        }
+    }
+
+    /// Refutes a suspect or dead rumour about us at our current incarnation (older ones are
+    /// already answered by the incarnation we announced).
+    fn refute_rumour(&mut self, inc: u64, now: Millis) {
+        if !self.leaving && inc >= self.incarnation() {
+            self.refute(inc, now);
+        }
+    }
+
+    /// Our own accusation of `node`, signed once and reused.
+    fn accusation(&mut self, node: NodeId, incarnation: u64, dead: bool) -> Arc<SignedAccusation> {
+        if let Some(a) = self.own_accusations.get(&(node, incarnation, dead)) {
+            return a.clone();
+        }
+        if self.own_accusations.len() >= OWN_ACCUSATIONS_MAX {
+            self.own_accusations.clear();
+        }
+        let body = Accusation {
+            node,
+            incarnation,
+            dead,
+        };
+        let a = Arc::new(Signed::sign(&self.key, ACCUSATION_CONTEXT, &body));
+        self.own_accusations
+            .insert((node, incarnation, dead), a.clone());
+        a
+    }
+
+    /// A signed accusation: counts only if it verifies and its signer is a member.
+    fn on_accusation(&mut self, from: NodeId, a: Arc<SignedAccusation>, now: Millis) {
+        let accuser = a.signer;
+        if accuser == self.me {
+            return;
+        }
+        let body = match self.verifier.accusation(&a) {
+            Ok(b) => b,
+            Err(_) => return self.penalize(from, Penalty::BadSignature),
+        };
+        if body.node == self.me {
+            return self.refute_rumour(body.incarnation, now);
+        }
+        if body.node == accuser || !self.is_member(&accuser) {
+            return;
+        }
+        if body.dead {
+            self.apply_dead(body.node, body.incarnation, accuser, Some(a), now);
+        } else {
+            self.apply_suspect(body.node, body.incarnation, accuser, Some(a), now);
         }
     }
 
@@ -1013,14 +1067,18 @@ impl Gossip {
         self.enqueue(Update::Alive(m));
     }
 
-    fn apply_suspect(&mut self, node: NodeId, inc: u64, accuser: NodeId, now: Millis) {
+    /// A suspicion of `node` at `inc` by `accuser`, with its signed accusation (None when we
+    /// are the accuser: it is signed here).
+    fn apply_suspect(
+        &mut self,
+        node: NodeId,
+        inc: u64,
+        accuser: NodeId,
+        signed: Option<Arc<SignedAccusation>>,
+        now: Millis,
+    ) {
         if node == self.me {
-            // Only a rumour about our current incarnation needs refuting; older ones are
-            // already answered by the incarnation we announced.
-            if !self.leaving && inc >= self.incarnation() {
-                self.refute(inc, now);
-            }
-            return;
+            return self.refute_rumour(inc, now);
         }
         let n = self.live_count();
         let Some(e) = self.members.get(&node) else {
@@ -1029,54 +1087,59 @@ impl Gossip {
         if inc < e.info.incarnation {
             return;
         }
-        match e.state() {
+        let state = e.state();
+        if matches!(state, MemberState::Dead | MemberState::Left) {
+            return;
+        }
+        let new = match state {
             MemberState::Alive => {
                 self.members.set_state(&node, MemberState::Suspect, now);
                 let s = Suspicion::new(&self.cfg, n, accuser, now);
                 self.suspicions.insert(node, s);
                 self.emit(Event::Suspect(node));
-                self.enqueue(Update::Suspect {
-                    node,
-                    incarnation: inc,
-                    from: accuser,
-                });
+                true
             }
-            MemberState::Suspect => {
-                if let Some(s) = self.suspicions.get_mut(&node) {
-                    if s.confirm(accuser) {
-                        // New independent confirmation: re-gossip so others count it too.
-                        self.enqueue(Update::Suspect {
-                            node,
-                            incarnation: inc,
-                            from: accuser,
-                        });
-                    }
-                }
+            _ => self
+                .suspicions
+                .get_mut(&node)
+                .is_some_and(|s| s.confirm(accuser)),
+        };
+        if new {
+            // A new independent accusation: relay it, signed, so others count it too.
+            let a = match signed {
+                Some(a) => a,
+                None => self.accusation(node, inc, false),
+            };
+            if let Some(s) = self.suspicions.get_mut(&node) {
+                s.set_evidence(a.clone());
             }
-            MemberState::Dead | MemberState::Left => {}
+            self.enqueue(Update::Accuse(a));
         }
     }
 
-    fn apply_dead(&mut self, node: NodeId, inc: u64, accuser: NodeId, now: Millis) {
+    /// A death declaration. Our own (`accuser` is us) makes the member dead; anyone else's is
+    /// one more signed confirmation of the suspicion, and ends it at the Lifeguard minimum only
+    /// if our own probe had failed too. So a member can be killed only by its accusers' timers
+    /// or by several distinct signed accusations, never by one liar.
+    fn apply_dead(
+        &mut self,
+        node: NodeId,
+        inc: u64,
+        accuser: NodeId,
+        signed: Option<Arc<SignedAccusation>>,
+        now: Millis,
+    ) {
         if node == self.me {
-            // Only a rumour about our current incarnation needs refuting; older ones are
-            // already answered by the incarnation we announced.
-            if !self.leaving && inc >= self.incarnation() {
-                self.refute(inc, now);
-            }
-            return;
+            return self.refute_rumour(inc, now);
         }
         if accuser != self.me {
-            // Death declared elsewhere counts as a confirmation of suspicion, not as a verdict:
-            // dead claims are unauthenticated, so one lying member must not kill anyone. Each
-            // node's own Lifeguard timer (shortened by the confirmations) decides.
-            let independent = self.suspicions.contains_key(&node);
-            self.apply_suspect(node, inc, accuser, now);
-            if independent {
+            let own = self
+                .suspicions
+                .get(&node)
+                .is_some_and(|s| s.accused_by(&self.me));
+            self.apply_suspect(node, inc, accuser, signed, now);
+            if own {
                 if let Some(s) = self.suspicions.get_mut(&node) {
-                    // Another member's timer ran out and we already suspected on our own
-                    // evidence: as strong as k confirmations. A dead claim out of the blue
-                    // (a liar's) only starts a suspicion, at the maximum timeout.
                     s.saturate();
                 }
             }
@@ -1093,11 +1156,8 @@ impl Gossip {
         self.tree_remove(&node);
         self.stale.remove(&node);
         self.emit(Event::Dead(node));
-        self.enqueue(Update::Dead {
-            node,
-            incarnation: inc,
-            from: accuser,
-        });
+        let a = self.accusation(node, inc, true);
+        self.enqueue(Update::Accuse(a));
     }
 
     /// Bumps our incarnation above `seen` and announces we are alive (Lifeguard: +1 LHM).
@@ -1134,6 +1194,11 @@ impl Gossip {
     }
 
     fn next_probe_target(&mut self) -> Option<NodeId> {
+        while let Some(id) = self.probe_soon.pop_first() {
+            if self.is_member(&id) {
+                return Some(id);
+            }
+        }
         for _ in 0..=self.members.len() {
             let i = self.probe_cycle.next(self.members.len(), &mut self.rng)?;
             if let Some(e) = self.members.nth(i).filter(|e| e.is_live()) {
@@ -1154,19 +1219,9 @@ impl Gossip {
         let mut updates = self.piggyback(target);
         // memberlist: a ping to a suspect carries the suspicion, so a suspect whose first
         // notice was lost still learns it must refute before its timer runs out.
-        if let Some(e) = self.members.get(&target) {
-            if e.state() == MemberState::Suspect {
-                let incarnation = e.info.incarnation;
-                updates.truncate(wire::UPDATES_PER_MESSAGE_MAX - 1);
-                updates.insert(
-                    0,
-                    Update::Suspect {
-                        node: target,
-                        incarnation,
-                        from: self.me,
-                    },
-                );
-            }
+        if let Some(a) = self.suspicions.get(&target).and_then(|s| s.evidence()) {
+            updates.truncate(wire::UPDATES_PER_MESSAGE_MAX - 1);
+            updates.insert(0, Update::Accuse(a.clone()));
         }
         self.send(target, Message::Ping { seq, updates });
         self.probe = Some(Probe {
@@ -1222,13 +1277,9 @@ impl Gossip {
         // A failed probe of an already-suspect member is an independent confirmation.
         let inc = e.info.incarnation;
         self.stats.suspicions += 1;
-        self.apply_suspect(p.target, inc, self.me, now);
+        self.apply_suspect(p.target, inc, self.me, None, now);
         // Lifeguard: tell the suspect first, so it can refute quickly.
-        let mut updates = vec![Update::Suspect {
-            node: p.target,
-            incarnation: inc,
-            from: self.me,
-        }];
+        let mut updates = vec![Update::Accuse(self.accusation(p.target, inc, false))];
         updates.extend(self.piggyback(p.target));
         self.send(p.target, Message::Gossip { updates });
     }
@@ -1318,9 +1369,26 @@ impl Gossip {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
+            // One accuser, and not us: it may be a liar. Probe the suspect ourselves first (the
+            // ping carries the accusation, so a live suspect refutes in its ack); if our probe
+            // fails we are a second accuser and the verdict follows.
+            let lone = self
+                .suspicions
+                .get(&id)
+                .is_some_and(|s| s.accusers() < 2 && !s.accused_by(&self.me));
+            if lone {
+                if self.probe_soon.len() < RELAYS_MAX {
+                    self.probe_soon.insert(id);
+                }
+                let wait = self.scaled(self.cfg.protocol_period_ms) + self.cfg.protocol_period_ms;
+                if let Some(s) = self.suspicions.get_mut(&id) {
+                    s.defer(now + wait);
+                }
+                continue;
+            }
             if let Some(e) = self.members.get(&id) {
                 let inc = e.info.incarnation;
-                self.apply_dead(id, inc, self.me, now);
+                self.apply_dead(id, inc, self.me, None, now);
             }
             self.suspicions.remove(&id);
         }
@@ -1361,11 +1429,7 @@ impl Gossip {
         if let Some((d, inc)) =
             chosen.and_then(|d| self.members.get(&d).map(|e| (d, e.info.incarnation)))
         {
-            let mut updates = vec![Update::Dead {
-                node: d,
-                incarnation: inc,
-                from: self.me,
-            }];
+            let mut updates = vec![Update::Accuse(self.accusation(d, inc, true))];
             updates.push(Update::Alive(self.local_member.clone()));
             updates.extend(self.piggyback(d));
             self.send(d, Message::Gossip { updates });
@@ -1381,20 +1445,21 @@ impl Gossip {
             return;
         };
         let incarnation = e.info.incarnation;
-        let update = match e.state() {
-            MemberState::Dead => Update::Dead {
-                node: from,
-                incarnation,
-                from: self.me,
+        let state = e.state();
+        if !matches!(state, MemberState::Dead | MemberState::Suspect)
+            || self.poked.len() >= RELAYS_MAX
+            || !self.poked.insert(from)
+        {
+            return;
+        }
+        let update = match state {
+            MemberState::Dead => Update::Accuse(self.accusation(from, incarnation, true)),
+            _ => match self.suspicions.get(&from).and_then(|s| s.evidence()) {
+                Some(a) => Update::Accuse(a.clone()),
+                None => return,
             },
-            MemberState::Suspect => Update::Suspect {
-                node: from,
-                incarnation,
-                from: self.me,
-            },
-            _ => return,
         };
-        if self.poked.len() < RELAYS_MAX && self.poked.insert(from) {
+        {
             let mut updates = vec![update];
             updates.extend(self.piggyback(from));
             self.send(from, Message::Gossip { updates });

@@ -4,7 +4,7 @@
 use agentmesh_crypto::{CertError, CryptoError, NodeId, SignedCert};
 use std::sync::Arc;
 
-use crate::member::{MemberInfo, SignedMember};
+use crate::member::{Accusation, MemberInfo, SignedAccusation, SignedMember, ACCUSATION_CONTEXT};
 use crate::record::{NodeRecord, SignedRecord, RECORD_CONTEXT};
 
 /// Verifies envelopes and certificates on behalf of the state machine. Envelopes come as the
@@ -23,6 +23,11 @@ pub trait Verifier: Send + Sync {
         node: &NodeId,
         now_unix_s: u64,
     ) -> Result<(), CertError>;
+
+    /// Verifies a signed accusation and decodes it.
+    fn accusation(&self, a: &Arc<SignedAccusation>) -> Result<Arc<Accusation>, CryptoError> {
+        a.verify(ACCUSATION_CONTEXT).map(Arc::new)
+    }
 
     /// True if a decoded record carries a valid certificate for its own node. The default
     /// checks [`Verifier::cert`]; a cache may key on the shared record object instead.

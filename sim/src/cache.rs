@@ -7,7 +7,7 @@
 //! with an exact comparison of signer and payload.
 
 use agentmesh_crypto::{AdmissionCert, CertError, CryptoError, NodeId, SignedCert};
-use agentmesh_gossip::member::{MemberInfo, SignedMember};
+use agentmesh_gossip::member::{Accusation, MemberInfo, SignedAccusation, SignedMember};
 use agentmesh_gossip::record::{NodeRecord, SignedRecord};
 use agentmesh_gossip::{StrictVerifier, Verifier};
 use std::collections::HashMap;
@@ -95,6 +95,7 @@ pub struct CachingVerifier {
     member_objs: ByAddr<SignedMember, Result<Arc<MemberInfo>, CryptoError>>,
     certs: Table<Option<Arc<AdmissionCert>>>,
     record_certs: ByAddr<NodeRecord, Option<Arc<AdmissionCert>>>,
+    accusations: ByAddr<SignedAccusation, Result<Arc<Accusation>, CryptoError>>,
     requested: AtomicU64,
     performed: AtomicU64,
 }
@@ -194,6 +195,17 @@ impl Verifier for CachingVerifier {
         };
         // The field checks of SignedCert::verify_fields, on the cached decoding.
         c.check_fields(&cert.0.signer, root, mesh_id, node, now_unix_s)
+    }
+
+    fn accusation(&self, a: &Arc<SignedAccusation>) -> Result<Arc<Accusation>, CryptoError> {
+        if let Some(r) = by_addr(&self.accusations, a) {
+            self.count(false);
+            return r;
+        }
+        self.count(true);
+        let r = StrictVerifier.accusation(a);
+        remember(&self.accusations, a, r.clone());
+        r
     }
 
     fn record_admitted(
