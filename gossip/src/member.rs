@@ -145,10 +145,7 @@ impl Update {
             | Update::Dead {
                 node, incarnation, ..
             } => Some((*node, *incarnation)),
-            Update::Accuse(a) => a
-                .decode_unverified()
-                .ok()
-                .map(|a| (a.node, a.incarnation)),
+            Update::Accuse(a) => a.decode_unverified().ok().map(|a| (a.node, a.incarnation)),
         }
     }
 }

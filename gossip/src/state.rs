@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::broadcast::BroadcastQueue;
 use crate::config::{Admission, Config};
-use crate::member::{MemberInfo, MemberState, SignedMember, Update, MEMBER_BYTES_MAX};
 use crate::member::{Accusation, SignedAccusation, ACCUSATION_CONTEXT, ADDRS_MAX, MEMBER_CONTEXT};
+use crate::member::{MemberInfo, MemberState, SignedMember, Update, MEMBER_BYTES_MAX};
 use crate::record::{
     record_hash, AgentInfo, Capability, Health, NodeRecord, Priority, Proficiency, SignedRecord,
     Version, RECORD_BYTES_MAX, RECORD_CONTEXT,
@@ -985,7 +985,7 @@ impl Gossip {
                 self.tree_remove(&subject);
                 self.emit(Event::Left(subject));
             }
-        } else if (revive || old_state == MemberState::Alive) && old_state != MemberState::Alive {
+        } else if revive && old_state != MemberState::Alive {
             self.members.set_state(&subject, MemberState::Alive, now);
             self.suspicions.remove(&subject);
             match old_state {
@@ -1478,10 +1478,11 @@ impl Gossip {
             let mut out: Vec<NodeId> = Vec::with_capacity(n);
             for _ in 0..(8 * n + 32) {
                 let i = self.rng.gen_range(0..len);
-                let Some(e) = self.members.nth(i) else { continue };
+                let Some(e) = self.members.nth(i) else {
+                    continue;
+                };
                 let id = *e.id();
-                if e.state() == MemberState::Alive && !exclude.contains(&id) && !out.contains(&id)
-                {
+                if e.state() == MemberState::Alive && !exclude.contains(&id) && !out.contains(&id) {
                     out.push(id);
                     if out.len() == n {
                         return out;

@@ -5,8 +5,8 @@ use agentmesh_crypto::NodeId;
 
 use crate::config::Config;
 use crate::member::SignedAccusation;
-use std::sync::Arc;
 use crate::state::Millis;
+use std::sync::Arc;
 
 /// Most confirmations remembered per suspicion (`k` never needs more).
 pub const CONFIRMATIONS_MAX: usize = 16;

@@ -288,7 +288,8 @@ mod tests {
         for len in [1usize, 2, 7, 12, 100] {
             let mut c = ProbeCycle::default();
             for _ in 0..3 {
-                let mut seen: Vec<usize> = (0..len).map(|_| c.next(len, &mut rng).unwrap()).collect();
+                let mut seen: Vec<usize> =
+                    (0..len).map(|_| c.next(len, &mut rng).unwrap()).collect();
                 seen.sort();
                 assert_eq!(seen, (0..len).collect::<Vec<_>>());
             }

@@ -38,9 +38,10 @@ pub trait Verifier: Send + Sync {
         mesh_id: &str,
         now_unix_s: u64,
     ) -> bool {
-        rec.cert
-            .as_ref()
-            .is_some_and(|c| self.cert(c, root, mesh_id, &rec.node_id, now_unix_s).is_ok())
+        rec.cert.as_ref().is_some_and(|c| {
+            self.cert(c, root, mesh_id, &rec.node_id, now_unix_s)
+                .is_ok()
+        })
     }
 }
 

@@ -93,11 +93,7 @@ pub fn act(w: &mut World, i: usize) {
                     incarnation: inc,
                     dead,
                 };
-                Update::Accuse(Arc::new(Signed::sign(
-                    w.key(i),
-                    ACCUSATION_CONTEXT,
-                    &body,
-                )))
+                Update::Accuse(Arc::new(Signed::sign(w.key(i), ACCUSATION_CONTEXT, &body)))
             } else {
                 // Unsigned, naming a random honest member as the accuser.
                 let pick = live[w.rng().gen_range(0..live.len())];

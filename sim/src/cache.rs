@@ -46,8 +46,7 @@ impl std::hash::Hasher for AddrHasher {
 }
 
 /// Results by object address; the entry keeps the object alive.
-type ByAddr<E, T> =
-    Mutex<HashMap<usize, (Arc<E>, T), std::hash::BuildHasherDefault<AddrHasher>>>;
+type ByAddr<E, T> = Mutex<HashMap<usize, (Arc<E>, T), std::hash::BuildHasherDefault<AddrHasher>>>;
 
 fn addr<E>(a: &Arc<E>) -> usize {
     Arc::as_ptr(a) as usize

@@ -257,7 +257,7 @@ impl World {
             .collect();
         // Sorted by id, so every node's table is built by appending.
         let mut entries = entries;
-        entries.sort_by(|a, b| a.0.signer.cmp(&b.0.signer));
+        entries.sort_by_key(|e| e.0.signer);
         for i in 0..n {
             let from = self.nodes[(i + 1) % n].id;
             let now = self.now;
