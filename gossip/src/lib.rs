@@ -13,6 +13,7 @@ pub mod record;
 pub mod score;
 pub mod state;
 pub mod suspicion;
+mod table;
 pub mod verify;
 pub mod wire;
 

@@ -101,7 +101,28 @@ pub enum Update {
         /// Who declared it.
         from: NodeId,
     },
+    /// A suspicion or death declaration signed by its accuser. Only these count towards
+    /// Lifeguard confirmations: the unsigned forms above name an accuser anyone can forge.
+    Accuse(Arc<SignedAccusation>),
 }
+
+/// What an accuser claims about a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accusation {
+    /// The accused member.
+    pub node: NodeId,
+    /// Its incarnation as the accuser saw it.
+    pub incarnation: u64,
+    /// True if the accuser's suspicion timed out and it declared the member dead.
+    pub dead: bool,
+}
+
+/// An accusation signed by its accuser (the envelope signer).
+pub type SignedAccusation = Signed<Accusation>;
+
+/// The signature context of accusations.
+pub const ACCUSATION_CONTEXT: agentmesh_crypto::Context =
+    agentmesh_crypto::Context::Custom("accusation");
 
 impl Update {
     /// The member this update is about.
@@ -109,6 +130,22 @@ impl Update {
         match self {
             Update::Alive(m) => m.signer,
             Update::Suspect { node, .. } | Update::Dead { node, .. } => *node,
+            // Verified before it is queued; an undecodable one is keyed by its signer.
+            Update::Accuse(a) => a.decode_unverified().map_or(a.signer, |a| a.node),
+        }
+    }
+
+    /// The member and incarnation a suspect or dead rumour is about (unverified).
+    pub fn rumour(&self) -> Option<(NodeId, u64)> {
+        match self {
+            Update::Alive(_) => None,
+            Update::Suspect {
+                node, incarnation, ..
+            }
+            | Update::Dead {
+                node, incarnation, ..
+            } => Some((*node, *incarnation)),
+            Update::Accuse(a) => a.decode_unverified().ok().map(|a| (a.node, a.incarnation)),
         }
     }
 }

@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use crate::broadcast::BroadcastQueue;
 use crate::config::{Admission, Config};
+use crate::member::{Accusation, SignedAccusation, ACCUSATION_CONTEXT, ADDRS_MAX, MEMBER_CONTEXT};
 use crate::member::{MemberInfo, MemberState, SignedMember, Update, MEMBER_BYTES_MAX};
-use crate::member::{ADDRS_MAX, MEMBER_CONTEXT};
 use crate::record::{
     record_hash, AgentInfo, Capability, Health, NodeRecord, Priority, Proficiency, SignedRecord,
     Version, RECORD_BYTES_MAX, RECORD_CONTEXT,
 };
 use crate::score::{Penalty, Scores};
 use crate::suspicion::Suspicion;
+use crate::table::{Entry, Members, ProbeCycle};
 use crate::verify::{StrictVerifier, Verifier};
 use crate::wire::{self, Message, PULL_RECORDS_MAX};
 
@@ -33,6 +34,8 @@ pub const ORPHANS_MAX: usize = 1024;
 pub const RELAYS_MAX: usize = 256;
 /// Most missing-record (IHAVE) timers at once.
 pub const MISSING_MAX: usize = 4096;
+/// Most of our own signed accusations kept for re-sending.
+pub const OWN_ACCUSATIONS_MAX: usize = 1024;
 /// Most seeds remembered as join targets.
 pub const JOIN_SEEDS_MAX: usize = 16;
 
@@ -209,20 +212,6 @@ pub struct Stats {
     pub refutations: u64,
 }
 
-struct Entry {
-    signed: Arc<SignedMember>,
-    info: Arc<MemberInfo>,
-    state: MemberState,
-    since: Millis,
-    record: Option<(Arc<SignedRecord>, Arc<NodeRecord>)>,
-}
-
-impl Entry {
-    fn record_version(&self) -> Option<Version> {
-        self.record.as_ref().map(|(_, r)| r.version())
-    }
-}
-
 struct Probe {
     target: NodeId,
     seq: u32,
@@ -262,19 +251,19 @@ pub struct Gossip {
     local_signed: Arc<SignedRecord>,
     local_member: Arc<SignedMember>,
     leaving: bool,
-    members: BTreeMap<NodeId, Entry>,
+    members: Members,
     pending: BTreeMap<NodeId, Arc<SignedMember>>,
     orphans: BTreeMap<NodeId, (Arc<SignedRecord>, Arc<NodeRecord>)>,
     suspicions: BTreeMap<NodeId, Suspicion>,
+    own_accusations: BTreeMap<(NodeId, u64, bool), Arc<SignedAccusation>>,
+    probe_soon: BTreeSet<NodeId>,
     join_seeds: BTreeSet<NodeId>,
-    probe_order: Vec<NodeId>,
-    probe_idx: usize,
+    probe_cycle: ProbeCycle,
     probe: Option<Probe>,
     next_probe_at: Millis,
     seq: u32,
     relays: BTreeMap<u32, Relay>,
     poked: BTreeSet<NodeId>,
-    bootstrapping: bool,
     lhm: u32,
     queue: BroadcastQueue,
     next_gossip_at: Millis,
@@ -338,19 +327,19 @@ impl Gossip {
             local_signed,
             local_member,
             leaving: false,
-            members: BTreeMap::new(),
+            members: Members::default(),
             pending: BTreeMap::new(),
             orphans: BTreeMap::new(),
             suspicions: BTreeMap::new(),
+            own_accusations: BTreeMap::new(),
+            probe_soon: BTreeSet::new(),
             join_seeds: BTreeSet::new(),
-            probe_order: Vec::new(),
-            probe_idx: 0,
+            probe_cycle: ProbeCycle::default(),
             probe: None,
             next_probe_at: now,
             seq: 0,
             relays: BTreeMap::new(),
             poked: BTreeSet::new(),
-            bootstrapping: false,
             lhm: 0,
             queue,
             next_gossip_at: now,
@@ -394,14 +383,33 @@ impl Gossip {
         entries: &[(Arc<SignedMember>, Arc<SignedRecord>)],
         now: Millis,
     ) {
-        self.bootstrapping = true;
+        // Straight into the table (appends when `entries` are sorted by id): no events, no
+        // re-gossip, nothing queued. A pair that fails any check is skipped; when the member is
+        // already known, the ordinary path applies.
+        self.members.reserve(entries.len());
         for (m, r) in entries {
-            self.accept_record(from, r.clone(), now);
-            self.apply_alive(from, m.clone(), now);
+            let id = m.signer;
+            if id == self.me || r.signer != id || self.members.len() >= self.cfg.members_max {
+                continue;
+            }
+            if !self.members.is_after_last(&id) && self.members.contains_key(&id) {
+                self.accept_record(from, r.clone(), now);
+                self.apply_alive(from, m.clone(), now);
+                continue;
+            }
+            let Some(info) = self.verify_member(from, m) else {
+                continue;
+            };
+            let Some(rec) = self.verify_record(from, r, now) else {
+                continue;
+            };
+            if info.leaving {
+                continue;
+            }
+            self.members
+                .insert(Entry::new(m.clone(), info, Some((r.clone(), rec))));
+            self.mark_stale(id, now);
         }
-        self.bootstrapping = false;
-        self.probe_order.shuffle(&mut self.rng);
-        // Nothing learned at boot needs re-gossiping.
         self.queue = BroadcastQueue::new(self.cfg.broadcast_queue_max);
         self.stats = Stats::default();
         self.events.clear();
@@ -467,11 +475,7 @@ impl Gossip {
 
     /// The number of alive or suspect members, self included.
     pub fn live_count(&self) -> usize {
-        1 + self
-            .members
-            .values()
-            .filter(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
-            .count()
+        1 + self.members.live()
     }
 
     /// The state of a member as seen here (None if unknown; self is always alive).
@@ -483,7 +487,7 @@ impl Gossip {
                 MemberState::Alive
             });
         }
-        self.members.get(id).map(|e| e.state)
+        self.members.get(id).map(|e| e.state())
     }
 
     /// The version of the record held for `id`.
@@ -517,7 +521,7 @@ impl Gossip {
         out.extend(self.members.iter().map(|(id, e)| MemberView {
             node_id: *id,
             addrs: e.info.addrs.clone(),
-            state: e.state,
+            state: e.state(),
             incarnation: e.info.incarnation,
             record: e.record.as_ref().map(|(_, r)| r.clone()),
         }));
@@ -525,11 +529,24 @@ impl Gossip {
     }
 
     /// Ids of members in a state, self excluded.
-    pub fn ids_in_state(&self, state: MemberState) -> impl Iterator<Item = NodeId> + '_ {
-        self.members
-            .iter()
-            .filter(move |(_, e)| e.state == state)
-            .map(|(id, _)| *id)
+    pub fn ids_in_state(&self, state: MemberState) -> Box<dyn Iterator<Item = NodeId> + '_> {
+        let members = &self.members;
+        match state {
+            // Dead and left members are indexed: no scan of the whole view.
+            MemberState::Dead | MemberState::Left => Box::new(
+                members
+                    .down()
+                    .keys()
+                    .filter(move |id| members.get(id).is_some_and(|e| e.state() == state))
+                    .copied(),
+            ),
+            _ => Box::new(
+                members
+                    .iter()
+                    .filter(move |(_, e)| e.state() == state)
+                    .map(|(id, _)| *id),
+            ),
+        }
     }
 
     /// Addresses of a member.
@@ -544,7 +561,7 @@ impl Gossip {
     pub fn find(&self, q: &CapabilityQuery) -> Vec<CapabilityMatch> {
         let local = (!self.leaving).then(|| (self.me, Arc::new(self.local.clone())));
         let others = self.members.iter().filter_map(|(id, e)| {
-            if e.state != MemberState::Alive {
+            if e.state() != MemberState::Alive {
                 return None;
             }
             e.record.as_ref().map(|(_, r)| (*id, r.clone()))
@@ -694,7 +711,7 @@ impl Gossip {
     fn is_member(&self, id: &NodeId) -> bool {
         self.members
             .get(id)
-            .is_some_and(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+            .is_some_and(|e| matches!(e.state(), MemberState::Alive | MemberState::Suspect))
     }
 
     fn handle_message(&mut self, from: NodeId, msg: Message, now: Millis) {
@@ -818,16 +835,11 @@ impl Gossip {
         // refutation, so a late hearer does not keep a suspicion everyone else has dropped.
         let mut corrections = Vec::new();
         for u in &updates {
-            if let Update::Suspect {
-                node, incarnation, ..
-            }
-            | Update::Dead {
-                node, incarnation, ..
-            } = u
-            {
+            if let Some((node, incarnation)) = u.rumour() {
+                let (node, incarnation) = (&node, &incarnation);
                 if let Some(e) = self.members.get(node) {
                     let refuted = *incarnation < e.info.incarnation
-                        && matches!(e.state, MemberState::Alive | MemberState::Suspect);
+                        && matches!(e.state(), MemberState::Alive | MemberState::Suspect);
                     if refuted && *node != from && corrections.len() < wire::UPDATES_PER_MESSAGE_MAX
                     {
                         corrections.push(Update::Alive(e.signed.clone()));
@@ -859,17 +871,70 @@ impl Gossip {
         for u in updates {
             match u {
                 Update::Alive(m) => self.apply_alive(from, m, now),
+                // Unsigned rumours name an accuser anyone can forge: they only make us refute
+                // (about us); about others they count for nothing.
                 Update::Suspect {
-                    node,
-                    incarnation,
-                    from: accuser,
-                } => self.apply_suspect(node, incarnation, accuser, now),
-                Update::Dead {
-                    node,
-                    incarnation,
-                    from: accuser,
-                } => self.apply_dead(node, incarnation, accuser, now),
+                    node, incarnation, ..
+                }
+                | Update::Dead {
+                    node, incarnation, ..
+                } => {
+                    if node == self.me {
+                        self.refute_rumour(incarnation, now);
+                    }
+                }
+                Update::Accuse(a) => self.on_accusation(from, a, now),
             }
+        }
+    }
+
+    /// Refutes a suspect or dead rumour about us at our current incarnation (older ones are
+    /// already answered by the incarnation we announced).
+    fn refute_rumour(&mut self, inc: u64, now: Millis) {
+        if !self.leaving && inc >= self.incarnation() {
+            self.refute(inc, now);
+        }
+    }
+
+    /// Our own accusation of `node`, signed once and reused.
+    fn accusation(&mut self, node: NodeId, incarnation: u64, dead: bool) -> Arc<SignedAccusation> {
+        if let Some(a) = self.own_accusations.get(&(node, incarnation, dead)) {
+            return a.clone();
+        }
+        if self.own_accusations.len() >= OWN_ACCUSATIONS_MAX {
+            self.own_accusations.clear();
+        }
+        let body = Accusation {
+            node,
+            incarnation,
+            dead,
+        };
+        let a = Arc::new(Signed::sign(&self.key, ACCUSATION_CONTEXT, &body));
+        self.own_accusations
+            .insert((node, incarnation, dead), a.clone());
+        a
+    }
+
+    /// A signed accusation: counts only if it verifies and its signer is a member.
+    fn on_accusation(&mut self, from: NodeId, a: Arc<SignedAccusation>, now: Millis) {
+        let accuser = a.signer;
+        if accuser == self.me {
+            return;
+        }
+        let body = match self.verifier.accusation(&a) {
+            Ok(b) => b,
+            Err(_) => return self.penalize(from, Penalty::BadSignature),
+        };
+        if body.node == self.me {
+            return self.refute_rumour(body.incarnation, now);
+        }
+        if body.node == accuser || !self.is_member(&accuser) {
+            return;
+        }
+        if body.dead {
+            self.apply_dead(body.node, body.incarnation, accuser, Some(a), now);
+        } else {
+            self.apply_suspect(body.node, body.incarnation, accuser, Some(a), now);
         }
     }
 
@@ -882,10 +947,6 @@ impl Gossip {
                     self.refute(info.incarnation, now);
                 }
             }
-            return;
-        }
-        if m.payload.len() + 96 > MEMBER_BYTES_MAX {
-            self.penalize(from, Penalty::Oversize);
             return;
         }
         // Cheap dedup before any signature check.
@@ -901,53 +962,63 @@ impl Gossip {
         {
             return;
         }
-        let info = match self.verifier.member(&m) {
-            Ok(i) => i,
-            Err(_) => return self.penalize(from, Penalty::BadSignature),
+        let Some(info) = self.verify_member(from, &m) else {
+            return;
         };
-        if info.node_id != subject {
-            return self.penalize(from, Penalty::ForeignRecord);
-        }
-        if info.check_limits().is_err() {
-            return self.penalize(from, Penalty::Oversize);
-        }
         let Some(e) = self.members.get_mut(&subject) else {
             return self.admit_new_member(from, m, info, now);
         };
         let newer = info.key() > e.info.key();
         let revive = info.incarnation > e.info.incarnation;
-        match e.state {
+        match e.state() {
             MemberState::Dead | MemberState::Left if !revive => return,
             _ if !newer && (!info.leaving || e.info.leaving) => return,
             _ => {}
         }
-        let old_state = e.state;
+        let old_state = e.state();
         e.signed = m.clone();
         e.info = info.clone();
         if info.leaving {
             if old_state != MemberState::Left {
-                e.state = MemberState::Left;
-                e.since = now;
+                self.members.set_state(&subject, MemberState::Left, now);
                 self.suspicions.remove(&subject);
                 self.tree_remove(&subject);
                 self.emit(Event::Left(subject));
             }
-        } else if revive || old_state == MemberState::Alive {
-            e.state = MemberState::Alive;
-            if old_state != MemberState::Alive {
-                e.since = now;
-                self.suspicions.remove(&subject);
-                match old_state {
-                    MemberState::Suspect => self.emit(Event::Alive(subject)),
-                    _ => {
-                        self.emit(Event::Joined(subject));
-                        self.probe_insert(subject);
-                    }
-                }
+        } else if revive && old_state != MemberState::Alive {
+            self.members.set_state(&subject, MemberState::Alive, now);
+            self.suspicions.remove(&subject);
+            match old_state {
+                MemberState::Suspect => self.emit(Event::Alive(subject)),
+                _ => self.emit(Event::Joined(subject)),
             }
         }
         self.mark_stale(subject, now);
         self.enqueue(Update::Alive(m));
+    }
+
+    /// Checks a signed identity (size, signature, subject, limits); penalises `from` if bad.
+    fn verify_member(&mut self, from: NodeId, m: &Arc<SignedMember>) -> Option<Arc<MemberInfo>> {
+        if m.payload.len() + 96 > MEMBER_BYTES_MAX {
+            self.penalize(from, Penalty::Oversize);
+            return None;
+        }
+        let info = match self.verifier.member(m) {
+            Ok(i) => i,
+            Err(_) => {
+                self.penalize(from, Penalty::BadSignature);
+                return None;
+            }
+        };
+        if info.node_id != m.signer {
+            self.penalize(from, Penalty::ForeignRecord);
+            return None;
+        }
+        if info.check_limits().is_err() {
+            self.penalize(from, Penalty::Oversize);
+            return None;
+        }
+        Some(info)
     }
 
     fn admit_new_member(
@@ -986,112 +1057,107 @@ impl Gossip {
             return;
         }
         self.pending.remove(&subject);
-        self.members.insert(
-            subject,
-            Entry {
-                signed: m.clone(),
-                info,
-                state: MemberState::Alive,
-                since: now,
-                record,
-            },
-        );
-        self.probe_insert(subject);
+        let has_record = record.is_some();
+        self.members.insert(Entry::new(m.clone(), info, record));
         self.mark_stale(subject, now);
         self.emit(Event::Joined(subject));
-        if self.members[&subject].record.is_some() {
+        if has_record {
             self.emit(Event::Updated(subject));
         }
         self.enqueue(Update::Alive(m));
     }
 
-    fn apply_suspect(&mut self, node: NodeId, inc: u64, accuser: NodeId, now: Millis) {
+    /// A suspicion of `node` at `inc` by `accuser`, with its signed accusation (None when we
+    /// are the accuser: it is signed here).
+    fn apply_suspect(
+        &mut self,
+        node: NodeId,
+        inc: u64,
+        accuser: NodeId,
+        signed: Option<Arc<SignedAccusation>>,
+        now: Millis,
+    ) {
         if node == self.me {
-            // Only a rumour about our current incarnation needs refuting; older ones are
-            // already answered by the incarnation we announced.
-            if !self.leaving && inc >= self.incarnation() {
-                self.refute(inc, now);
-            }
-            return;
+            return self.refute_rumour(inc, now);
         }
         let n = self.live_count();
-        let Some(e) = self.members.get_mut(&node) else {
+        let Some(e) = self.members.get(&node) else {
             return;
         };
         if inc < e.info.incarnation {
             return;
         }
-        match e.state {
+        let state = e.state();
+        if matches!(state, MemberState::Dead | MemberState::Left) {
+            return;
+        }
+        let new = match state {
             MemberState::Alive => {
-                e.state = MemberState::Suspect;
-                e.since = now;
+                self.members.set_state(&node, MemberState::Suspect, now);
                 let s = Suspicion::new(&self.cfg, n, accuser, now);
                 self.suspicions.insert(node, s);
                 self.emit(Event::Suspect(node));
-                self.enqueue(Update::Suspect {
-                    node,
-                    incarnation: inc,
-                    from: accuser,
-                });
+                true
             }
-            MemberState::Suspect => {
-                if let Some(s) = self.suspicions.get_mut(&node) {
-                    if s.confirm(accuser) {
-                        // New independent confirmation: re-gossip so others count it too.
-                        self.enqueue(Update::Suspect {
-                            node,
-                            incarnation: inc,
-                            from: accuser,
-                        });
-                    }
-                }
+            _ => self
+                .suspicions
+                .get_mut(&node)
+                .is_some_and(|s| s.confirm(accuser)),
+        };
+        if new {
+            // A new independent accusation: relay it, signed, so others count it too.
+            let a = match signed {
+                Some(a) => a,
+                None => self.accusation(node, inc, false),
+            };
+            if let Some(s) = self.suspicions.get_mut(&node) {
+                s.set_evidence(a.clone());
             }
-            MemberState::Dead | MemberState::Left => {}
+            self.enqueue(Update::Accuse(a));
         }
     }
 
-    fn apply_dead(&mut self, node: NodeId, inc: u64, accuser: NodeId, now: Millis) {
+    /// A death declaration. Our own (`accuser` is us) makes the member dead; anyone else's is
+    /// one more signed confirmation of the suspicion, and ends it at the Lifeguard minimum only
+    /// if our own probe had failed too. So a member can be killed only by its accusers' timers
+    /// or by several distinct signed accusations, never by one liar.
+    fn apply_dead(
+        &mut self,
+        node: NodeId,
+        inc: u64,
+        accuser: NodeId,
+        signed: Option<Arc<SignedAccusation>>,
+        now: Millis,
+    ) {
         if node == self.me {
-            // Only a rumour about our current incarnation needs refuting; older ones are
-            // already answered by the incarnation we announced.
-            if !self.leaving && inc >= self.incarnation() {
-                self.refute(inc, now);
-            }
-            return;
+            return self.refute_rumour(inc, now);
         }
         if accuser != self.me {
-            // Death declared elsewhere counts as a confirmation of suspicion, not as a verdict:
-            // dead claims are unauthenticated, so one lying member must not kill anyone. Each
-            // node's own Lifeguard timer (shortened by the confirmations) decides.
-            let independent = self.suspicions.contains_key(&node);
-            self.apply_suspect(node, inc, accuser, now);
-            if independent {
+            let own = self
+                .suspicions
+                .get(&node)
+                .is_some_and(|s| s.accused_by(&self.me));
+            self.apply_suspect(node, inc, accuser, signed, now);
+            if own {
                 if let Some(s) = self.suspicions.get_mut(&node) {
-                    // Another member's timer ran out and we already suspected on our own
-                    // evidence: as strong as k confirmations. A dead claim out of the blue
-                    // (a liar's) only starts a suspicion, at the maximum timeout.
                     s.saturate();
                 }
             }
             return;
         }
-        let Some(e) = self.members.get_mut(&node) else {
+        let Some(e) = self.members.get(&node) else {
             return;
         };
-        if inc < e.info.incarnation || matches!(e.state, MemberState::Dead | MemberState::Left) {
+        if inc < e.info.incarnation || matches!(e.state(), MemberState::Dead | MemberState::Left) {
             return;
         }
-        e.state = MemberState::Dead;
-        e.since = now;
+        self.members.set_state(&node, MemberState::Dead, now);
         self.suspicions.remove(&node);
         self.tree_remove(&node);
         self.stale.remove(&node);
         self.emit(Event::Dead(node));
-        self.enqueue(Update::Dead {
-            node,
-            incarnation: inc,
-            from: accuser,
-        });
+        let a = self.accusation(node, inc, true);
+        self.enqueue(Update::Accuse(a));
     }
 
     /// Bumps our incarnation above `seen` and announces we are alive (Lifeguard: +1 LHM).
@@ -1115,17 +1181,6 @@ impl Gossip {
         self.local_member = Arc::new(Signed::sign(&self.key, MEMBER_CONTEXT, &info));
     }
 
-    fn probe_insert(&mut self, id: NodeId) {
-        if self.bootstrapping {
-            // Shuffled once at the end of the bootstrap (inserting at random is O(N) each).
-            self.probe_order.push(id);
-            return;
-        }
-        // Insert at a random position so new members are probed within one round.
-        let pos = self.rng.gen_range(0..=self.probe_order.len());
-        self.probe_order.insert(pos, id);
-    }
-
     fn tree_remove(&mut self, id: &NodeId) {
         self.eager.remove(id);
         self.lazy.remove(id);
@@ -1139,26 +1194,15 @@ impl Gossip {
     }
 
     fn next_probe_target(&mut self) -> Option<NodeId> {
-        for _ in 0..=self.probe_order.len() {
-            if self.probe_idx >= self.probe_order.len() {
-                // End of a round: drop departed members and reshuffle.
-                let members = &self.members;
-                self.probe_order.retain(|id| {
-                    members.get(id).is_some_and(|e| {
-                        matches!(e.state, MemberState::Alive | MemberState::Suspect)
-                    })
-                });
-                self.probe_order.dedup();
-                self.probe_order.shuffle(&mut self.rng);
-                self.probe_idx = 0;
-                if self.probe_order.is_empty() {
-                    return None;
-                }
-            }
-            let id = self.probe_order[self.probe_idx];
-            self.probe_idx += 1;
+        while let Some(id) = self.probe_soon.pop_first() {
             if self.is_member(&id) {
                 return Some(id);
+            }
+        }
+        for _ in 0..=self.members.len() {
+            let i = self.probe_cycle.next(self.members.len(), &mut self.rng)?;
+            if let Some(e) = self.members.nth(i).filter(|e| e.is_live()) {
+                return Some(*e.id());
             }
         }
         None
@@ -1175,19 +1219,9 @@ impl Gossip {
         let mut updates = self.piggyback(target);
         // memberlist: a ping to a suspect carries the suspicion, so a suspect whose first
         // notice was lost still learns it must refute before its timer runs out.
-        if let Some(e) = self.members.get(&target) {
-            if e.state == MemberState::Suspect {
-                let incarnation = e.info.incarnation;
-                updates.truncate(wire::UPDATES_PER_MESSAGE_MAX - 1);
-                updates.insert(
-                    0,
-                    Update::Suspect {
-                        node: target,
-                        incarnation,
-                        from: self.me,
-                    },
-                );
-            }
+        if let Some(a) = self.suspicions.get(&target).and_then(|s| s.evidence()) {
+            updates.truncate(wire::UPDATES_PER_MESSAGE_MAX - 1);
+            updates.insert(0, Update::Accuse(a.clone()));
         }
         self.send(target, Message::Ping { seq, updates });
         self.probe = Some(Probe {
@@ -1206,15 +1240,7 @@ impl Gossip {
         let Some(p) = self.probe.as_mut() else { return };
         p.indirect_sent = true;
         let (target, seq) = (p.target, p.seq);
-        let mut helpers: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(id, e)| **id != target && e.state == MemberState::Alive)
-            .map(|(id, _)| *id)
-            .collect();
-        let k = self.cfg.indirect_probes.min(helpers.len());
-        let (chosen, _) = helpers.partial_shuffle(&mut self.rng, k);
-        let chosen: Vec<NodeId> = chosen.to_vec();
+        let chosen = self.random_alive(self.cfg.indirect_probes, &BTreeSet::from([target]));
         if let Some(p) = self.probe.as_mut() {
             p.nacks_expected = chosen.len() as u32;
         }
@@ -1245,19 +1271,15 @@ impl Gossip {
         let Some(e) = self.members.get(&p.target) else {
             return;
         };
-        if !matches!(e.state, MemberState::Alive | MemberState::Suspect) {
+        if !matches!(e.state(), MemberState::Alive | MemberState::Suspect) {
             return;
         }
         // A failed probe of an already-suspect member is an independent confirmation.
         let inc = e.info.incarnation;
         self.stats.suspicions += 1;
-        self.apply_suspect(p.target, inc, self.me, now);
+        self.apply_suspect(p.target, inc, self.me, None, now);
         // Lifeguard: tell the suspect first, so it can refute quickly.
-        let mut updates = vec![Update::Suspect {
-            node: p.target,
-            incarnation: inc,
-            from: self.me,
-        }];
+        let mut updates = vec![Update::Accuse(self.accusation(p.target, inc, false))];
         updates.extend(self.piggyback(p.target));
         self.send(p.target, Message::Gossip { updates });
     }
@@ -1347,9 +1369,26 @@ impl Gossip {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
+            // One accuser, and not us: it may be a liar. Probe the suspect ourselves first (the
+            // ping carries the accusation, so a live suspect refutes in its ack); if our probe
+            // fails we are a second accuser and the verdict follows.
+            let lone = self
+                .suspicions
+                .get(&id)
+                .is_some_and(|s| s.accusers() < 2 && !s.accused_by(&self.me));
+            if lone {
+                if self.probe_soon.len() < RELAYS_MAX {
+                    self.probe_soon.insert(id);
+                }
+                let wait = self.scaled(self.cfg.protocol_period_ms) + self.cfg.protocol_period_ms;
+                if let Some(s) = self.suspicions.get_mut(&id) {
+                    s.defer(now + wait);
+                }
+                continue;
+            }
             if let Some(e) = self.members.get(&id) {
                 let inc = e.info.incarnation;
-                self.apply_dead(id, inc, self.me, now);
+                self.apply_dead(id, inc, self.me, None, now);
             }
             self.suspicions.remove(&id);
         }
@@ -1375,10 +1414,9 @@ impl Gossip {
         let ttl = self.cfg.tombstone_ms;
         let gone: Vec<NodeId> = self
             .members
+            .down()
             .iter()
-            .filter(|(_, e)| {
-                matches!(e.state, MemberState::Dead | MemberState::Left) && now >= e.since + ttl
-            })
+            .filter(|(_, since)| now >= **since + ttl)
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
@@ -1387,13 +1425,11 @@ impl Gossip {
         self.scores.recover(self.cfg.score_recovery_per_period);
         // Gossip to one dead member so a healed partition notices it was wrongly declared dead.
         let dead: Vec<NodeId> = self.ids_in_state(MemberState::Dead).collect();
-        if let Some(&d) = dead.choose(&mut self.rng) {
-            let inc = self.members[&d].info.incarnation;
-            let mut updates = vec![Update::Dead {
-                node: d,
-                incarnation: inc,
-                from: self.me,
-            }];
+        let chosen = dead.choose(&mut self.rng).copied();
+        if let Some((d, inc)) =
+            chosen.and_then(|d| self.members.get(&d).map(|e| (d, e.info.incarnation)))
+        {
+            let mut updates = vec![Update::Accuse(self.accusation(d, inc, true))];
             updates.push(Update::Alive(self.local_member.clone()));
             updates.extend(self.piggyback(d));
             self.send(d, Message::Gossip { updates });
@@ -1401,31 +1437,63 @@ impl Gossip {
         self.poked.clear();
     }
 
-    /// A member we hold as dead just spoke to us: tell it, once per period, so it refutes
-    /// with a higher incarnation and both sides of a healed partition converge.
+    /// A member we hold as dead or suspect just spoke to us: tell it, once per period, so it
+    /// refutes with a higher incarnation. Heals partitions, and clears suspicions raised while
+    /// we were cut off whose rumours ran out of retransmissions before reaching the suspect.
     fn poke_if_dead(&mut self, from: NodeId) {
         let Some(e) = self.members.get(&from) else {
             return;
         };
-        if e.state != MemberState::Dead || self.poked.len() >= RELAYS_MAX {
+        let incarnation = e.info.incarnation;
+        let state = e.state();
+        if !matches!(state, MemberState::Dead | MemberState::Suspect)
+            || self.poked.len() >= RELAYS_MAX
+            || !self.poked.insert(from)
+        {
             return;
         }
-        if self.poked.insert(from) {
-            let mut updates = vec![Update::Dead {
-                node: from,
-                incarnation: e.info.incarnation,
-                from: self.me,
-            }];
+        let update = match state {
+            MemberState::Dead => Update::Accuse(self.accusation(from, incarnation, true)),
+            _ => match self.suspicions.get(&from).and_then(|s| s.evidence()) {
+                Some(a) => Update::Accuse(a.clone()),
+                None => return,
+            },
+        };
+        {
+            let mut updates = vec![update];
             updates.extend(self.piggyback(from));
             self.send(from, Message::Gossip { updates });
         }
     }
 
+    /// Up to `n` distinct alive members not in `exclude`, uniformly at random. Samples table
+    /// positions (O(n) for a large view, where most members are alive) and falls back to a
+    /// scan when the view is small or mostly down.
     fn random_alive(&mut self, n: usize, exclude: &BTreeSet<NodeId>) -> Vec<NodeId> {
+        let len = self.members.len();
+        if n == 0 || len == 0 {
+            return Vec::new();
+        }
+        if len >= 64 && self.members.live() * 2 >= len {
+            let mut out: Vec<NodeId> = Vec::with_capacity(n);
+            for _ in 0..(8 * n + 32) {
+                let i = self.rng.gen_range(0..len);
+                let Some(e) = self.members.nth(i) else {
+                    continue;
+                };
+                let id = *e.id();
+                if e.state() == MemberState::Alive && !exclude.contains(&id) && !out.contains(&id) {
+                    out.push(id);
+                    if out.len() == n {
+                        return out;
+                    }
+                }
+            }
+        }
         let mut ids: Vec<NodeId> = self
             .members
             .iter()
-            .filter(|(id, e)| e.state == MemberState::Alive && !exclude.contains(id))
+            .filter(|(id, e)| e.state() == MemberState::Alive && !exclude.contains(id))
             .map(|(id, _)| *id)
             .collect();
         let k = n.min(ids.len());
@@ -1490,7 +1558,7 @@ impl Gossip {
             .chain(
                 self.members
                     .values()
-                    .filter(|e| matches!(e.state, MemberState::Alive | MemberState::Suspect))
+                    .filter(|e| matches!(e.state(), MemberState::Alive | MemberState::Suspect))
                     .map(|e| e.signed.clone()),
             )
             .collect();
@@ -1700,32 +1768,9 @@ impl Gossip {
                 return false;
             }
         }
-        let decoded = match self.verifier.record(&rec) {
-            Ok(r) => r,
-            Err(_) => {
-                self.penalize(from, Penalty::BadSignature);
-                return false;
-            }
+        let Some(decoded) = self.verify_record(from, &rec, now) else {
+            return false;
         };
-        if decoded.node_id != origin {
-            self.penalize(from, Penalty::ForeignRecord);
-            return false;
-        }
-        if decoded.check_limits().is_err() {
-            self.penalize(from, Penalty::Oversize);
-            return false;
-        }
-        if let Admission::Enforced { root, mesh_id } = &self.cfg.admission {
-            let ok = decoded.cert.as_ref().is_some_and(|c| {
-                self.verifier
-                    .cert(c, root, mesh_id, &origin, now / 1000)
-                    .is_ok()
-            });
-            if !ok {
-                self.penalize(from, Penalty::Unadmitted);
-                return false;
-            }
-        }
         let held = self
             .members
             .get(&origin)
@@ -1752,6 +1797,45 @@ impl Gossip {
         self.missing
             .retain(|(o, v), _| !(*o == origin && *v <= version));
         true
+    }
+
+    /// Checks a signed record (signature, origin, limits, admission); penalises `from` if bad.
+    fn verify_record(
+        &mut self,
+        from: NodeId,
+        rec: &Arc<SignedRecord>,
+        now: Millis,
+    ) -> Option<Arc<NodeRecord>> {
+        let origin = rec.signer;
+        if rec.payload.len() + 96 > RECORD_BYTES_MAX {
+            self.penalize(from, Penalty::Oversize);
+            return None;
+        }
+        let decoded = match self.verifier.record(rec) {
+            Ok(r) => r,
+            Err(_) => {
+                self.penalize(from, Penalty::BadSignature);
+                return None;
+            }
+        };
+        if decoded.node_id != origin {
+            self.penalize(from, Penalty::ForeignRecord);
+            return None;
+        }
+        if decoded.check_limits().is_err() {
+            self.penalize(from, Penalty::Oversize);
+            return None;
+        }
+        if let Admission::Enforced { root, mesh_id } = &self.cfg.admission {
+            let ok = self
+                .verifier
+                .record_admitted(&decoded, root, mesh_id, now / 1000);
+            if !ok {
+                self.penalize(from, Penalty::Unadmitted);
+                return None;
+            }
+        }
+        Some(decoded)
     }
 
     fn orphans_insert(&mut self, id: NodeId, rec: Arc<SignedRecord>, dec: Arc<NodeRecord>) {
@@ -1861,7 +1945,7 @@ impl Gossip {
             return;
         };
         let behind = e.record_version().is_none_or(|v| v < e.info.record_version);
-        if behind && matches!(e.state, MemberState::Alive | MemberState::Suspect) {
+        if behind && matches!(e.state(), MemberState::Alive | MemberState::Suspect) {
             self.stale.entry(id).or_insert(now);
         } else {
             self.stale.remove(&id);

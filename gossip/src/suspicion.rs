@@ -4,7 +4,9 @@
 use agentmesh_crypto::NodeId;
 
 use crate::config::Config;
+use crate::member::SignedAccusation;
 use crate::state::Millis;
+use std::sync::Arc;
 
 /// Most confirmations remembered per suspicion (`k` never needs more).
 pub const CONFIRMATIONS_MAX: usize = 16;
@@ -18,6 +20,8 @@ pub struct Suspicion {
     k: u32,
     accusers: Vec<NodeId>,
     saturated: bool,
+    evidence: Option<Arc<SignedAccusation>>,
+    not_before: Millis,
 }
 
 /// The Lifeguard minimum and maximum suspicion timeouts for a cluster of `n` live members.
@@ -53,6 +57,8 @@ impl Suspicion {
             k,
             accusers: vec![accuser],
             saturated: false,
+            evidence: None,
+            not_before: 0,
         }
     }
 
@@ -63,6 +69,31 @@ impl Suspicion {
         }
         self.accusers.push(accuser);
         true
+    }
+
+    /// Distinct accusers, the first included.
+    pub fn accusers(&self) -> usize {
+        self.accusers.len()
+    }
+
+    /// Holds the verdict until at least `t` (to gather evidence of our own first).
+    pub fn defer(&mut self, t: Millis) {
+        self.not_before = self.not_before.max(t);
+    }
+
+    /// True if `id` is among the accusers.
+    pub fn accused_by(&self, id: &NodeId) -> bool {
+        self.accusers.contains(id)
+    }
+
+    /// Keeps the latest signed accusation, to show the suspect and to relay.
+    pub fn set_evidence(&mut self, a: Arc<SignedAccusation>) {
+        self.evidence = Some(a);
+    }
+
+    /// The latest signed accusation held.
+    pub fn evidence(&self) -> Option<&Arc<SignedAccusation>> {
+        self.evidence.as_ref()
     }
 
     /// Treats the suspicion as fully confirmed (another member already declared death): the
@@ -83,6 +114,6 @@ impl Suspicion {
         } else {
             self.confirmations()
         };
-        self.start + suspicion_timeout(self.min_ms, self.max_ms, c, self.k)
+        (self.start + suspicion_timeout(self.min_ms, self.max_ms, c, self.k)).max(self.not_before)
     }
 }

@@ -2,6 +2,7 @@
 //! keeps them members; these acts come on top.
 
 use agentmesh_crypto::Signed;
+use agentmesh_gossip::member::{Accusation, ACCUSATION_CONTEXT};
 use agentmesh_gossip::record::RECORD_CONTEXT;
 use agentmesh_gossip::{Message, NodeRecord, Update};
 use rand::Rng;
@@ -16,7 +17,8 @@ pub enum Adversary {
     Forger,
     /// Re-sends old records of others.
     Replayer,
-    /// Claims that live members are suspect or dead.
+    /// Claims that live members are suspect or dead: signed as itself, or unsigned in the name
+    /// of another member.
     Liar,
 }
 
@@ -83,19 +85,31 @@ pub fn act(w: &mut World, i: usize) {
                 .as_ref()
                 .map(|g| g.incarnation())
                 .unwrap_or(0);
-            let pick = live[w.rng().gen_range(0..live.len())];
-            let accuser = w.nodes[pick].id;
+            let dead = w.rng().gen_bool(0.5);
             let u = if w.rng().gen_bool(0.5) {
-                Update::Dead {
+                // Signed with its own key: an authentic accusation by a member that lies.
+                let body = Accusation {
                     node: victim_id,
                     incarnation: inc,
-                    from: accuser,
-                }
+                    dead,
+                };
+                Update::Accuse(Arc::new(Signed::sign(w.key(i), ACCUSATION_CONTEXT, &body)))
             } else {
-                Update::Suspect {
-                    node: victim_id,
-                    incarnation: inc,
-                    from: accuser,
+                // Unsigned, naming a random honest member as the accuser.
+                let pick = live[w.rng().gen_range(0..live.len())];
+                let accuser = w.nodes[pick].id;
+                if dead {
+                    Update::Dead {
+                        node: victim_id,
+                        incarnation: inc,
+                        from: accuser,
+                    }
+                } else {
+                    Update::Suspect {
+                        node: victim_id,
+                        incarnation: inc,
+                        from: accuser,
+                    }
                 }
             };
             Message::Gossip { updates: vec![u] }

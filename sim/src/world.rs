@@ -255,6 +255,9 @@ impl World {
                 (own_member(g), g.local_signed_record())
             })
             .collect();
+        // Sorted by id, so every node's table is built by appending.
+        let mut entries = entries;
+        entries.sort_by_key(|e| e.0.signer);
         for i in 0..n {
             let from = self.nodes[(i + 1) % n].id;
             let now = self.now;

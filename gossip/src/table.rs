@@ -1,0 +1,299 @@
+//! The member table: one compact entry per known member in a `Vec` sorted by id.
+//!
+//! A full view is N entries on every node, so N² across a simulated mesh: at 10,000 nodes that
+//! is 10⁸ entries in one process. An entry is 40 bytes (shared `Arc`s, no key copy, no tree
+//! nodes), lookups are binary searches, and sampling a random member is O(1). Inserting a new
+//! member moves the tail (members join rarely; bulk loads append in order). State changes go
+//! through [`Members::set_state`] so the live count and the tombstone set stay exact.
+
+use agentmesh_crypto::NodeId;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::member::{MemberInfo, MemberState, SignedMember};
+use crate::record::{NodeRecord, SignedRecord, Version};
+use crate::state::Millis;
+
+/// One known member.
+pub(crate) struct Entry {
+    /// Its signed identity, as received (forwarded verbatim).
+    pub signed: Arc<SignedMember>,
+    /// The verified contents of `signed`.
+    pub info: Arc<MemberInfo>,
+    /// Its record, signed and decoded.
+    pub record: Option<(Arc<SignedRecord>, Arc<NodeRecord>)>,
+    state: MemberState,
+}
+
+impl Entry {
+    /// A new entry; its state is set on insertion.
+    pub fn new(
+        signed: Arc<SignedMember>,
+        info: Arc<MemberInfo>,
+        record: Option<(Arc<SignedRecord>, Arc<NodeRecord>)>,
+    ) -> Self {
+        Entry {
+            signed,
+            info,
+            record,
+            state: MemberState::Alive,
+        }
+    }
+
+    /// The member's id.
+    pub fn id(&self) -> &NodeId {
+        &self.info.node_id
+    }
+
+    /// Where it stands.
+    pub fn state(&self) -> MemberState {
+        self.state
+    }
+
+    /// Alive or suspect.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, MemberState::Alive | MemberState::Suspect)
+    }
+
+    /// The version of the record held.
+    pub fn record_version(&self) -> Option<Version> {
+        self.record.as_ref().map(|(_, r)| r.version())
+    }
+}
+
+/// All known members but self.
+#[derive(Default)]
+pub(crate) struct Members {
+    v: Vec<Entry>,
+    live: usize,
+    /// Dead and left members, with the time they went down (tombstone expiry).
+    down: BTreeMap<NodeId, Millis>,
+}
+
+impl Members {
+    fn pos(&self, id: &NodeId) -> Result<usize, usize> {
+        self.v.binary_search_by(|e| e.id().cmp(id))
+    }
+
+    /// Members held (any state).
+    pub fn len(&self) -> usize {
+        self.v.len()
+    }
+
+    /// Alive or suspect members.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// The entry for `id`.
+    pub fn get(&self, id: &NodeId) -> Option<&Entry> {
+        self.pos(id).ok().map(|i| &self.v[i])
+    }
+
+    /// The entry for `id`, mutable. Its state changes only through [`Members::set_state`].
+    pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut Entry> {
+        match self.pos(id) {
+            Ok(i) => Some(&mut self.v[i]),
+            Err(_) => None,
+        }
+    }
+
+    /// True if `id` is held.
+    pub fn contains_key(&self, id: &NodeId) -> bool {
+        self.pos(id).is_ok()
+    }
+
+    /// True if `id` sorts after every held member (so it is not held; O(1)).
+    pub fn is_after_last(&self, id: &NodeId) -> bool {
+        self.v.last().is_none_or(|e| e.id() < id)
+    }
+
+    /// The entry at position `i` in id order (for sampling).
+    pub fn nth(&self, i: usize) -> Option<&Entry> {
+        self.v.get(i)
+    }
+
+    /// Entries in id order, with their ids.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &Entry)> {
+        self.v.iter().map(|e| (e.id(), e))
+    }
+
+    /// Entries in id order.
+    pub fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.v.iter()
+    }
+
+    /// Dead and left members with the time they went down.
+    pub fn down(&self) -> &BTreeMap<NodeId, Millis> {
+        &self.down
+    }
+
+    /// Makes room for `n` more entries (bulk loads).
+    pub fn reserve(&mut self, n: usize) {
+        self.v.reserve_exact(n);
+    }
+
+    /// Inserts a new member as alive; returns false if it is already held. Appending in id
+    /// order is O(1).
+    pub fn insert(&mut self, e: Entry) -> bool {
+        let at = match self.v.last() {
+            Some(last) if last.id() < e.id() => self.v.len(),
+            None => 0,
+            Some(_) => match self.pos(e.id()) {
+                Ok(_) => return false,
+                Err(i) => i,
+            },
+        };
+        let mut e = e;
+        e.state = MemberState::Alive;
+        self.live += 1;
+        self.v.insert(at, e);
+        true
+    }
+
+    /// Forgets a member.
+    pub fn remove(&mut self, id: &NodeId) -> Option<Entry> {
+        let i = self.pos(id).ok()?;
+        let e = self.v.remove(i);
+        if e.is_live() {
+            self.live -= 1;
+        }
+        self.down.remove(id);
+        Some(e)
+    }
+
+    /// Moves a member to `state` at `now`, keeping the counts and tombstones exact.
+    pub fn set_state(&mut self, id: &NodeId, state: MemberState, now: Millis) {
+        let Ok(i) = self.pos(id) else { return };
+        let e = &mut self.v[i];
+        let was_live = e.is_live();
+        e.state = state;
+        let is_live = e.is_live();
+        match (was_live, is_live) {
+            (true, false) => {
+                self.live -= 1;
+                self.down.insert(*id, now);
+            }
+            (false, true) => {
+                self.live += 1;
+                self.down.remove(id);
+            }
+            (false, false) => {
+                self.down.insert(*id, now);
+            }
+            (true, true) => {}
+        }
+    }
+}
+
+/// SWIM's shuffled round robin without storing a shuffled list (N ids per node would be N²
+/// in the simulator): each round walks the table in an affine permutation
+/// `(start + i·stride) mod n` with a random start and a random stride coprime to `n`, so every
+/// member is probed once per round, in an order that differs between rounds and nodes.
+/// Members that join mid-round are probed from the next round on.
+#[derive(Default)]
+pub(crate) struct ProbeCycle {
+    n: usize,
+    start: usize,
+    stride: usize,
+    i: usize,
+}
+
+impl ProbeCycle {
+    /// The next position to probe in a table of `len` members, or None if it is empty.
+    pub fn next(&mut self, len: usize, rng: &mut impl rand::Rng) -> Option<usize> {
+        if len == 0 {
+            return None;
+        }
+        if self.i >= self.n {
+            self.n = len;
+            self.start = rng.gen_range(0..len);
+            self.stride = 1;
+            for _ in 0..64 {
+                let s = rng.gen_range(1..=len);
+                if gcd(s, len) == 1 {
+                    self.stride = s;
+                    break;
+                }
+            }
+            self.i = 0;
+        }
+        let pos = (self.start + self.i * self.stride) % self.n;
+        self.i += 1;
+        Some(pos)
+    }
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_crypto::{Keypair, Signed};
+    use rand::SeedableRng;
+
+    fn entry(k: &Keypair) -> Entry {
+        let info = MemberInfo {
+            node_id: k.node_id(),
+            addrs: vec![],
+            incarnation: 1,
+            record_version: Version::default(),
+            record_hash: 0,
+            leaving: false,
+        };
+        let signed = Arc::new(Signed::sign(k, crate::member::MEMBER_CONTEXT, &info));
+        Entry::new(signed, Arc::new(info), None)
+    }
+
+    #[test]
+    fn sorted_insert_counts_and_tombstones() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let keys: Vec<Keypair> = (0..20).map(|_| Keypair::generate(&mut rng)).collect();
+        let mut t = Members::default();
+        for k in &keys {
+            assert!(t.insert(entry(k)));
+            assert!(!t.insert(entry(k)));
+        }
+        assert_eq!(t.len(), 20);
+        assert_eq!(t.live(), 20);
+        let ids: Vec<NodeId> = t.iter().map(|(id, _)| *id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        let a = keys[3].node_id();
+        t.set_state(&a, MemberState::Suspect, 5);
+        assert_eq!(t.live(), 20);
+        t.set_state(&a, MemberState::Dead, 6);
+        assert_eq!(t.live(), 19);
+        assert_eq!(t.down().get(&a), Some(&6));
+        t.set_state(&a, MemberState::Alive, 7);
+        assert_eq!(t.live(), 20);
+        assert!(t.down().is_empty());
+        t.set_state(&a, MemberState::Left, 8);
+        assert!(t.remove(&a).is_some());
+        assert_eq!((t.len(), t.live()), (19, 19));
+        assert!(t.down().is_empty());
+        assert!(t.get(&a).is_none());
+        assert!(t.get(&keys[4].node_id()).is_some());
+    }
+
+    #[test]
+    fn probe_cycle_visits_every_position_once_per_round() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for len in [1usize, 2, 7, 12, 100] {
+            let mut c = ProbeCycle::default();
+            for _ in 0..3 {
+                let mut seen: Vec<usize> =
+                    (0..len).map(|_| c.next(len, &mut rng).unwrap()).collect();
+                seen.sort();
+                assert_eq!(seen, (0..len).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(ProbeCycle::default().next(0, &mut rng), None);
+    }
+}
