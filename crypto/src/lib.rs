@@ -11,7 +11,6 @@ pub mod identity;
 pub mod keyfile;
 pub mod revocation;
 pub mod sign;
-pub mod vote;
 
 pub use cert::{AdmissionCert, CertError, SignedCert};
 pub use envelope::Signed;
@@ -19,4 +18,3 @@ pub use error::CryptoError;
 pub use identity::{Keypair, NodeId};
 pub use revocation::{Revocation, SignedRevocation};
 pub use sign::{domain_message, Context, Signature, SIGNATURE_LEN};
-pub use vote::{SignedVote, Threshold, Vote};

@@ -43,6 +43,31 @@ pub struct DemoAgentOptions {
     /// the capability through its node, copying `x-mesh-chain`, `x-mesh-deadline-ms` and
     /// `traceparent`, and nests the answer under `"forwarded"`.
     pub forward: Option<(String, String)>,
+    /// Fixed answers by capability (`*`: any), instead of the echo.
+    pub answers: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Most `--answer` flags.
+pub const DEMO_ANSWERS_MAX: usize = 64;
+
+/// Parses `--answer CAP=JSON` flags.
+pub fn parse_answers(
+    flags: &[String],
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+    if flags.len() > DEMO_ANSWERS_MAX {
+        return Err(format!("at most {DEMO_ANSWERS_MAX} --answer flags"));
+    }
+    flags
+        .iter()
+        .map(|f| {
+            let (cap, json) = f
+                .split_once('=')
+                .ok_or_else(|| format!("--answer {f:?}: expected CAP=JSON"))?;
+            let v = serde_json::from_str(json)
+                .map_err(|e| format!("--answer {cap}: not JSON: {e}"))?;
+            Ok((cap.to_string(), v))
+        })
+        .collect()
 }
 
 impl DemoAgentOptions {
@@ -157,6 +182,10 @@ async fn answer(
         let body = serde_json::json!({"error": "injected failure", "agent": name});
         return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
     }
+    let fixed = agent.opts.answers.get(&capability);
+    if let Some(v) = fixed.or_else(|| agent.opts.answers.get("*")) {
+        return Json(v.clone()).into_response();
+    }
     let received: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .filter(|(k, _)| {
@@ -260,6 +289,7 @@ mod tests {
                 seed: 7,
                 capabilities: vec![],
                 forward: None,
+                answers: Default::default(),
             },
             draws: AtomicU64::new(0),
             http: reqwest::Client::new(),

@@ -6,10 +6,9 @@
 //! id or a signer outside the voter set does not count; a second identical vote from one node
 //! counts once; two different answers signed by one node for one call are an
 //! [`Equivocation`], and none of that node's votes count.
+#![forbid(unsafe_code)]
 
-use crate::error::CryptoError;
-use crate::identity::{Keypair, NodeId};
-use crate::sign::{Context, Signature};
+use agentmesh_crypto::{Context, CryptoError, Keypair, NodeId, Signature};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
