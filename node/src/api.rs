@@ -7,6 +7,7 @@
 //! The OpenAPI 3.1 description is `openapi.json` beside this file, served at
 //! `/v1/openapi.json`; a test checks that every route below appears in it.
 
+use crate::api_workflow as wf;
 use crate::config::{is_capability_name, validate_agent, ATTR_LEN_MAX};
 use crate::contract::{AgentRegistration, CallError, CallRequest, ErrorCode, BODY_BYTES_MAX};
 use crate::runtime::MeshHandle;
@@ -112,10 +113,10 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/routes/{capability}", get(get_routes))
         .route("/v1/config", get(get_config))
         .route("/v1/config/reload", post(post_config_reload))
-        .route("/v1/workflows", get(crate::api_workflow::get_workflows))
-        .route("/v1/workflows/run", post(crate::api_workflow::post_adhoc_run))
-        .route("/v1/workflows/{name}/run", post(crate::api_workflow::post_run))
-        .route("/v1/quorum/{capability}", post(crate::api_workflow::post_quorum))
+        .route("/v1/workflows", get(wf::get_workflows))
+        .route("/v1/workflows/run", post(wf::post_adhoc_run))
+        .route("/v1/workflows/{name}/run", post(wf::post_run))
+        .route("/v1/quorum/{capability}", post(wf::post_quorum))
         .route("/v1/openapi.json", get(get_openapi))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))

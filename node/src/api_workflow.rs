@@ -73,7 +73,10 @@ fn run_response(r: workflow::RunResult) -> Response {
     };
     let mut v = serde_json::to_value(&r).unwrap_or_default();
     if let (Some(e), Some(obj)) = (&r.error, v.as_object_mut()) {
-        obj.insert("code".into(), serde_json::to_value(e.code).unwrap_or_default());
+        obj.insert(
+            "code".into(),
+            serde_json::to_value(e.code).unwrap_or_default(),
+        );
         obj.insert(
             "message".into(),
             format!(
@@ -162,4 +165,3 @@ pub async fn post_quorum(
     let d = crate::quorum::run(&st.mesh, &capability, req, traceparent(&headers)).await?;
     Ok(Json(d).into_response())
 }
-

@@ -238,6 +238,7 @@ pub struct CallArgs {
 
 /// `agentmesh demo-agent`.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct DemoAgentArgs {
     /// Address to serve on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8100")]
@@ -282,6 +283,9 @@ pub struct DemoAgentArgs {
     /// repeatable. Workflow examples and quorum tests use it (a liar is a fixed wrong answer).
     #[arg(long, value_name = "CAP=JSON")]
     pub answer: Vec<String>,
+    /// HTTP status of injected failures (503 and 429 are retried by callers; 500 is not).
+    #[arg(long, default_value_t = 500)]
+    pub error_status: u16,
 }
 
 /// A command's failure: an exit code and a message for stderr.
@@ -960,6 +964,7 @@ async fn demo_agent(a: DemoAgentArgs) -> CmdResult {
             (None, _) => None,
         },
         answers: crate::demo_agent::parse_answers(&a.answer).map_err(|e| fail(exit::USAGE, e))?,
+        error_status: a.error_status,
     };
     opts.validate().map_err(|e| fail(exit::USAGE, e))?;
     let (listener, addr) = crate::demo_agent::bind(a.listen)

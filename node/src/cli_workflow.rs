@@ -149,7 +149,12 @@ pub async fn run_workflow(c: WorkflowCommand) -> CmdResult {
     match c {
         WorkflowCommand::Check(a) => {
             let w = workflow::load_file(&a.file).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
-            println!("{}: valid workflow {:?} ({} top-level step(s))", a.file.display(), w.name, w.steps.len());
+            println!(
+                "{}: valid workflow {:?} ({} top-level step(s))",
+                a.file.display(),
+                w.name,
+                w.steps.len()
+            );
             Ok(())
         }
         WorkflowCommand::Run(a) => {
@@ -160,7 +165,9 @@ pub async fn run_workflow(c: WorkflowCommand) -> CmdResult {
                 "workflow": serde_json::to_value(&w).unwrap_or_default(),
                 "input": input,
             });
-            let timeout = w.deadline_ms.unwrap_or(workflow::spec::WORKFLOW_DEADLINE_MS_DEFAULT);
+            let timeout = w
+                .deadline_ms
+                .unwrap_or(workflow::spec::WORKFLOW_DEADLINE_MS_DEFAULT);
             let (status, v) = post(&a.api, "/v1/workflows/run", &body, timeout).await?;
             if v.get("steps").is_none() {
                 return Err(remote_error(status, &v));
@@ -168,7 +175,10 @@ pub async fn run_workflow(c: WorkflowCommand) -> CmdResult {
             if a.json {
                 print_json(&v);
             } else {
-                println!("{}", serde_json::to_string_pretty(&v["output"]).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["output"]).unwrap_or_default()
+                );
                 for s in v["steps"].as_array().into_iter().flatten() {
                     eprintln!(
                         "{:<24} {:<10} {:>9.1} ms  {} attempt(s)  {}",
@@ -210,7 +220,9 @@ pub async fn run_quorum(a: QuorumArgs) -> CmdResult {
     if let Some(r) = &a.review {
         body["review"] = r.clone().into();
     }
-    let timeout = a.deadline_ms.unwrap_or(crate::quorum::QUORUM_DEADLINE_MS_DEFAULT);
+    let timeout = a
+        .deadline_ms
+        .unwrap_or(crate::quorum::QUORUM_DEADLINE_MS_DEFAULT);
     let (status, v) = post(&a.api, &format!("/v1/quorum/{cap}"), &body, timeout).await?;
     if !(200..300).contains(&status) {
         return Err(remote_error(status, &v));
@@ -241,8 +253,12 @@ fn verify(a: QuorumVerifyArgs) -> CmdResult {
     }
     let text = std::fs::read_to_string(&a.file)
         .map_err(|e| fail(exit::CONFIG, format!("{}: {e}", a.file.display())))?;
-    let d: QuorumDecision = serde_json::from_str(&text)
-        .map_err(|e| fail(exit::CONFIG, format!("{}: not a decision: {e}", a.file.display())))?;
+    let d: QuorumDecision = serde_json::from_str(&text).map_err(|e| {
+        fail(
+            exit::CONFIG,
+            format!("{}: not a decision: {e}", a.file.display()),
+        )
+    })?;
     let r = verify_decision(&d);
     if a.json {
         print_json(&serde_json::to_value(&r).unwrap_or_default());

@@ -176,7 +176,11 @@ impl QuorumRequest {
     /// Checks every field, naming the one at fault; returns the votes required.
     pub fn validate(&self) -> Result<u32, CallError> {
         let required = self.threshold().required(self.n).map_err(|e| {
-            let field = if self.f.is_some() && self.n > 0 { "f" } else { "n" };
+            let field = if self.f.is_some() && self.n > 0 {
+                "f"
+            } else {
+                "n"
+            };
             CallError::bad_field(field, e.to_string())
         })?;
         if let Some(k) = &self.key {
@@ -252,10 +256,7 @@ impl VoteSig {
             vote: Vote {
                 call_id: arr("call_id", &self.call_id)?,
                 answer_hash: arr("answer_hash", &self.answer_hash)?,
-                node_id: self
-                    .node_id
-                    .parse()
-                    .map_err(|e| format!("node_id: {e}"))?,
+                node_id: self.node_id.parse().map_err(|e| format!("node_id: {e}"))?,
                 epoch: self.epoch,
             },
             signature: Signature(arr("signature", &self.signature)?),
@@ -460,7 +461,8 @@ pub async fn run(
         ));
     }
     let call_id: [u8; 16] = rand::random();
-    let span = tracing::info_span!("quorum", capability, n = req.n, call_id = %hex::encode(call_id));
+    let span =
+        tracing::info_span!("quorum", capability, n = req.n, call_id = %hex::encode(call_id));
     let _enter = span.enter();
     let body = serde_json::to_vec(&req.payload).unwrap_or_default();
     let base = CallRequest {
@@ -503,7 +505,9 @@ pub async fn run(
     }
     drop(pending);
     let answered: BTreeSet<NodeId> = replies.iter().map(|r| r.node).collect();
-    let mut decision = render(capability, &req, required, call_id, &voters, &replies, &tally);
+    let mut decision = render(
+        capability, &req, required, call_id, &voters, &replies, &tally,
+    );
     for c in &voters {
         if !answered.contains(&c.node_id) {
             decision.silent.push(Silent {
@@ -537,7 +541,9 @@ async fn forward_review(
     decision: &QuorumDecision,
     deadline: Instant,
 ) -> serde_json::Value {
-    let left = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis() as u64;
     let req = CallRequest {
         capability: review.to_string(),
         content_type: Some("application/json".into()),
@@ -547,8 +553,8 @@ async fn forward_review(
     };
     let out = async {
         let resp = mesh.call(req).await?;
-        let bytes = collect_body(resp.body, BODY_BYTES_MAX, deadline + Duration::from_secs(1))
-            .await?;
+        let bytes =
+            collect_body(resp.body, BODY_BYTES_MAX, deadline + Duration::from_secs(1)).await?;
         Ok::<_, CallError>(serde_json::json!({
             "capability": review,
             "served_by": resp.served_by,
@@ -698,9 +704,7 @@ pub struct VerifyReport {
 /// equivocation proof holds.
 pub fn verify_decision(d: &QuorumDecision) -> VerifyReport {
     let mut problems = Vec::new();
-    let call_id: Option<[u8; 16]> = hex::decode(&d.call_id)
-        .ok()
-        .and_then(|v| v.try_into().ok());
+    let call_id: Option<[u8; 16]> = hex::decode(&d.call_id).ok().and_then(|v| v.try_into().ok());
     let Some(call_id) = call_id else {
         return VerifyReport {
             valid: false,
@@ -754,7 +758,9 @@ pub fn verify_decision(d: &QuorumDecision) -> VerifyReport {
             problems.push(format!("votes[{i}]: signed by another node"));
         }
         if sv.vote.answer_hash != value_digest(&v.answer) {
-            problems.push(format!("votes[{i}]: signed hash is not the recorded answer's"));
+            problems.push(format!(
+                "votes[{i}]: signed hash is not the recorded answer's"
+            ));
             continue;
         }
         let value = match compared_value(d.key.as_deref(), &v.answer) {
@@ -765,7 +771,9 @@ pub fn verify_decision(d: &QuorumDecision) -> VerifyReport {
             }
         };
         if value != v.value {
-            problems.push(format!("votes[{i}]: recorded value is not what the key picks"));
+            problems.push(format!(
+                "votes[{i}]: recorded value is not what the key picks"
+            ));
         }
         ballots.push(Ballot {
             vote: sv,
@@ -777,8 +785,7 @@ pub fn verify_decision(d: &QuorumDecision) -> VerifyReport {
     }
     // Equivocation proofs are ballots too: their votes must not count.
     for (i, pair) in d.equivocations.iter().enumerate() {
-        let parsed: Result<Vec<SignedVote>, String> =
-            pair.iter().map(VoteSig::to_signed).collect();
+        let parsed: Result<Vec<SignedVote>, String> = pair.iter().map(VoteSig::to_signed).collect();
         match parsed {
             Ok(p) => {
                 let e = Equivocation { a: p[0], b: p[1] };
@@ -804,7 +811,10 @@ pub fn verify_decision(d: &QuorumDecision) -> VerifyReport {
         "needs_review"
     };
     if status != d.status {
-        problems.push(format!("status is {} but the votes give {status}", d.status));
+        problems.push(format!(
+            "status is {} but the votes give {status}",
+            d.status
+        ));
     }
     if let Some(dv) = t.decided {
         if value_digest(&d.value) != dv {
@@ -866,13 +876,57 @@ mod tests {
         };
         assert_eq!(base.validate().unwrap(), 3);
         let cases: Vec<(QuorumRequest, &str)> = vec![
-            (QuorumRequest { n: 3, ..base.clone() }, "f"),
-            (QuorumRequest { n: 0, f: None, ..base.clone() }, "n"),
-            (QuorumRequest { n: 65, f: None, ..base.clone() }, "n"),
-            (QuorumRequest { key: Some("a[".into()), ..base.clone() }, "key"),
-            (QuorumRequest { deadline_ms: Some(0), ..base.clone() }, "deadline_ms"),
-            (QuorumRequest { review: Some("Bad Cap".into()), ..base.clone() }, "review"),
-            (QuorumRequest { policy: Some("nope".into()), ..base.clone() }, "policy"),
+            (
+                QuorumRequest {
+                    n: 3,
+                    ..base.clone()
+                },
+                "f",
+            ),
+            (
+                QuorumRequest {
+                    n: 0,
+                    f: None,
+                    ..base.clone()
+                },
+                "n",
+            ),
+            (
+                QuorumRequest {
+                    n: 65,
+                    f: None,
+                    ..base.clone()
+                },
+                "n",
+            ),
+            (
+                QuorumRequest {
+                    key: Some("a[".into()),
+                    ..base.clone()
+                },
+                "key",
+            ),
+            (
+                QuorumRequest {
+                    deadline_ms: Some(0),
+                    ..base.clone()
+                },
+                "deadline_ms",
+            ),
+            (
+                QuorumRequest {
+                    review: Some("Bad Cap".into()),
+                    ..base.clone()
+                },
+                "review",
+            ),
+            (
+                QuorumRequest {
+                    policy: Some("nope".into()),
+                    ..base.clone()
+                },
+                "policy",
+            ),
         ];
         for (r, field) in cases {
             let e = r.validate().expect_err(field);
@@ -880,13 +934,21 @@ mod tests {
         }
     }
 
-    fn decision_of(keys: &[Keypair], answers: &[serde_json::Value], key: Option<&str>) -> QuorumDecision {
+    fn decision_of(
+        keys: &[Keypair],
+        answers: &[serde_json::Value],
+        key: Option<&str>,
+    ) -> QuorumDecision {
         let call_id = [5u8; 16];
         let voters: BTreeSet<NodeId> = keys.iter().map(Keypair::node_id).collect();
         let mut replies = Vec::new();
         for (k, a) in keys.iter().zip(answers) {
             let bytes = serde_json::to_vec(a).unwrap();
-            let vote = Voter { key: k.clone(), epoch: 1 }.sign(call_id, &bytes);
+            let vote = Voter {
+                key: k.clone(),
+                epoch: 1,
+            }
+            .sign(call_id, &bytes);
             replies.push(Reply {
                 node: k.node_id(),
                 agent: "a".into(),
@@ -915,7 +977,11 @@ mod tests {
         let keys: Vec<Keypair> = (1..=4).map(|b| Keypair::from_secret([b; 32])).collect();
         let yes = serde_json::json!({"decision": "approve", "n": 1});
         let no = serde_json::json!({"decision": "deny"});
-        let d = decision_of(&keys, &[yes.clone(), yes.clone(), yes.clone(), no], Some("decision"));
+        let d = decision_of(
+            &keys,
+            &[yes.clone(), yes.clone(), yes.clone(), no],
+            Some("decision"),
+        );
         assert_eq!(d.status, "decided");
         assert_eq!(d.value, serde_json::json!("approve"));
         assert_eq!(d.dissenters, vec![keys[3].node_id().to_string()]);
@@ -930,14 +996,22 @@ mod tests {
         forged.votes[3].answer = serde_json::json!({"decision": "approve"});
         forged.votes[3].value = serde_json::json!("approve");
         let r = verify_decision(&forged);
-        assert!(!r.valid && r.problems.iter().any(|p| p.contains("signed hash")), "{r:?}");
+        assert!(
+            !r.valid && r.problems.iter().any(|p| p.contains("signed hash")),
+            "{r:?}"
+        );
         let mut forged = d.clone();
         forged.status = "needs_review".into();
         assert!(!verify_decision(&forged).valid);
 
         let split = decision_of(
             &keys,
-            &[yes.clone(), yes, serde_json::json!({"decision": "deny"}), serde_json::json!({"decision": "deny"})],
+            &[
+                yes.clone(),
+                yes,
+                serde_json::json!({"decision": "deny"}),
+                serde_json::json!({"decision": "deny"}),
+            ],
             Some("decision"),
         );
         assert_eq!(split.status, "needs_review");

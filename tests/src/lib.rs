@@ -230,6 +230,8 @@ pub struct NodeOpts {
     pub forward: Option<String>,
     /// TOML appended to the node's config (`[defaults]`, `[capability."…"]` sections).
     pub extra_toml: String,
+    /// Extra demo-agent flags (e.g. `--answer cap={"x":1}`).
+    pub agent_args: Vec<String>,
 }
 
 impl NodeOpts {
@@ -245,6 +247,7 @@ impl NodeOpts {
             max_concurrency: None,
             forward: None,
             extra_toml: String::new(),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -344,6 +347,7 @@ impl Mesh {
             .args(["--error-rate", &opts.error_rate.to_string()])
             .args(["--latency-ms-p50", &opts.latency_ms_p50.to_string()])
             .args(["--latency-ms-p99", &(opts.latency_ms_p50 * 1.5).to_string()])
+            .args(&opts.agent_args)
             .arg("--addr-file")
             .arg(&addr_file)
             .stdout(log.try_clone()?)

@@ -403,7 +403,10 @@ mod tests {
         let mut forged = ballot(&keys[0], call, 1);
         forged.vote.vote.node_id = keys[1].node_id();
         let t = tally(&call, &voters(&keys), 1, &[forged]);
-        assert_eq!(t.rejected, vec![(keys[1].node_id(), Rejected::BadSignature)]);
+        assert_eq!(
+            t.rejected,
+            vec![(keys[1].node_id(), Rejected::BadSignature)]
+        );
         assert_eq!(t.decided, None);
     }
 }

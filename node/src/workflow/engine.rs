@@ -194,7 +194,11 @@ impl Run<'_> {
         lock(&self.records).push(r);
     }
 
-    fn step<'b>(&'b self, s: &'b Step, extra: Map<String, Value>) -> BoxFuture<'b, Result<Value, Failure>> {
+    fn step<'b>(
+        &'b self,
+        s: &'b Step,
+        extra: Map<String, Value>,
+    ) -> BoxFuture<'b, Result<Value, Failure>> {
         let kind = s.kind();
         let span = tracing::info_span!(
             "step",
@@ -455,7 +459,9 @@ impl Run<'_> {
                 other => return Err(fail(format!("fork_join.inputs gave {other}, not an array"))),
             };
             if items.len() > FANOUT_MAX {
-                return Err(fail(format!("fork_join.inputs gave more than {FANOUT_MAX} items")));
+                return Err(fail(format!(
+                    "fork_join.inputs gave more than {FANOUT_MAX} items"
+                )));
             }
             for (i, item) in items.into_iter().enumerate() {
                 let input = match &f.input {

@@ -356,7 +356,10 @@ impl Checker<'_> {
                 return Err(self.err(
                     id,
                     "attrs",
-                    format!("attribute names are 1 to {} bytes", crate::config::ATTR_LEN_MAX),
+                    format!(
+                        "attribute names are 1 to {} bytes",
+                        crate::config::ATTR_LEN_MAX
+                    ),
                 ));
             }
             self.expr(id, &format!("attrs.{k}"), e)?;
@@ -463,7 +466,10 @@ impl Workflow {
     /// Parses TOML text and validates it; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Workflow, WorkflowError> {
         if text.len() > WORKFLOW_BYTES_MAX {
-            return Err(whole(file, format!("larger than {WORKFLOW_BYTES_MAX} bytes")));
+            return Err(whole(
+                file,
+                format!("larger than {WORKFLOW_BYTES_MAX} bytes"),
+            ));
         }
         let w: Workflow = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
         w.validate(file)?;
@@ -488,7 +494,10 @@ impl Workflow {
             return Err(c.err(
                 "-",
                 "name",
-                format!("{:?} is not a name: 1 to {ID_LEN_MAX} of [A-Za-z0-9_-]", self.name),
+                format!(
+                    "{:?} is not a name: 1 to {ID_LEN_MAX} of [A-Za-z0-9_-]",
+                    self.name
+                ),
             ));
         }
         if let Some(d) = self.deadline_ms {
@@ -654,7 +663,8 @@ fallback = { id = "d-fb", call = "t" }
 
     #[test]
     fn json_form_is_validated_the_same_way() {
-        let v = serde_json::json!({"name": "w", "steps": [{"id": "a", "call": "x", "input": "a["}]});
+        let v =
+            serde_json::json!({"name": "w", "steps": [{"id": "a", "call": "x", "input": "a["}]});
         let e = Workflow::from_json(v, "<request>").unwrap_err();
         assert_eq!(e.field, "input");
     }
