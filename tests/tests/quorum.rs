@@ -147,7 +147,7 @@ async fn byzantine_quorum_on_real_processes() {
             &mesh,
             &caller,
             "vote2",
-            serde_json::json!({"payload": {"q": "refund?"}, "n": 4, "f": 1, "key": "$.decision", "deadline_ms": 5000}),
+            serde_json::json!({"payload": {"q": "refund?"}, "n": 4, "f": 1, "key": "$.decision", "deadline_ms": 5000, "review": "other"}),
         )
         .await;
         assert_eq!(status, 200, "{d:#}");
@@ -158,6 +158,12 @@ async fn byzantine_quorum_on_real_processes() {
             .unwrap()
             .iter()
             .any(|v| v == liar2.id.as_str()));
+        // needs_review went to the review capability (the caller's echo agent).
+        assert_eq!(d["review"]["capability"], "other", "{d:#}");
+        assert_eq!(
+            d["review"]["answer"]["input"]["status"], "needs_review",
+            "{d:#}"
+        );
         eprintln!(
             "quorum n=4 f=1 (2 liars): needs_review in {} ms",
             d["latency_ms"]
