@@ -718,8 +718,8 @@ impl MeshHandle {
         }
     }
 
-    /// The live candidates for `req`, ranked by its policy (best first), one per node: the
-    /// voters a quorum picks from. Nodes whose breaker is open are left out.
+    /// The live candidates for `req`, ranked by its policy (best first), then those the policy
+    /// left out: the voters a quorum and a fork-join pick from.
     pub fn ranked_candidates(&self, req: &CallRequest) -> Result<Vec<Candidate>, CallError> {
         let spec = spec_now(&self.0.res.spec);
         let settings = spec.for_capability(&req.capability).clone();
@@ -734,7 +734,11 @@ impl MeshHandle {
         let res = &self.0.res;
         let views = res.views(&cands, &self.0.router, &self.0.agent, &settings.breaker);
         let ranking = res.rank(&views, req, &settings, false)?;
-        Ok(ranking.order.iter().map(|&i| cands[i].clone()).collect())
+        // Candidates the policy left out (below the quality floor, breaker open) come last:
+        // a quorum still needs n distinct nodes, and their calls fail or dissent on their own.
+        let rest = (0..cands.len()).filter(|i| !ranking.order.contains(i));
+        let order = ranking.order.iter().copied().chain(rest);
+        Ok(order.map(|i| cands[i].clone()).collect())
     }
 
     /// Counts a failure against `node`'s observed quality (a quorum dissent or
