@@ -48,6 +48,12 @@ alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # Capabilities of node i (1-based): distinct per node, partly overlapping across nodes.
 # Prints lines "name|proficiency|cost|attributes-toml".
 caps_for() {
+  # CLUSTER_CAPS_<i>="a,b" replaces node i's capabilities (examples/workflows uses it).
+  local override="CLUSTER_CAPS_$1"
+  if [[ -n "${!override:-}" ]]; then
+    tr ',' '\n' <<<"${!override}" | sed 's/$/|experienced|0.1|{}/'
+    return
+  fi
   case $(( ($1 - 1) % 5 )) in
     0) echo 'inventory.query|expert|0.5|{ warehouses = ["A", "B"] }'
        echo 'pricing.quote|experienced|1.0|{}' ;;
@@ -134,9 +140,13 @@ up() {
   for i in $(seq 1 "$n"); do
     local dir="$HOME_DIR/node$i" caps
     caps=$(caps_for "$i" | cut -d'|' -f1 | paste -sd, -)
+    # CLUSTER_AGENT_ARGS_<i>: extra demo-agent flags for node i (space-separated, no spaces
+    # inside one flag), e.g. --answer 'x={"ok":true}' --error-rate 0.5.
+    local extra_var="CLUSTER_AGENT_ARGS_$i" extra=()
+    read -ra extra <<<"${!extra_var:-}"
     "$BIN" demo-agent --listen "127.0.0.1:$((AGENT_PORT_BASE + i))" --name "agent-$i" \
       --latency-ms-p50 1 --latency-ms-p99 5 --seed "$i" --capabilities "$caps" \
-      > "$dir/agent.log" 2>&1 &
+      "${extra[@]}" > "$dir/agent.log" 2>&1 &
     echo $! > "$dir/agent.pid"
     RUST_LOG="${RUST_LOG:-info}" "$BIN" node --config "$dir/node.toml" > "$dir/node.log" 2>&1 &
     echo $! > "$dir/node.pid"

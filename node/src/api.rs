@@ -7,6 +7,7 @@
 //! The OpenAPI 3.1 description is `openapi.json` beside this file, served at
 //! `/v1/openapi.json`; a test checks that every route below appears in it.
 
+use crate::api_workflow as wf;
 use crate::config::{is_capability_name, validate_agent, ATTR_LEN_MAX};
 use crate::contract::{AgentRegistration, CallError, CallRequest, ErrorCode, BODY_BYTES_MAX};
 use crate::runtime::MeshHandle;
@@ -58,15 +59,15 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 /// Shared state of the API handlers.
 #[derive(Clone)]
 pub struct ApiState {
-    mesh: MeshHandle,
+    pub(crate) mesh: MeshHandle,
     token: Option<Arc<str>>,
 }
 
 /// An API error: a [`CallError`] and, when it differs from the code's, the HTTP status.
 #[derive(Debug)]
 pub struct ApiError {
-    status: Option<StatusCode>,
-    err: CallError,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) err: CallError,
 }
 
 impl From<CallError> for ApiError {
@@ -114,6 +115,10 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/routes/{capability}", get(get_routes))
         .route("/v1/config", get(get_config))
         .route("/v1/config/reload", post(post_config_reload))
+        .route("/v1/workflows", get(wf::get_workflows))
+        .route("/v1/workflows/run", post(wf::post_adhoc_run))
+        .route("/v1/workflows/{name}/run", post(wf::post_run))
+        .route("/v1/quorum/{capability}", post(wf::post_quorum))
         .route("/v1/openapi.json", get(get_openapi))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
@@ -160,7 +165,7 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .map(|s| s.to_string().contains("length limit"))
@@ -370,7 +375,7 @@ fn routing_hint(field: &str, v: &str) -> Result<String, CallError> {
 
 /// W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all
 /// zero. An invalid one is dropped (the spec says restart the trace), not refused.
-fn valid_traceparent(v: &str) -> bool {
+pub(crate) fn valid_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.trim().split('-').collect();
     let hex = |s: &str, n: usize| {
         s.len() == n
@@ -719,7 +724,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 10, "router routes parsed");
+        assert_eq!(seen, 14, "router routes parsed");
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(
             paths.len(),

@@ -3,7 +3,8 @@
 //! ```text
 //! caller -> callee: frame(postcard CallHeader)
 //!                   frame(body chunk)* frame(empty)          -- request body, empty = end
-//! callee -> caller: frame(postcard RespFrame::Head) frame(RespFrame::Data)* frame(RespFrame::End)
+//! callee -> caller: frame(postcard RespFrame::Head) frame(RespFrame::Data)*
+//!                   [frame(RespFrame::Vote)] frame(RespFrame::End)  -- Vote iff want_vote
 //!               or  frame(postcard RespFrame::Error)          -- at any point
 //! ```
 //!
@@ -72,6 +73,8 @@ pub struct CallHeader {
     pub caller_roles: Vec<String>,
     /// Content type of the request body.
     pub content_type: Option<String>,
+    /// Sign a vote over the complete answer ([`RespFrame::Vote`] before `End`).
+    pub want_vote: bool,
 }
 
 /// The response head: status and load feedback.
@@ -115,6 +118,9 @@ pub enum RespFrame {
     End,
     /// The call failed; no more frames follow.
     Error(WireError),
+    /// The callee node's signed vote over the complete answer (asked for with
+    /// `CallHeader::want_vote`); comes right before `End`.
+    Vote(agentmesh_vote::SignedVote),
 }
 
 /// Why a call frame was refused. Decoding never changes state; these flag a buggy or hostile
@@ -377,6 +383,7 @@ mod tests {
                         caller_agent: agent,
                         caller_roles: roles,
                         content_type: Some("application/json".into()),
+                        want_vote: false,
                     }
                 },
             )
@@ -505,6 +512,7 @@ mod tests {
             caller_agent: None,
             caller_roles: vec![],
             content_type: None,
+            want_vote: true,
         };
         assert!(matches!(h.encode(), Err(ProtoError::Limit("capability"))));
         let raw = postcard::to_stdvec(&h).unwrap();

@@ -133,6 +133,8 @@ pub struct Callee {
     pub gossip: crate::gossip_driver::SharedSnapshot,
     /// The resilience settings in force (shedding thresholds).
     pub spec: crate::runtime::SharedSpec,
+    /// Signs quorum votes over answers (`CallHeader::want_vote`).
+    pub voter: crate::quorum::Voter,
 }
 
 impl Callee {
@@ -241,6 +243,8 @@ impl Callee {
             .await
             .map_err(|e| io_err(crate::frame::FrameError::from(e).into()))?;
         let mut body = resp.bytes_stream();
+        // The answer is kept only when a vote over it was asked for (bounded by the body limit).
+        let mut answer = header.want_vote.then(Vec::new);
         loop {
             let next = tokio::time::timeout_at(deadline, body.next())
                 .await
@@ -249,6 +253,15 @@ impl Callee {
                 None => break,
                 Some(Err(e)) => return Err(agent_client::map_err(e)),
                 Some(Ok(chunk)) => {
+                    if let Some(a) = answer.as_mut() {
+                        if a.len() + chunk.len() > crate::contract::BODY_BYTES_MAX {
+                            return Err(CallError::new(
+                                ErrorCode::AgentError,
+                                "answer exceeds the body limit",
+                            ));
+                        }
+                        a.extend_from_slice(&chunk);
+                    }
                     for part in chunk.chunks(CHUNK_BYTES_MAX) {
                         write_resp(w, &RespFrame::Data(part.to_vec()))
                             .await
@@ -259,6 +272,12 @@ impl Callee {
                         .map_err(|e| io_err(crate::frame::FrameError::from(e).into()))?;
                 }
             }
+        }
+        if let Some(a) = answer {
+            let vote = self.voter.sign(header.call_id, &a);
+            write_resp(w, &RespFrame::Vote(vote))
+                .await
+                .map_err(io_err)?;
         }
         write_resp(w, &RespFrame::End).await.map_err(io_err)?;
         Ok(())

@@ -26,6 +26,8 @@ pub struct Answer {
     pub body: ResponseBody,
     /// The agent name the callee reported.
     pub agent: String,
+    /// The callee's signed vote, once the body is read to its end (if one was asked for).
+    pub vote: crate::contract::VoteSlot,
 }
 
 /// The parts of a call shared by every attempt.
@@ -78,6 +80,7 @@ pub async fn call_local(
         content_type,
         body,
         agent: cand.agent.clone(),
+        vote: Default::default(),
     })
 }
 
@@ -155,11 +158,13 @@ pub async fn call_remote(
         }
     };
     router.observe_reported(cand.node_id, head.in_flight, head.max_concurrency);
+    let vote = crate::contract::VoteSlot::default();
     Ok(Answer {
         status: head.status,
         content_type: head.content_type,
         agent: head.agent,
-        body: remote_body(r, w, a.deadline, guard),
+        body: remote_body(r, w, a.deadline, guard, vote.clone()),
+        vote,
     })
 }
 
@@ -196,9 +201,16 @@ struct BodyState<R, W> {
     deadline: Instant,
     _guard: LoadGuard,
     done: bool,
+    vote: crate::contract::VoteSlot,
 }
 
-fn remote_body<R, W>(r: R, w: W, deadline: Instant, guard: LoadGuard) -> ResponseBody
+fn remote_body<R, W>(
+    r: R,
+    w: W,
+    deadline: Instant,
+    guard: LoadGuard,
+    vote: crate::contract::VoteSlot,
+) -> ResponseBody
 where
     R: futures::AsyncRead + Unpin + Send + 'static,
     W: Send + 'static,
@@ -209,12 +221,18 @@ where
         deadline,
         _guard: guard,
         done: false,
+        vote,
     };
     futures::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
         }
-        let next = tokio::time::timeout_at(st.deadline, read_resp(&mut st.r)).await;
+        let mut next = tokio::time::timeout_at(st.deadline, read_resp(&mut st.r)).await;
+        // The vote trailer is not body: keep it aside and read on.
+        while let Ok(Ok(RespFrame::Vote(v))) = next {
+            *st.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+            next = tokio::time::timeout_at(st.deadline, read_resp(&mut st.r)).await;
+        }
         let item = match next {
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -227,6 +245,7 @@ where
                 e.code, e.message
             ))),
             Ok(Ok(RespFrame::Head(_))) => Err(std::io::Error::other("duplicate response head")),
+            Ok(Ok(RespFrame::Vote(_))) => Err(std::io::Error::other("unexpected vote")),
             Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
         };
         if item.is_err() {

@@ -78,6 +78,12 @@ pub enum Command {
     /// Check, show or reload the routing and resilience settings.
     #[command(subcommand)]
     Config(crate::cli_config::ConfigCommand),
+    /// Run or check a workflow file.
+    #[command(subcommand)]
+    Workflow(crate::cli_workflow::WorkflowCommand),
+    /// Ask n agents on distinct nodes and decide by (byzantine) quorum; `quorum verify FILE`
+    /// checks a saved decision offline.
+    Quorum(crate::cli_workflow::QuorumArgs),
 }
 
 /// `agentmesh mesh …`.
@@ -232,6 +238,7 @@ pub struct CallArgs {
 
 /// `agentmesh demo-agent`.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct DemoAgentArgs {
     /// Address to serve on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8100")]
@@ -272,6 +279,13 @@ pub struct DemoAgentArgs {
     /// The node API used by `--forward` (default: the `--register` URL).
     #[arg(long, value_name = "API_URL")]
     pub node_api: Option<String>,
+    /// Answer CAP with this fixed JSON instead of the echo (`*` for every capability);
+    /// repeatable. Workflow examples and quorum tests use it (a liar is a fixed wrong answer).
+    #[arg(long, value_name = "CAP=JSON")]
+    pub answer: Vec<String>,
+    /// HTTP status of injected failures (503 and 429 are retried by callers; 500 is not).
+    #[arg(long, default_value_t = 500)]
+    pub error_status: u16,
 }
 
 /// A command's failure: an exit code and a message for stderr.
@@ -304,6 +318,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Call(a) => call(a).await,
         Command::DemoAgent(a) => demo_agent(a).await,
         Command::Config(c) => crate::cli_config::run(c).await,
+        Command::Workflow(c) => crate::cli_workflow::run_workflow(c).await,
+        Command::Quorum(a) => crate::cli_workflow::run_quorum(a).await,
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
@@ -607,6 +623,12 @@ async fn serve_node(
             .await
     });
     mesh.set_config_path(cfg.path.clone());
+    if let Some(w) = &cfg.file.workflows {
+        let set = crate::workflow::WorkflowSet::load(&w.paths)
+            .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+        tracing::info!(workflows = set.len(), "workflows loaded");
+        mesh.set_workflows(set);
+    }
     let reloader = tokio::spawn(crate::cli_config::reload_on_sighup(mesh.clone()));
     let signal = wait_for_signal().await;
     reloader.abort();
@@ -652,6 +674,7 @@ async fn wait_for_signal() -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Commands that talk to a node's API.
 
+/// An HTTP client with `timeout`.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, Failure> {
     reqwest::Client::builder()
         .timeout(timeout)
@@ -940,6 +963,8 @@ async fn demo_agent(a: DemoAgentArgs) -> CmdResult {
             }
             (None, _) => None,
         },
+        answers: crate::demo_agent::parse_answers(&a.answer).map_err(|e| fail(exit::USAGE, e))?,
+        error_status: a.error_status,
     };
     opts.validate().map_err(|e| fail(exit::USAGE, e))?;
     let (listener, addr) = crate::demo_agent::bind(a.listen)

@@ -142,6 +142,18 @@ pub struct FileConfig {
     /// `[capability."name"]`: per-capability overrides of `[defaults]`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub capability: std::collections::BTreeMap<String, toml::Table>,
+    /// `[workflows]`: workflow files served by `POST /v1/workflows/{name}/run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflows: Option<WorkflowsSection>,
+}
+
+/// `[workflows]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowsSection {
+    /// Workflow files, or directories whose `*.toml` files are workflows (relative to the
+    /// config file's directory).
+    pub paths: Vec<PathBuf>,
 }
 
 /// `[node]`.
@@ -264,6 +276,9 @@ impl NodeConfig {
         };
         resolve(&mut file.node.key_file, base);
         resolve(&mut file.node.state_dir, base);
+        if let Some(w) = &mut file.workflows {
+            w.paths.iter_mut().for_each(|p| resolve(p, base));
+        }
         if let Some(c) = &mut file.node.cert_file {
             resolve(c, base);
         }

@@ -56,7 +56,16 @@ pub struct CallRequest {
     /// The opaque call-chain token (`x-mesh-chain`) the node gave the calling agent, when this
     /// call is an onward call made while serving another.
     pub chain: Option<String>,
+    /// Route only to this node (quorum voters and fork-join fan-out pin distinct nodes).
+    pub pin: Option<agentmesh_crypto::NodeId>,
+    /// The call id to use (a quorum's voters share one); None draws a random one.
+    pub call_id: Option<[u8; 16]>,
+    /// Ask the callee's node to sign a vote over the answer ([`CallResponse::vote`]).
+    pub want_vote: bool,
 }
+
+/// Where the callee's signed vote lands once the streamed answer is complete.
+pub type VoteSlot = std::sync::Arc<std::sync::Mutex<Option<agentmesh_vote::SignedVote>>>;
 
 /// How demanding a request is (`x-mesh-complexity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +111,11 @@ pub struct CallResponse {
     pub policy: String,
     /// Why a pinned agent (`x-mesh-prefer`) was not used, if it was not.
     pub prefer_fallback: Option<String>,
+    /// The call id the callee saw.
+    pub call_id: [u8; 16],
+    /// The callee's signed vote, filled when the body has been read to its end (remote
+    /// callees only, and only if [`CallRequest::want_vote`]).
+    pub vote: VoteSlot,
 }
 
 /// Stable error codes visible to callers as `{"code": …}`.

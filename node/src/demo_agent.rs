@@ -43,6 +43,33 @@ pub struct DemoAgentOptions {
     /// the capability through its node, copying `x-mesh-chain`, `x-mesh-deadline-ms` and
     /// `traceparent`, and nests the answer under `"forwarded"`.
     pub forward: Option<(String, String)>,
+    /// Fixed answers by capability (`*`: any), instead of the echo.
+    pub answers: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Status of injected failures (400 to 599).
+    pub error_status: u16,
+}
+
+/// Most `--answer` flags.
+pub const DEMO_ANSWERS_MAX: usize = 64;
+
+/// Parses `--answer CAP=JSON` flags.
+pub fn parse_answers(
+    flags: &[String],
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+    if flags.len() > DEMO_ANSWERS_MAX {
+        return Err(format!("at most {DEMO_ANSWERS_MAX} --answer flags"));
+    }
+    flags
+        .iter()
+        .map(|f| {
+            let (cap, json) = f
+                .split_once('=')
+                .ok_or_else(|| format!("--answer {f:?}: expected CAP=JSON"))?;
+            let v =
+                serde_json::from_str(json).map_err(|e| format!("--answer {cap}: not JSON: {e}"))?;
+            Ok((cap.to_string(), v))
+        })
+        .collect()
 }
 
 impl DemoAgentOptions {
@@ -63,6 +90,9 @@ impl DemoAgentOptions {
         }
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err("--error-rate must be between 0 and 1".into());
+        }
+        if !(400..=599).contains(&self.error_status) {
+            return Err("--error-status must be 400 to 599".into());
         }
         if self.name.is_empty() {
             return Err("--name must not be empty".into());
@@ -155,7 +185,13 @@ async fn answer(
     }
     if u3 < agent.opts.error_rate {
         let body = serde_json::json!({"error": "injected failure", "agent": name});
-        return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+        let status = StatusCode::from_u16(agent.opts.error_status)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, Json(body)).into_response();
+    }
+    let fixed = agent.opts.answers.get(&capability);
+    if let Some(v) = fixed.or_else(|| agent.opts.answers.get("*")) {
+        return Json(v.clone()).into_response();
     }
     let received: serde_json::Map<String, serde_json::Value> = headers
         .iter()
@@ -260,6 +296,8 @@ mod tests {
                 seed: 7,
                 capabilities: vec![],
                 forward: None,
+                answers: Default::default(),
+                error_status: 500,
             },
             draws: AtomicU64::new(0),
             http: reqwest::Client::new(),

@@ -653,6 +653,16 @@ impl Scoreboard {
         s.breaker.on_result(now_ms, permit, ok, breaker, rng);
     }
 
+    /// Counts a failure in `node`'s success window without touching its breaker or latency:
+    /// the agent answered, but a quorum found the answer wrong.
+    pub fn penalize(&mut self, node: NodeId, now_ms: u64) {
+        let s = self.entry(node, now_ms);
+        s.outcomes.push_back((now_ms, false));
+        while s.outcomes.len() > QUALITY_WINDOW_CALLS_MAX {
+            s.outcomes.pop_front();
+        }
+    }
+
     /// Agents observed.
     pub fn len(&self) -> usize {
         self.peers.len()

@@ -175,6 +175,12 @@ impl Resilience {
         lock(&self.scores).observe(node, now, rtt_ms, ok, permit, cfg, &mut *rng);
     }
 
+    /// Counts a failure in `node`'s success window (not its breaker): a quorum dissent.
+    pub fn penalize(&self, node: NodeId) {
+        let now = self.now_ms();
+        lock(&self.scores).penalize(node, now);
+    }
+
     /// Records a call against the capability's retry budget.
     pub fn deposit(&self, capability: &str, cfg: &RetryConfig) {
         let now = self.now_ms();

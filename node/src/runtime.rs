@@ -147,6 +147,8 @@ struct Inner {
     shutting_down: AtomicBool,
     outbound: Arc<std::sync::atomic::AtomicU32>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    voter: crate::quorum::Voter,
+    workflows: std::sync::RwLock<Arc<crate::workflow::WorkflowSet>>,
 }
 
 /// The running mesh node. Cheap to clone.
@@ -296,6 +298,8 @@ impl MeshHandle {
             shutting_down: AtomicBool::new(false),
             outbound: Arc::new(std::sync::atomic::AtomicU32::new(0)),
             tasks: Mutex::new(Vec::new()),
+            voter: crate::quorum::Voter::new(cfg.key.clone()),
+            workflows: Default::default(),
         });
         let handle = MeshHandle(inner);
         let hello = AdmitHello {
@@ -317,6 +321,7 @@ impl MeshHandle {
                     admission,
                     gossip: handle.0.gossip.clone(),
                     spec: handle.0.res.spec.clone(),
+                    voter: handle.0.voter.clone(),
                 },
                 call_in,
             )),
@@ -547,7 +552,10 @@ impl MeshHandle {
             ));
         }
         let total = offers.len();
-        let (cands, _) = split_offers(offers);
+        let (mut cands, _) = split_offers(offers);
+        if let Some(pin) = req.pin {
+            cands.retain(|c| c.node_id == pin);
+        }
         if cands.is_empty() {
             return Err(CallError::new(
                 ErrorCode::NoEligibleAgent,
@@ -560,7 +568,7 @@ impl MeshHandle {
         let res = &self.0.res;
         res.deposit(&req.capability, &settings.retry);
         let header = CallHeader {
-            call_id: rand::random(),
+            call_id: req.call_id.unwrap_or_else(rand::random),
             capability: req.capability.clone(),
             attrs: req.attrs.clone(),
             min_proficiency: req.min_proficiency,
@@ -572,6 +580,7 @@ impl MeshHandle {
             caller_agent: self.0.agent.registration().map(|r| r.name),
             caller_roles: self.0.roles.clone(),
             content_type: req.content_type.clone(),
+            want_vote: req.want_vote,
         };
         if settings.hedging.enabled && cands.len() > 1 {
             return self
@@ -621,6 +630,8 @@ impl MeshHandle {
                             hedges: 0,
                             policy: ranking.policy.name().to_string(),
                             prefer_fallback: ranking.prefer_fallback,
+                            call_id: header.call_id,
+                            vote: a.vote,
                         });
                     }
                     CallError {
@@ -705,6 +716,8 @@ impl MeshHandle {
                                 hedges,
                                 policy: ranking.policy.name().to_string(),
                                 prefer_fallback: ranking.prefer_fallback,
+                                call_id: header.call_id,
+                                vote: a.vote,
                             });
                         }
                         Ok(a) => {
@@ -902,6 +915,54 @@ impl MeshHandle {
             )
             .await
         }
+    }
+
+    /// The live candidates for `req`, ranked by its policy (best first), then those the policy
+    /// left out: the voters a quorum and a fork-join pick from.
+    pub fn ranked_candidates(&self, req: &CallRequest) -> Result<Vec<Candidate>, CallError> {
+        let spec = spec_now(&self.0.res.spec);
+        let settings = spec.for_capability(&req.capability).clone();
+        let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, req);
+        if offers.is_empty() {
+            return Err(CallError::new(
+                ErrorCode::NoCapability,
+                format!("no agent offers {}", req.capability),
+            ));
+        }
+        let (cands, _) = split_offers(offers);
+        let res = &self.0.res;
+        let views = res.views(&cands, &self.0.router, &self.0.agent, &settings.breaker);
+        let ranking = res.rank(&views, req, &settings, false)?;
+        // Candidates the policy left out (below the quality floor, breaker open) come last:
+        // a quorum still needs n distinct nodes, and their calls fail or dissent on their own.
+        let rest = (0..cands.len()).filter(|i| !ranking.order.contains(i));
+        let order = ranking.order.iter().copied().chain(rest);
+        Ok(order.map(|i| cands[i].clone()).collect())
+    }
+
+    /// Counts a failure against `node`'s observed quality (a quorum dissent or
+    /// equivocation): routing by `quality` then sends it less traffic.
+    pub fn penalize(&self, node: NodeId) {
+        self.0.res.penalize(node);
+    }
+
+    /// This node's vote signer.
+    pub fn voter(&self) -> &crate::quorum::Voter {
+        &self.0.voter
+    }
+
+    /// The workflows loaded from the node's config.
+    pub fn workflows(&self) -> Arc<crate::workflow::WorkflowSet> {
+        self.0
+            .workflows
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the workflows served by `POST /v1/workflows/{name}/run`.
+    pub fn set_workflows(&self, set: crate::workflow::WorkflowSet) {
+        *self.0.workflows.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
     }
 
     /// True once the node is serving and, if it has seeds, has joined through one of them.

@@ -242,6 +242,8 @@ pub struct NodeOpts {
     pub extra_toml: String,
     /// Declared cost per call of every capability (None: the default).
     pub cost: Option<f64>,
+    /// Extra demo-agent flags (e.g. `--answer cap={"x":1}`).
+    pub agent_args: Vec<String>,
 }
 
 impl NodeOpts {
@@ -258,6 +260,7 @@ impl NodeOpts {
             forward: None,
             extra_toml: String::new(),
             cost: None,
+            agent_args: Vec::new(),
         }
     }
 }
@@ -359,6 +362,7 @@ impl Mesh {
             .args(["--error-rate", &opts.error_rate.to_string()])
             .args(["--latency-ms-p50", &opts.latency_ms_p50.to_string()])
             .args(["--latency-ms-p99", &(opts.latency_ms_p50 * 1.5).to_string()])
+            .args(&opts.agent_args)
             .arg("--addr-file")
             .arg(&addr_file)
             .stdout(log.try_clone()?)
