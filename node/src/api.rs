@@ -98,7 +98,7 @@ fn bad(field: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// The API's router over a running mesh. `token`, when set, is required as
-/// `Authorization: Bearer <token>` on every route except `/healthz`.
+/// `Authorization: Bearer <token>` on every route except `/healthz` and `/readyz`.
 pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
     let state = ApiState {
         mesh,
@@ -127,7 +127,9 @@ async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> 
     let Some(token) = &st.token else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/healthz" {
+    // Probes carry no token (a kubelet httpGet cannot read a Secret); both reveal only
+    // liveness, readiness and the public node id.
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let given = req
@@ -652,7 +654,7 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
-    /// The token guards every route but `/healthz`; checked against a real (single, open) mesh.
+    /// The token guards every route but the probes; checked against a real (single, open) mesh.
     #[tokio::test(flavor = "multi_thread")]
     async fn bearer_token_is_required_when_set() {
         let key = agentmesh_crypto::Keypair::generate(&mut rand::rngs::OsRng);
@@ -668,6 +670,7 @@ mod tests {
         let status =
             |rb: reqwest::RequestBuilder| async move { rb.send().await.unwrap().status().as_u16() };
         assert_eq!(status(http.get(format!("{base}/healthz"))).await, 200);
+        assert_eq!(status(http.get(format!("{base}/readyz"))).await, 200);
         assert_eq!(status(http.get(format!("{base}/v1/members"))).await, 403);
         let wrong = http.get(format!("{base}/v1/members")).bearer_auth("nope");
         assert_eq!(status(wrong).await, 403);

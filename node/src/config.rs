@@ -184,7 +184,7 @@ pub struct ApiSection {
     /// Allow a non-loopback `api_listen`; then `token` is required.
     #[serde(default)]
     pub insecure_bind: bool,
-    /// Bearer token every API request must carry (except `/healthz`).
+    /// Bearer token every API request must carry (except `/healthz` and `/readyz`).
     pub token: Option<String>,
 }
 
