@@ -60,16 +60,20 @@ pub fn ip(args: &[&str]) -> Result<()> {
 /// Whether this machine lets us create network namespaces (root and iproute2). When it does
 /// not, prints a loud banner saying which tests are skipped and why.
 pub fn available(test: &str) -> bool {
-    let probe = format!("{NS_PREFIX}probe{}", std::process::id());
-    let ok = ip(&["netns", "add", &probe]).is_ok();
-    if ok {
-        let _ = ip(&["netns", "del", &probe]);
-        return true;
-    }
-    let why = if Command::new("ip").arg("-V").output().is_err() {
-        "`ip` (iproute2) is not installed"
-    } else {
-        "`ip netns add` failed (needs root / CAP_SYS_ADMIN)"
+    let probe = format!(
+        "{NS_PREFIX}{}probe{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let why = match ip(&["netns", "add", &probe]) {
+        Ok(()) => {
+            let _ = ip(&["netns", "del", &probe]);
+            return true;
+        }
+        Err(_) if Command::new("ip").arg("-V").output().is_err() => {
+            "`ip` (iproute2) is not installed".to_string()
+        }
+        Err(e) => format!("{e:#} (needs root / CAP_SYS_ADMIN)"),
     };
     eprintln!(
         "\n#################################################################\n\
