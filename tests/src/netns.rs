@@ -324,7 +324,20 @@ impl Net {
             .stderr(alog)
             .spawn()?;
         self.procs.push(&format!("agent-h{i}"), agent_child);
-        let log = std::fs::File::create(dir.join("node.log"))?;
+        self.spawn_node(i).await
+    }
+
+    /// Starts host `i`'s node (again) from its existing key, certificate and config, and
+    /// waits for its API. Used to bring a node back after [`Net::kill9`].
+    pub async fn spawn_node(&mut self, i: usize) -> Result<()> {
+        let dir = self.h(i).dir.clone();
+        let ns = self.h(i).ns.clone();
+        let state = dir.join("state").join("node.json");
+        let _ = std::fs::remove_file(&state);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))?;
         let child = Command::new("ip")
             .args(["netns", "exec", &ns])
             .arg(crate::agentmesh_bin())
@@ -336,7 +349,6 @@ impl Net {
             .stderr(log)
             .spawn()?;
         self.hosts[i - 1].node_proc = self.procs.push(&format!("node-h{i}"), child);
-        let state = dir.join("state").join("node.json");
         wait_until(
             &format!("h{i} node state file"),
             crate::NODE_START_TIMEOUT,
@@ -475,6 +487,20 @@ impl Net {
     pub fn kill9(&mut self, i: usize) -> Result<()> {
         let p = self.hosts[i - 1].node_proc;
         self.procs.kill9(p)
+    }
+
+    /// The last `lines` lines of every host's node log, for a failure message.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for h in &self.hosts {
+            let log = h.log();
+            let all: Vec<&str> = log.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            out.push_str(&format!("---- h{} ({}) ----\n", h.index, h.id));
+            out.push_str(&all[from..].join("\n"));
+            out.push('\n');
+        }
+        out
     }
 
     /// The directory everything lives in.

@@ -255,17 +255,157 @@ async fn netns_kill9_under_load_every_call_accounted() -> Result<()> {
         .await?;
     eprintln!("[{name}] h5 killed -9; marked dead in {took:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Restarted with the same key while the others' old connections to it may still look
+    // open: it must be admitted again and rejoin.
+    let restarted_at = t0.elapsed();
+    net.spawn_node(5).await?;
+    let all = [1, 2, 3, 4, 5];
+    let back = match net
+        .wait_states("restarted h5 rejoins", &all, &all, "alive", DETECT_TIMEOUT)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{}", net.logs_tail(30));
+            return Err(e);
+        }
+    };
+    eprintln!("[{name}] h5 restarted; all 5 alive again in {back:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.stop();
     let report = load.await??;
     assert_accounted(name, &report);
     let h5 = net.h(5).id.clone();
-    let after = served_by_after(&report, &h5, killed_at);
-    assert_eq!(after, 0, "calls served by a killed node");
+    let while_dead = served_by_after(&report, &h5, killed_at)
+        - served_by_after(&report, &h5, restarted_at);
+    assert_eq!(while_dead, 0, "calls served by a killed node");
     let failed_after_kill = report
         .records
         .iter()
         .filter(|x| x.sent_at >= killed_at && matches!(x.outcome, Outcome::Typed(_)))
         .count();
     eprintln!("[{name}] typed errors after the kill: {failed_after_kill}");
+    Ok(())
+}
+
+/// Figures of one fault kind in the soak.
+#[derive(Default)]
+struct FaultStats {
+    detect_s: Vec<f64>,
+    heal_s: Vec<f64>,
+}
+
+fn spread(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    format!(
+        "n={} min={:.2}s median={:.2}s max={:.2}s",
+        s.len(),
+        s[0],
+        s[s.len() / 2],
+        s[s.len() - 1]
+    )
+}
+
+/// The long version (`scripts/chaos`): random cuts, 3|2 partitions and kill -9 + restart of
+/// hosts 3..=5 for `CHAOS_DURATION_S` (default 120 s; seed `CHAOS_SEED`), under load from h1
+/// and h2, which are never faulted. Prints detection and heal times per fault and the call
+/// counts, and asserts the same accounting as the short tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak; run with scripts/chaos"]
+async fn netns_chaos_soak() -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    if skip("netns_chaos_soak") {
+        return Ok(());
+    }
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let duration = Duration::from_secs(env("CHAOS_DURATION_S", 120).min(3600));
+    let seed = env("CHAOS_SEED", 1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut net = five_hosts("soak").await?;
+    let (stop1, load1) = start_load(&net, 1, "echo");
+    let (stop2, load2) = start_load(&net, 2, "left.svc");
+    let all = [1, 2, 3, 4, 5];
+    let (mut cuts, mut parts, mut kills) = (
+        FaultStats::default(),
+        FaultStats::default(),
+        FaultStats::default(),
+    );
+    let start = Instant::now();
+    let mut cycle = 0;
+    while start.elapsed() < duration {
+        cycle += 1;
+        let victim = rng.gen_range(3..=5);
+        let others: Vec<usize> = all.iter().copied().filter(|&i| i != victim).collect();
+        match rng.gen_range(0..3) {
+            0 => {
+                net.cut(victim)?;
+                let d = net
+                    .wait_states("victim dead", &others, &[victim], "dead", DETECT_TIMEOUT)
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                net.heal(victim)?;
+                let h = net
+                    .wait_states("reconverge", &all, &all, "alive", DETECT_TIMEOUT)
+                    .await?;
+                eprintln!("[soak {cycle}] cut h{victim}: dead in {d:.2?}, back in {h:.2?}");
+                cuts.detect_s.push(d.as_secs_f64());
+                cuts.heal_s.push(h.as_secs_f64());
+            }
+            1 => {
+                net.partition()?;
+                let d = net
+                    .wait_states("split", &[1, 2, 3], &[4, 5], "dead", DETECT_TIMEOUT)
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                net.heal_partition()?;
+                let h = net
+                    .wait_states("reconverge", &all, &all, "alive", DETECT_TIMEOUT)
+                    .await?;
+                eprintln!("[soak {cycle}] partition 3|2: split in {d:.2?}, healed in {h:.2?}");
+                parts.detect_s.push(d.as_secs_f64());
+                parts.heal_s.push(h.as_secs_f64());
+            }
+            _ => {
+                net.kill9(victim)?;
+                let d = net
+                    .wait_states("victim dead", &others, &[victim], "dead", DETECT_TIMEOUT)
+                    .await?;
+                let t = Instant::now();
+                net.spawn_node(victim).await?;
+                if let Err(e) = net
+                    .wait_states("reconverge", &all, &all, "alive", DETECT_TIMEOUT)
+                    .await
+                {
+                    eprintln!("{}", net.logs_tail(40));
+                    return Err(e);
+                }
+                let h = t.elapsed();
+                eprintln!("[soak {cycle}] kill -9 h{victim}: dead in {d:.2?}, restarted and back in {h:.2?}");
+                kills.detect_s.push(d.as_secs_f64());
+                kills.heal_s.push(h.as_secs_f64());
+            }
+        }
+    }
+    stop1.stop();
+    stop2.stop();
+    let (r1, r2) = (load1.await??, load2.await??);
+    eprintln!("\n== chaos soak: {cycle} faults in {:.0?} (seed {seed})", start.elapsed());
+    eprintln!("cut h3..h5      detect: {}", spread(&cuts.detect_s));
+    eprintln!("                rejoin: {}", spread(&cuts.heal_s));
+    eprintln!("partition 3|2   detect: {}", spread(&parts.detect_s));
+    eprintln!("                heal:   {}", spread(&parts.heal_s));
+    eprintln!("kill -9+restart detect: {}", spread(&kills.detect_s));
+    eprintln!("                rejoin: {}", spread(&kills.heal_s));
+    assert_accounted("soak h1 echo", &r1);
+    assert_accounted("soak h2 left.svc", &r2);
     Ok(())
 }
