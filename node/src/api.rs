@@ -93,6 +93,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The API's JSON error response for `err` (for routes defined in other modules).
+pub fn error_response(err: CallError) -> Response {
+    ApiError::from(err).into_response()
+}
+
 fn bad(field: &str, message: impl Into<String>) -> ApiError {
     CallError::bad_field(field, message).into()
 }
@@ -115,6 +120,7 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/openapi.json", get(get_openapi))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
+        .merge(crate::a2a_api::routes(state.mesh.clone()))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

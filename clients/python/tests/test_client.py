@@ -9,7 +9,7 @@ import pytest
 import agentmesh
 from agentmesh import Client, MeshError
 
-from conftest import endpoint_exists, wait_until
+from cluster import endpoint_exists, wait_until
 
 
 def test_call_routes_through_the_mesh_and_returns_json(cluster):
