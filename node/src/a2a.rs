@@ -110,10 +110,7 @@ pub fn parse_card(bytes: &[u8]) -> Result<CardInfo, CardError> {
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| CardError("missing name".into()))?
         .to_string();
-    let jsonrpc = |b: &Value| {
-        b.as_str()
-            .is_none_or(|s| s.eq_ignore_ascii_case("JSONRPC"))
-    };
+    let jsonrpc = |b: &Value| b.as_str().is_none_or(|s| s.eq_ignore_ascii_case("JSONRPC"));
     let (rpc_url, version) = if let Some(list) = v["supportedInterfaces"].as_array() {
         let i = list
             .iter()
@@ -218,7 +215,9 @@ pub fn capabilities(
         ));
     }
     if let Some(unknown) = overrides.keys().find(|k| !card.skills.contains(k)) {
-        return Err(CardError(format!("config names skill {unknown:?}, which the card lacks")));
+        return Err(CardError(format!(
+            "config names skill {unknown:?}, which the card lacks"
+        )));
     }
     Ok(out)
 }
@@ -271,7 +270,12 @@ pub fn new_id() -> String {
 }
 
 /// An A2A message with `parts`, from `role` (`user` or `agent`).
-pub fn message(parts: Vec<Value>, agent: bool, context_id: Option<&str>, version: Version) -> Value {
+pub fn message(
+    parts: Vec<Value>,
+    agent: bool,
+    context_id: Option<&str>,
+    version: Version,
+) -> Value {
     let mut m = Map::new();
     m.insert("messageId".into(), new_id().into());
     m.insert(
@@ -377,7 +381,10 @@ pub fn interpret(result: &Value, collected: &mut Vec<Value>) -> Answer {
                 _ => Answer::Pending,
             }
         }
-        _ => Answer::Failed(format!("unrecognised A2A result: {}", crate::call_proto::truncate(&result.to_string(), 256))),
+        _ => Answer::Failed(format!(
+            "unrecognised A2A result: {}",
+            crate::call_proto::truncate(&result.to_string(), 256)
+        )),
     }
 }
 
@@ -433,7 +440,11 @@ pub fn parse_inbound(bytes: &[u8]) -> Result<Inbound, RpcError> {
     let params = &v["params"];
     let msg = &params["message"];
     let Some(parts) = msg["parts"].as_array() else {
-        return Err((id, RPC_INVALID_PARAMS, "params.message.parts is required".into()));
+        return Err((
+            id,
+            RPC_INVALID_PARAMS,
+            "params.message.parts is required".into(),
+        ));
     };
     let meta = |k: &str| {
         msg["metadata"]
@@ -445,7 +456,11 @@ pub fn parse_inbound(bytes: &[u8]) -> Result<Inbound, RpcError> {
     let deadline_ms = match meta(META_DEADLINE_MS) {
         None => None,
         Some(d) => Some(d.as_u64().ok_or_else(|| {
-            (id.clone(), RPC_INVALID_PARAMS, format!("{META_DEADLINE_MS} must be a positive integer"))
+            (
+                id.clone(),
+                RPC_INVALID_PARAMS,
+                format!("{META_DEADLINE_MS} must be a positive integer"),
+            )
         })?),
     };
     Ok(Inbound {
@@ -597,7 +612,10 @@ mod tests {
             (json!({"text": "hi"}), Version::V1),
             (json!({"x": 1}), Version::V03),
             (json!([1, 2]), Version::V1),
-            (json!({"parts": [{"text": "a"}, {"text": "b"}]}), Version::V1),
+            (
+                json!({"parts": [{"text": "a"}, {"text": "b"}]}),
+                Version::V1,
+            ),
         ] {
             assert_eq!(parts_to_body(&body_to_parts(&body, v)), body);
         }
@@ -612,7 +630,10 @@ mod tests {
         assert_eq!(interpret(&v03, &mut c), Answer::Done(json!({"a": 1})));
         let task = json!({"task": {"status": {"state": "TASK_STATE_COMPLETED"},
             "artifacts": [{"parts": [{"text": "art"}]}]}});
-        assert_eq!(interpret(&task, &mut c), Answer::Done(json!({"text": "art"})));
+        assert_eq!(
+            interpret(&task, &mut c),
+            Answer::Done(json!({"text": "art"}))
+        );
         let failed = json!({"kind": "task", "status": {"state": "failed"}});
         assert!(matches!(interpret(&failed, &mut c), Answer::Failed(_)));
         let working = json!({"statusUpdate": {"status": {"state": "TASK_STATE_WORKING"}}});
@@ -630,13 +651,22 @@ mod tests {
         assert_eq!(i.skill.as_deref(), Some("echo"));
         assert_eq!(i.deadline_ms, Some(500));
         assert_eq!(i.body, json!({"text": "hello"}));
-        assert_eq!((i.version, i.streaming, i.id.clone()), (Version::V1, false, json!(7)));
+        assert_eq!(
+            (i.version, i.streaming, i.id.clone()),
+            (Version::V1, false, json!(7))
+        );
         let reply = reply_result(&json!({"x": 1}), &i);
         assert_eq!(reply["message"]["parts"][0]["data"], json!({"x": 1}));
         for (bad, code) in [
             (&b"{"[..], RPC_PARSE),
-            (br#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{}}"#, RPC_METHOD_NOT_FOUND),
-            (br#"{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{}}"#, RPC_INVALID_PARAMS),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{}}"#,
+                RPC_METHOD_NOT_FOUND,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{}}"#,
+                RPC_INVALID_PARAMS,
+            ),
             (br#"{"id":1,"method":"SendMessage"}"#, RPC_INVALID_REQUEST),
         ] {
             assert_eq!(parse_inbound(bad).unwrap_err().1, code);

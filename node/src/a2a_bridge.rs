@@ -126,7 +126,12 @@ pub async fn fetch_card(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Ca
         .timeout(CARD_FETCH_TIMEOUT)
         .send()
         .await
-        .map_err(|e| err(ErrorCode::AgentUnreachable, format!("agent card {url}: {e}")))?;
+        .map_err(|e| {
+            err(
+                ErrorCode::AgentUnreachable,
+                format!("agent card {url}: {e}"),
+            )
+        })?;
     if !resp.status().is_success() {
         return Err(err(
             ErrorCode::AgentError,
@@ -217,7 +222,14 @@ pub async fn register_from_config(mesh: MeshHandle, cfg: A2aSection) {
     for attempt in 1..=CONFIG_FETCH_ATTEMPTS_MAX {
         let result = match fetch_card(&http, &url).await {
             Ok(bytes) => {
-                register(&mesh, &bytes, &cfg.skills, cfg.max_concurrency, cfg.streaming).await
+                register(
+                    &mesh,
+                    &bytes,
+                    &cfg.skills,
+                    cfg.max_concurrency,
+                    cfg.streaming,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -267,9 +279,8 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(FORWARD_DEADLINE_MS_DEFAULT);
-    let payload: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
-        serde_json::json!({ "text": String::from_utf8_lossy(&body) })
-    });
+    let payload: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(&body) }));
     let mut req = a2a::send_request(&payload, t.card.version, t.streaming);
     req["params"]["message"]["metadata"] = serde_json::json!({ a2a::META_SKILL: skill });
     let mut b = t
@@ -339,15 +350,16 @@ async fn read_sse(resp: reqwest::Response) -> Answer {
         let Ok(chunk) = chunk else {
             return Answer::Failed("A2A stream broke".into());
         };
-        buf.extend_from_slice(&chunk);
+        // CRs only ever end lines (JSON escapes its own), so dropping them normalises CRLF.
+        buf.extend(chunk.iter().copied().filter(|&b| b != b'\r'));
         if buf.len() > SSE_EVENT_BYTES_MAX {
             return Answer::Failed(format!("A2A event larger than {SSE_EVENT_BYTES_MAX} bytes"));
         }
-        let text = String::from_utf8_lossy(&buf).replace("\r\n", "\n");
-        let Some(end) = text.rfind("\n\n") else {
-            continue;
-        };
-        for event in text[..end].split("\n\n") {
+        // Complete events end with a blank line; split on bytes so a UTF-8 character cut
+        // between chunks stays whole in the remainder.
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&event);
             let data: Vec<&str> = event
                 .lines()
                 .filter_map(|l| l.strip_prefix("data:"))
@@ -361,7 +373,6 @@ async fn read_sse(resp: reqwest::Response) -> Answer {
                 done => return done,
             }
         }
-        buf = text[end + 2..].as_bytes().to_vec();
     }
     if collected.is_empty() {
         Answer::Pending

@@ -82,7 +82,11 @@ impl Report {
     }
     /// The slowest call.
     pub fn max_took(&self) -> Duration {
-        self.records.iter().map(|r| r.took).max().unwrap_or_default()
+        self.records
+            .iter()
+            .map(|r| r.took)
+            .max()
+            .unwrap_or_default()
     }
     /// One line: `sent=… ok=… typed=… untyped=… hung=… max_ms=… codes={…}`.
     pub fn summary(&self) -> String {

@@ -193,7 +193,9 @@ impl Net {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let dir = tempfile::Builder::new().prefix("agentmesh-netns-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("agentmesh-netns-")
+            .tempdir()?;
         let root_dir = dir.path().join("root");
         let mesh_id = "netns-mesh".to_string();
         let root_pub = run_cli(&[
@@ -237,7 +239,15 @@ impl Net {
             let br = if i <= split { "bra" } else { "brb" };
             ip(&["-n", &sw, "link", "set", &veth, "master", br, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             net.hosts.push(Host {
                 index: i,
@@ -318,7 +328,14 @@ impl Net {
             .arg(crate::agentmesh_bin())
             .args(["demo-agent", "--listen"])
             .arg(format!("127.0.0.1:{AGENT_PORT}"))
-            .args(["--name", &agent, "--latency-ms-p50", "2", "--latency-ms-p99", "5"])
+            .args([
+                "--name",
+                &agent,
+                "--latency-ms-p50",
+                "2",
+                "--latency-ms-p99",
+                "5",
+            ])
             .stdin(Stdio::null())
             .stdout(alog.try_clone()?)
             .stderr(alog)

@@ -62,9 +62,8 @@ fn start_load(
     };
     let ns = net.h(i).ns.clone();
     let s = stop.clone();
-    let handle = tokio::spawn(async move {
-        run_in_ns(&ns, move || load::run(spec, s, LOAD_RUN_MAX)).await
-    });
+    let handle =
+        tokio::spawn(async move { run_in_ns(&ns, move || load::run(spec, s, LOAD_RUN_MAX)).await });
     (stop, handle)
 }
 
@@ -82,7 +81,11 @@ fn assert_accounted(name: &str, r: &Report) {
     assert!(untyped.is_empty(), "{name}: untyped failures: {untyped:?}");
     assert_eq!(r.ok() + r.typed(), r.sent(), "{name}: calls lost");
     let limit = Duration::from_millis(CALL_DEADLINE_MS) + load::HANG_SLACK;
-    assert!(r.max_took() <= limit, "{name}: slowest call {:?}", r.max_took());
+    assert!(
+        r.max_took() <= limit,
+        "{name}: slowest call {:?}",
+        r.max_took()
+    );
 }
 
 /// Calls of `r` sent at or after `from` that `node_id` served.
@@ -128,7 +131,13 @@ async fn netns_cut_host_is_routed_around_and_rejoins_current() -> Result<()> {
     let healed_at = t0.elapsed();
     let heal_started = Instant::now();
     let back = net
-        .wait_states("h5 alive again", &[1, 2, 3, 4], &[5], "alive", DETECT_TIMEOUT)
+        .wait_states(
+            "h5 alive again",
+            &[1, 2, 3, 4],
+            &[5],
+            "alive",
+            DETECT_TIMEOUT,
+        )
         .await?;
     // Its record is current: everyone sees the capability added while it was cut off.
     let h5 = net.h(5).id.clone();
@@ -145,7 +154,9 @@ async fn netns_cut_host_is_routed_around_and_rejoins_current() -> Result<()> {
         .await?;
     }
     let record_took = heal_started.elapsed();
-    eprintln!("[{name}] healed: alive again in {back:?}, current record everywhere in {record_took:?}");
+    eprintln!(
+        "[{name}] healed: alive again in {back:?}, current record everywhere in {record_took:?}"
+    );
     let (s, v) = net.get(1, "/v1/routes/late.svc").await?;
     assert_eq!(s, 200, "routes late.svc: {v}");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -169,8 +180,8 @@ async fn netns_cut_host_is_routed_around_and_rejoins_current() -> Result<()> {
         .filter(|x| matches!(x.outcome, Outcome::Ok(_)))
         .count();
     assert!(ok_while_dead > 0, "no call succeeded while h5 was dead");
-    let before_cut = served_by_after(&report, &h5, Duration::ZERO)
-        - served_by_after(&report, &h5, cut_at);
+    let before_cut =
+        served_by_after(&report, &h5, Duration::ZERO) - served_by_after(&report, &h5, cut_at);
     eprintln!("[{name}] h5 served {before_cut} calls before the cut, 0 while dead");
     Ok(())
 }
@@ -188,10 +199,22 @@ async fn netns_partition_3_2_serves_each_side_and_reconverges() -> Result<()> {
 
     net.partition()?;
     let split = net
-        .wait_states("left sees right dead", &[1, 2, 3], &[4, 5], "dead", DETECT_TIMEOUT)
+        .wait_states(
+            "left sees right dead",
+            &[1, 2, 3],
+            &[4, 5],
+            "dead",
+            DETECT_TIMEOUT,
+        )
         .await?;
-    net.wait_states("right sees left dead", &[4, 5], &[1, 2, 3], "dead", DETECT_TIMEOUT)
-        .await?;
+    net.wait_states(
+        "right sees left dead",
+        &[4, 5],
+        &[1, 2, 3],
+        "dead",
+        DETECT_TIMEOUT,
+    )
+    .await?;
     eprintln!("[{name}] partition 3|2 detected in {split:?}");
     // Each side keeps serving what it holds; the shared capability stays served on both.
     for (i, cap) in [(2, "left.svc"), (5, "right.svc"), (3, "echo"), (4, "echo")] {
@@ -233,8 +256,16 @@ async fn netns_partition_3_2_serves_each_side_and_reconverges() -> Result<()> {
     let (rl, rr) = (load_l.await??, load_r.await??);
     assert_accounted("partition-left", &rl);
     assert_accounted("partition-right", &rr);
-    assert_eq!(rl.typed(), 0, "left side lost service of its own capability");
-    assert_eq!(rr.typed(), 0, "right side lost service of its own capability");
+    assert_eq!(
+        rl.typed(),
+        0,
+        "left side lost service of its own capability"
+    );
+    assert_eq!(
+        rr.typed(),
+        0,
+        "right side lost service of its own capability"
+    );
     Ok(())
 }
 
@@ -276,8 +307,8 @@ async fn netns_kill9_under_load_every_call_accounted() -> Result<()> {
     let report = load.await??;
     assert_accounted(name, &report);
     let h5 = net.h(5).id.clone();
-    let while_dead = served_by_after(&report, &h5, killed_at)
-        - served_by_after(&report, &h5, restarted_at);
+    let while_dead =
+        served_by_after(&report, &h5, killed_at) - served_by_after(&report, &h5, restarted_at);
     assert_eq!(while_dead, 0, "calls served by a killed node");
     let failed_after_kill = report
         .records
@@ -398,7 +429,10 @@ async fn netns_chaos_soak() -> Result<()> {
     stop1.stop();
     stop2.stop();
     let (r1, r2) = (load1.await??, load2.await??);
-    eprintln!("\n== chaos soak: {cycle} faults in {:.0?} (seed {seed})", start.elapsed());
+    eprintln!(
+        "\n== chaos soak: {cycle} faults in {:.0?} (seed {seed})",
+        start.elapsed()
+    );
     eprintln!("cut h3..h5      detect: {}", spread(&cuts.detect_s));
     eprintln!("                rejoin: {}", spread(&cuts.heal_s));
     eprintln!("partition 3|2   detect: {}", spread(&parts.detect_s));
