@@ -29,6 +29,14 @@ use tokio::sync::Mutex;
 
 /// Path of the mesh's JSON-RPC endpoint.
 pub const RPC_PATH: &str = "/a2a";
+/// Path of the A2A agent registration.
+pub const AGENT_PATH: &str = "/v1/a2a/agent";
+/// Every `(method, path)` [`routes`] serves, for the OpenAPI coverage test.
+pub const ROUTES: [(&str, &str); 3] = [
+    ("get", a2a::WELL_KNOWN_CARD_PATH),
+    ("post", RPC_PATH),
+    ("put", AGENT_PATH),
+];
 
 #[derive(Clone)]
 struct A2aState {
@@ -48,7 +56,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(mesh: MeshHandle) -> Router<S> {
     Router::new()
         .route(a2a::WELL_KNOWN_CARD_PATH, get(get_card))
         .route(RPC_PATH, post(post_rpc))
-        .route("/v1/a2a/agent", put(put_agent))
+        .route(AGENT_PATH, put(put_agent))
         .with_state(st)
 }
 

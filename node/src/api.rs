@@ -714,10 +714,13 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 10, "router routes parsed");
+        for (method, path) in crate::a2a_api::ROUTES {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+        }
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(
             paths.len(),
-            seen,
+            seen + crate::a2a_api::ROUTES.len(),
             "openapi.json documents a route the router lacks"
         );
     }
