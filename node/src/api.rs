@@ -96,12 +96,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The API's JSON error response for `err` (for routes defined in other modules).
+pub fn error_response(err: CallError) -> Response {
+    ApiError::from(err).into_response()
+}
+
 fn bad(field: &str, message: impl Into<String>) -> ApiError {
     CallError::bad_field(field, message).into()
 }
 
 /// The API's router over a running mesh. `token`, when set, is required as
-/// `Authorization: Bearer <token>` on every route except `/healthz`.
+/// `Authorization: Bearer <token>` on every route except `/healthz` and `/readyz`.
 pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
     let state = ApiState {
         mesh,
@@ -122,6 +127,7 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/openapi.json", get(get_openapi))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
+        .merge(crate::a2a_api::routes(state.mesh.clone()))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -134,7 +140,9 @@ async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> 
     let Some(token) = &st.token else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/healthz" {
+    // Probes carry no token (a kubelet httpGet cannot read a Secret); both reveal only
+    // liveness, readiness and the public node id.
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let given = req
@@ -672,7 +680,7 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
-    /// The token guards every route but `/healthz`; checked against a real (single, open) mesh.
+    /// The token guards every route but the probes; checked against a real (single, open) mesh.
     #[tokio::test(flavor = "multi_thread")]
     async fn bearer_token_is_required_when_set() {
         let key = agentmesh_crypto::Keypair::generate(&mut rand::rngs::OsRng);
@@ -688,6 +696,7 @@ mod tests {
         let status =
             |rb: reqwest::RequestBuilder| async move { rb.send().await.unwrap().status().as_u16() };
         assert_eq!(status(http.get(format!("{base}/healthz"))).await, 200);
+        assert_eq!(status(http.get(format!("{base}/readyz"))).await, 200);
         assert_eq!(status(http.get(format!("{base}/v1/members"))).await, 403);
         let wrong = http.get(format!("{base}/v1/members")).bearer_auth("nope");
         assert_eq!(status(wrong).await, 403);
@@ -725,10 +734,13 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 14, "router routes parsed");
+        for (method, path) in crate::a2a_api::ROUTES {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+        }
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(
             paths.len(),
-            seen,
+            seen + crate::a2a_api::ROUTES.len(),
             "openapi.json documents a route the router lacks"
         );
     }

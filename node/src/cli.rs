@@ -611,6 +611,10 @@ async fn serve_node(
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let app = crate::api::router(mesh.clone(), cfg.file.api.token.clone());
+    if let Some(a2a) = cfg.file.a2a.clone() {
+        a2a.card_url().map_err(|e| fail(exit::CONFIG, e))?;
+        tokio::spawn(crate::a2a_bridge::register_from_config(mesh.clone(), a2a));
+    }
     let server = tokio::spawn(async move {
         // Nagle would hold a streamed body chunk behind the response head for ~40 ms.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -139,6 +139,10 @@ pub struct FileConfig {
     /// (see [`crate::mesh_config`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<toml::Table>,
+    /// `[a2a]`: the agent is an A2A agent, learnt from its Agent Card
+    /// (see [`crate::a2a_bridge`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2a: Option<crate::a2a_bridge::A2aSection>,
     /// `[capability."name"]`: per-capability overrides of `[defaults]`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub capability: std::collections::BTreeMap<String, toml::Table>,
@@ -196,7 +200,7 @@ pub struct ApiSection {
     /// Allow a non-loopback `api_listen`; then `token` is required.
     #[serde(default)]
     pub insecure_bind: bool,
-    /// Bearer token every API request must carry (except `/healthz`).
+    /// Bearer token every API request must carry (except `/healthz` and `/readyz`).
     pub token: Option<String>,
 }
 

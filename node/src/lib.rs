@@ -2,6 +2,9 @@
 //! routing and the runtime that composes them; plus the local API and CLI.
 #![forbid(unsafe_code)]
 
+pub mod a2a;
+pub mod a2a_api;
+pub mod a2a_bridge;
 pub mod adaptive;
 pub mod admission;
 pub mod agent_client;

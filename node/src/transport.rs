@@ -82,7 +82,7 @@ pub enum SwarmCmd {
 /// What the swarm reports.
 #[derive(Debug, Clone)]
 pub enum TransportEvent {
-    /// The first connection to a peer is up.
+    /// A connection to a peer is up (each one, so a reconnecting peer is admitted again).
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
@@ -319,7 +319,6 @@ async fn handle_event(
         SwarmEvent::ConnectionEstablished {
             peer_id,
             connection_id,
-            num_established,
             ..
         } => {
             if let Some(reply) = pending.remove(&connection_id) {
@@ -328,9 +327,10 @@ async fn handle_event(
             for w in waiting.remove(&peer_id).unwrap_or_default() {
                 let _ = w.send(Ok(()));
             }
-            if num_established.get() == 1 {
-                let _ = events.send(TransportEvent::Connected(peer_id)).await;
-            }
+            // Every connection, not only the first: a peer restarted with the same key
+            // reconnects while our old connection to it still looks open (until QUIC's idle
+            // timeout), and it waits for our certificate on the new one.
+            let _ = events.send(TransportEvent::Connected(peer_id)).await;
         }
         SwarmEvent::ConnectionClosed {
             peer_id,

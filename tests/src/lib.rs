@@ -15,6 +15,9 @@
 //! reaps whatever is still running, also when a test panics.
 #![forbid(unsafe_code)]
 
+pub mod load;
+pub mod netns;
+
 use anyhow::{bail, Context, Result};
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,31 @@
+#!/bin/sh
+# Init container: makes this pod's node key and admission certificate, then renders node.toml.
+# Inputs (env): HOST_IP (downward API), SEEDS_DNS, MESH_ID, ROOT_PUB, API_TOKEN; the mesh root
+# key at $ROOT_KEY. Outputs in $STATE_DIR: node.key (0600), node.id, node.cert, node.toml.
+# Only this container mounts the root key. scripts/validate-k8s runs it outside a cluster.
+set -eu
+dir=${STATE_DIR:-/var/lib/agentmesh}
+etc=${CONFIG_DIR:-/etc/agentmesh}
+root_key=${ROOT_KEY:-/etc/agentmesh-root/root.key}
+mkdir -p "$dir/state"
+if [ ! -s "$dir/node.key" ]; then
+  agentmesh keygen --out "$dir/node.key" >"$dir/node.id"
+fi
+id=$(cat "$dir/node.id")
+# A fresh certificate on every pod start (admit refuses to overwrite, hence the rename).
+rm -f "$dir/node.cert.new"
+agentmesh admit --root "$root_key" --mesh-id "$MESH_ID" \
+  --node-pub "$id" --roles "${NODE_ROLES:-agent}" --ttl "${CERT_TTL:-30d}" --out "$dir/node.cert.new"
+mv -f "$dir/node.cert.new" "$dir/node.cert"
+# Seeds: every node pod's host IP except ours (the headless Service lists all of them).
+seeds=""
+for ip in $(getent ahostsv4 "$SEEDS_DNS" 2>/dev/null | awk '{print $1}' | sort -u); do
+  [ "$ip" = "$HOST_IP" ] && continue
+  seeds="$seeds${seeds:+, }\"/ip4/$ip/udp/4001/quic-v1\""
+done
+sed -e "s|@HOST_IP@|$HOST_IP|g" -e "s|@SEEDS@|$seeds|g" -e "s|@API_TOKEN@|$API_TOKEN|g" \
+  -e "s|@ROOT_PUB@|$ROOT_PUB|g" -e "s|@MESH_ID@|$MESH_ID|g" \
+  "$etc/node.toml.tmpl" >"$dir/node.toml"
+cat "$etc/policy.toml" >>"$dir/node.toml"
+agentmesh config validate "$dir/node.toml" >/dev/null
+echo "node $id on $HOST_IP, seeds: ${seeds:-none (first node)}"
