@@ -115,6 +115,10 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/openapi.json", get(get_openapi))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
+        .route("/metrics", get(get_metrics))
+        .route("/v1/mesh/matrix", get(get_mesh_matrix))
+        .route("/v1/mesh/summary", get(get_mesh_summary))
+        .route("/ui", get(get_ui))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -127,7 +131,8 @@ async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> 
     let Some(token) = &st.token else {
         return next.run(req).await;
     };
-    if req.uri().path() == "/healthz" {
+    // The dashboard page holds no data; its script sends the token (from `#token=`).
+    if req.uri().path() == "/healthz" || req.uri().path() == "/ui" {
         return next.run(req).await;
     }
     let given = req
@@ -464,6 +469,22 @@ async fn get_openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
+async fn get_metrics(State(st): State<ApiState>) -> Response {
+    crate::obs_api::metrics_response(&st.mesh)
+}
+
+async fn get_mesh_matrix(State(st): State<ApiState>) -> Response {
+    crate::obs_api::matrix_response(&st.mesh)
+}
+
+async fn get_mesh_summary(State(st): State<ApiState>) -> Response {
+    crate::obs_api::summary_response(&st.mesh)
+}
+
+async fn get_ui() -> Response {
+    crate::obs_api::ui_response()
+}
+
 async fn get_healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
@@ -704,7 +725,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 10, "router routes parsed");
+        assert_eq!(seen, 14, "router routes parsed");
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(
             paths.len(),

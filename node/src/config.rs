@@ -142,6 +142,9 @@ pub struct FileConfig {
     /// `[capability."name"]`: per-capability overrides of `[defaults]`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub capability: std::collections::BTreeMap<String, toml::Table>,
+    /// `[telemetry]`: OTLP trace export (see [`crate::telemetry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::TelemetrySection>,
 }
 
 /// `[node]`.
@@ -295,6 +298,9 @@ impl NodeConfig {
             check_mesh(&file.mesh, file.node.cert_file.is_some()).map_err(|(f, m)| err(f, m))?;
         if let Some(agent) = &file.agent {
             validate_agent(agent).map_err(|e| err(&format!("agent.{}", e.field), e.message))?;
+        }
+        if let Some(t) = &file.telemetry {
+            t.validate().map_err(|(f, m)| err(f, m))?;
         }
         let mesh =
             crate::mesh_config::MeshConfig::from_tables(file.defaults.as_ref(), &file.capability)

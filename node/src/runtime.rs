@@ -134,6 +134,8 @@ struct Inner {
     shutting_down: AtomicBool,
     outbound: Arc<std::sync::atomic::AtomicU32>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    traffic: Arc<crate::traffic::TrafficTable>,
 }
 
 /// The running mesh node. Cheap to clone.
@@ -283,6 +285,8 @@ impl MeshHandle {
             shutting_down: AtomicBool::new(false),
             outbound: Arc::new(std::sync::atomic::AtomicU32::new(0)),
             tasks: Mutex::new(Vec::new()),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            traffic: Arc::new(crate::traffic::TrafficTable::default()),
         });
         let handle = MeshHandle(inner);
         let hello = AdmitHello {
@@ -304,10 +308,13 @@ impl MeshHandle {
                     admission,
                     gossip: handle.0.gossip.clone(),
                     spec: handle.0.res.spec.clone(),
+                    node_id,
+                    metrics: handle.0.metrics.clone(),
                 },
                 call_in,
             )),
             tokio::spawn(handle.clone().publish_load()),
+            tokio::spawn(handle.clone().publish_traffic()),
         ];
         if !cfg.seeds.is_empty() {
             let seeds: Vec<String> = cfg.seeds.iter().take(SEEDS_MAX).cloned().collect();
@@ -456,6 +463,41 @@ impl MeshHandle {
     /// instead (once). The response streams; `served_by` and `attempts` say who answered
     /// after how many tries.
     pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
+        let started = tokio::time::Instant::now();
+        let source = self
+            .0
+            .agent
+            .registration()
+            .map(|r| r.name)
+            .unwrap_or_else(|| crate::metrics::NONE_LABEL.into());
+        let mut note = crate::obs_api::CallNote {
+            route: crate::telemetry::route_span(crate::telemetry::CallContext {
+                capability: &req.capability,
+                caller_node: &self.0.node_id,
+                caller_agent: &source,
+                traceparent: req.traceparent.as_deref(),
+                tracestate: req.tracestate.as_deref(),
+            }),
+            source,
+            target: None,
+        };
+        let result = self.call_inner(req.clone(), &mut note).await;
+        crate::obs_api::observe_call(
+            &self.0.metrics,
+            &self.0.traffic,
+            &note,
+            &req.capability,
+            &result,
+            started.elapsed(),
+        );
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        req: CallRequest,
+        note: &mut crate::obs_api::CallNote,
+    ) -> Result<CallResponse, CallError> {
         if self.0.shutting_down.load(Ordering::Acquire) {
             return Err(CallError::new(
                 ErrorCode::Overloaded,
@@ -490,7 +532,7 @@ impl MeshHandle {
             settings.hop_limit,
         )?;
         let _outbound = OutboundGuard::new(self.0.outbound.clone());
-        match self.call_routed(&req, &settings, chain, deadline).await {
+        match self.call_routed(&req, &settings, chain, deadline, note).await {
             Err(e) if e.code == ErrorCode::CircuitOpen && settings.fallback.is_some() => {
                 let fallback = settings.fallback.clone().unwrap_or_default();
                 tracing::info!(capability = %req.capability, %fallback, "every breaker open; calling the fallback capability");
@@ -505,7 +547,7 @@ impl MeshHandle {
                 fb_req.capability = fallback.clone();
                 fb_req.prefer = None;
                 let mut resp = self
-                    .call_routed(&fb_req, &fb_settings, chain, deadline)
+                    .call_routed(&fb_req, &fb_settings, chain, deadline, note)
                     .await?;
                 resp.policy = format!("{}; fallback from {}", resp.policy, req.capability);
                 Ok(resp)
@@ -520,6 +562,7 @@ impl MeshHandle {
         settings: &CapabilitySettings,
         chain: Vec<(NodeId, String)>,
         deadline: tokio::time::Instant,
+        note: &mut crate::obs_api::CallNote,
     ) -> Result<CallResponse, CallError> {
         let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, req);
         if offers.is_empty() {
@@ -609,6 +652,22 @@ impl MeshHandle {
             attempts += 1;
             tried.push(cand.node_id);
             header.deadline_ms = budget_ms;
+            let span = note.attempt_span(
+                &self.0.node_id,
+                req,
+                crate::telemetry::AttemptTarget {
+                    attempt: attempts,
+                    node: &cand.node_id,
+                    agent: &cand.agent,
+                    policy: ranking.policy.name(),
+                    breaker: views[i].breaker.name(),
+                    local: cand.local,
+                },
+            );
+            (header.traceparent, header.tracestate) = match crate::telemetry::inject(&span) {
+                Some((tp, ts)) => (Some(tp), ts.or_else(|| req.tracestate.clone())),
+                None => (req.traceparent.clone(), req.tracestate.clone()),
+            };
             let started = tokio::time::Instant::now();
             let result = self
                 .attempt(
@@ -618,6 +677,7 @@ impl MeshHandle {
                     started + Duration::from_millis(budget_ms),
                 )
                 .await;
+            note.attempt_done(&self.0.metrics, &span, req, cand, attempts, &result);
             let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
             let err = match result {
                 Ok(a) => {
@@ -984,6 +1044,93 @@ impl MeshHandle {
             let _ = self.0.driver.send(DriverCmd::Join(vec![node])).await;
             self.0.joined.store(true, Ordering::Release);
         }
+    }
+
+    /// Publishes this node's traffic summary to gossip when it changed (bounded size).
+    async fn publish_traffic(self) {
+        let mut tick = tokio::time::interval(crate::traffic::TRAFFIC_PUBLISH_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Some(bytes) = self.0.traffic.take_changed() {
+                let _ = self.0.driver.try_send(DriverCmd::Update(RecordUpdate::Ext {
+                    key: crate::traffic::TRAFFIC_EXT_KEY.into(),
+                    value: Some(bytes),
+                }));
+            }
+        }
+    }
+
+    /// The Prometheus exposition of this node's metrics.
+    pub fn metrics_text(&self) -> String {
+        let snap = snapshot(&self.0.gossip);
+        let mut members: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for s in ["alive", "suspect", "dead", "left"] {
+            members.insert(s, 0);
+        }
+        for m in snap.members.iter() {
+            *members.entry(state_name(m.state)).or_default() += 1;
+        }
+        let state = crate::metrics::ScrapeState {
+            in_flight_inbound: self.0.agent.in_flight(),
+            in_flight_outbound: self.0.outbound.load(Ordering::Acquire),
+            overloaded_total: self.0.agent.overloaded_total.load(Ordering::Relaxed),
+            members: members.into_iter().collect(),
+            gossip: self
+                .0
+                .driver_stats
+                .gossip
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            breakers: self
+                .breakers()
+                .into_iter()
+                .map(|b| {
+                    let v = match b.state.as_str() {
+                        "open" => 2,
+                        "half_open" => 1,
+                        _ => 0,
+                    };
+                    (b.node_id, b.agent, v)
+                })
+                .collect(),
+        };
+        self.0.metrics.encode(&state)
+    }
+
+    /// This node's circuit breakers, with the agent each target node runs.
+    pub fn breakers(&self) -> Vec<crate::mesh_view::BreakerRow> {
+        let snap = snapshot(&self.0.gossip);
+        self.0
+            .res
+            .breaker_states()
+            .into_iter()
+            .map(|(node, state)| {
+                let agent = snap
+                    .members
+                    .iter()
+                    .find(|m| m.node_id == node)
+                    .map(crate::mesh_view::agent_name)
+                    .unwrap_or_else(|| crate::metrics::NONE_LABEL.into());
+                crate::mesh_view::BreakerRow {
+                    node_id: node.to_string(),
+                    agent,
+                    state: state.name().into(),
+                }
+            })
+            .collect()
+    }
+
+    /// The mesh-wide traffic matrix from every node's gossiped summary.
+    pub fn mesh_matrix(&self) -> crate::mesh_view::Matrix {
+        let snap = snapshot(&self.0.gossip);
+        crate::mesh_view::matrix(&self.0.node_id, &snap.members, &self.0.traffic.summary())
+    }
+
+    /// The mesh-wide summary: slowest pairs, most-called and idle agents, breakers.
+    pub fn mesh_summary(&self) -> crate::mesh_view::Summary {
+        let m = self.mesh_matrix();
+        crate::mesh_view::summary(&m, self.breakers(), self.0.traffic.slowest(now_ms()))
     }
 
     async fn publish_load(self) {
