@@ -78,6 +78,8 @@ pub enum Command {
     /// Check, show or reload the routing and resilience settings.
     #[command(subcommand)]
     Config(crate::cli_config::ConfigCommand),
+    /// Live view of mesh-wide traffic: busiest and slowest pairs, hot and idle agents.
+    Top(crate::cli_top::TopArgs),
 }
 
 /// `agentmesh mesh …`.
@@ -304,6 +306,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Call(a) => call(a).await,
         Command::DemoAgent(a) => demo_agent(a).await,
         Command::Config(c) => crate::cli_config::run(c).await,
+        Command::Top(a) => crate::cli_top::run(a).await,
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

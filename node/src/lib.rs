@@ -12,6 +12,7 @@ pub mod caller;
 pub mod chain;
 pub mod cli;
 pub mod cli_config;
+pub mod cli_top;
 pub mod config;
 pub mod contract;
 pub mod demo_agent;
