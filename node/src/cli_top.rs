@@ -62,7 +62,12 @@ pub async fn run(a: TopArgs) -> CmdResult {
             let dt = now.duration_since(*t).as_secs_f64().max(0.001);
             counts
                 .iter()
-                .map(|(k, c)| (k.clone(), c.saturating_sub(*prev.get(k).unwrap_or(&0)) as f64 / dt))
+                .map(|(k, c)| {
+                    (
+                        k.clone(),
+                        c.saturating_sub(*prev.get(k).unwrap_or(&0)) as f64 / dt,
+                    )
+                })
                 .collect::<HashMap<Key, f64>>()
         });
         let frame = render(&summary, &matrix, rates.as_ref());
@@ -71,7 +76,7 @@ pub async fn run(a: TopArgs) -> CmdResult {
             return Ok(());
         }
         // Clear the screen and home the cursor, then draw.
-        print!("\x1b[2J\x1b[H{frame}\n");
+        println!("\x1b[2J\x1b[H{frame}");
         last = Some((now, counts));
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(a.interval_ms)) => {}
@@ -134,14 +139,20 @@ pub fn render(s: &Summary, m: &Matrix, rates: Option<&HashMap<Key, f64>>) -> Str
         .take(5)
         .map(|p| format!("{}→{} {:.0}ms", p.source, p.target, p.p99_ms))
         .collect();
-    out.push(clip(&format!("slowest p99: {}", slow.join(", ")), HUMAN_COLS_MAX));
+    out.push(clip(
+        &format!("slowest p99: {}", slow.join(", ")),
+        HUMAN_COLS_MAX,
+    ));
     let hot: Vec<String> = s
         .most_called
         .iter()
         .take(5)
         .map(|a| format!("{} ({})", a.agent, a.calls_in))
         .collect();
-    out.push(clip(&format!("most called: {}", hot.join(", ")), HUMAN_COLS_MAX));
+    out.push(clip(
+        &format!("most called: {}", hot.join(", ")),
+        HUMAN_COLS_MAX,
+    ));
     let idle: Vec<&str> = s.idle_agents.iter().map(|a| a.agent.as_str()).collect();
     out.push(clip(
         &format!("no incoming traffic: {}", idle.join(", ")),
@@ -193,7 +204,10 @@ mod tests {
         let mut rates = HashMap::new();
         rates.insert((pair.source.clone(), "b".into(), "cap".into()), 2.5);
         let f = render(&s, &m, Some(&rates));
-        assert!(f.lines().all(|l| l.chars().count() <= HUMAN_COLS_MAX), "{f}");
+        assert!(
+            f.lines().all(|l| l.chars().count() <= HUMAN_COLS_MAX),
+            "{f}"
+        );
         assert!(f.contains("2.5"), "{f}");
         assert!(f.contains(" 10 "), "{f}");
     }

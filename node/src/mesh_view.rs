@@ -202,8 +202,13 @@ pub fn summary(
     let mut slowest = m.pairs.clone();
     slowest.sort_by(|a, b| b.p99_ms.total_cmp(&a.p99_ms));
     slowest.truncate(TOP_N);
-    let mut most: Vec<AgentRow> = m.agents.iter().filter(|a| a.calls_in > 0).cloned().collect();
-    most.sort_by(|a, b| b.calls_in.cmp(&a.calls_in));
+    let mut most: Vec<AgentRow> = m
+        .agents
+        .iter()
+        .filter(|a| a.calls_in > 0)
+        .cloned()
+        .collect();
+    most.sort_by_key(|a| std::cmp::Reverse(a.calls_in));
     most.truncate(TOP_N);
     let idle = m
         .agents
@@ -219,7 +224,10 @@ pub fn summary(
         slowest_pairs: slowest,
         most_called: most,
         idle_agents: idle,
-        breakers: breakers.into_iter().filter(|b| b.state != "closed").collect(),
+        breakers: breakers
+            .into_iter()
+            .filter(|b| b.state != "closed")
+            .collect(),
         slowest_calls,
     }
 }
@@ -230,7 +238,12 @@ mod tests {
     use agentmesh_gossip::{AgentInfo, Capability, NodeRecord};
     use std::sync::Arc;
 
-    fn member(seed: u8, agent: &str, caps: &[&str], traffic: Option<&TrafficSummary>) -> MemberView {
+    fn member(
+        seed: u8,
+        agent: &str,
+        caps: &[&str],
+        traffic: Option<&TrafficSummary>,
+    ) -> MemberView {
         let id = agentmesh_crypto::Keypair::from_secret([seed; 32]).node_id();
         let mut r = NodeRecord::new(id);
         r.agent = Some(AgentInfo {
@@ -298,7 +311,11 @@ mod tests {
         assert_eq!(s.slowest_pairs[0].p99_ms, 90.0);
         assert_eq!(s.most_called[0].agent, "c");
         let idle: Vec<&str> = s.idle_agents.iter().map(|r| r.agent.as_str()).collect();
-        assert_eq!(idle, vec!["a", "d"], "a offers x and nobody calls it; d likewise");
+        assert_eq!(
+            idle,
+            vec!["a", "d"],
+            "a offers x and nobody calls it; d likewise"
+        );
     }
 
     #[test]

@@ -236,21 +236,13 @@ impl Metrics {
             "Attempts of routed calls",
             m.attempts.clone(),
         );
-        registry.register(
-            "call_retries",
-            "Retries of routed calls",
-            m.retries.clone(),
-        );
+        registry.register("call_retries", "Retries of routed calls", m.retries.clone());
         registry.register(
             "inbound_calls",
             "Calls this node served for other nodes",
             m.inbound.clone(),
         );
-        registry.register(
-            "shed",
-            "Calls shed by caller priority",
-            m.shed.clone(),
-        );
+        registry.register("shed", "Calls shed by caller priority", m.shed.clone());
         registry.register(
             "overloaded",
             "Calls refused because the agent was at max_concurrency",

@@ -420,7 +420,10 @@ pub fn finish(span: &Span, outcome: &str, status: Option<u16>) {
     if let Some(s) = status {
         span.record("http.response.status_code", s as i64);
     }
-    span.record("otel.status_code", if outcome == "ok" { "ok" } else { "error" });
+    span.record(
+        "otel.status_code",
+        if outcome == "ok" { "ok" } else { "error" },
+    );
 }
 
 #[cfg(test)]
@@ -456,7 +459,10 @@ mod tests {
         ]);
         let r = resolve(Some(&s), e).unwrap().unwrap();
         assert_eq!(r.protocol, Protocol::HttpProtobuf);
-        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
+        assert_eq!(
+            r.endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
         assert_eq!(r.service_name, "svc");
     }
 

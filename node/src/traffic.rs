@@ -81,7 +81,7 @@ impl TrafficSummary {
     /// [`TRAFFIC_SUMMARY_BYTES_MAX`].
     pub fn encode(&self) -> Vec<u8> {
         let mut s = self.clone();
-        s.pairs.sort_by(|a, b| b.count.cmp(&a.count));
+        s.pairs.sort_by_key(|p| std::cmp::Reverse(p.count));
         s.pairs.truncate(TRAFFIC_ENTRIES_MAX);
         loop {
             let bytes = postcard::to_stdvec(&s).unwrap_or_default();
@@ -152,7 +152,8 @@ impl Default for PairStats {
 
 /// The bucket of a latency.
 pub fn bucket_of(ms: f64) -> usize {
-    if !(ms > BUCKET_MIN_MS) {
+    // NaN and tiny values land in the first bucket.
+    if ms.is_nan() || ms <= BUCKET_MIN_MS {
         return 0;
     }
     let i = ((ms / BUCKET_MIN_MS).ln() / BUCKET_FACTOR.ln()).ceil() as usize;
@@ -321,7 +322,10 @@ mod tests {
         assert!(p.p50_ms >= 10.0 && p.p50_ms < 12.5, "{p:?}");
         assert!(p.p99_ms >= 500.0 && p.p99_ms < 625.0, "{p:?}");
         assert!(t.take_changed().is_some());
-        assert!(t.take_changed().is_none(), "unchanged tables publish nothing");
+        assert!(
+            t.take_changed().is_none(),
+            "unchanged tables publish nothing"
+        );
     }
 
     #[test]
@@ -329,7 +333,14 @@ mod tests {
         let t = TrafficTable::default();
         for i in 0..200u64 {
             for _ in 0..=i {
-                t.record(&format!("agent-{i:03}-{}", "x".repeat(50)), "cap", true, 1.0, "ok", 0);
+                t.record(
+                    &format!("agent-{i:03}-{}", "x".repeat(50)),
+                    "cap",
+                    true,
+                    1.0,
+                    "ok",
+                    0,
+                );
             }
         }
         let bytes = t.summary().encode();

@@ -52,7 +52,11 @@ async fn wait_converged(mesh: &Mesh, caps: &[&str]) -> Result<()> {
             let (_, v) = mesh.get(node, "/v1/capabilities").await?;
             Ok(caps
                 .iter()
-                .all(|c| v["capabilities"][*c].as_array().is_some_and(|a| !a.is_empty()))
+                .all(|c| {
+                    v["capabilities"][*c]
+                        .as_array()
+                        .is_some_and(|a| !a.is_empty())
+                })
                 .then_some(()))
         })
         .await?;
@@ -100,12 +104,7 @@ fn artifact_dir() -> Result<PathBuf> {
 async fn prom_query(http: &reqwest::Client, base: &str, q: &str) -> Result<Option<f64>> {
     let mut url = reqwest::Url::parse(&format!("{base}/api/v1/query"))?;
     url.query_pairs_mut().append_pair("query", q);
-    let v: serde_json::Value = http
-        .get(url)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let v: serde_json::Value = http.get(url).send().await?.json().await?;
     if v["status"] != "success" {
         bail!("query {q}: {v}");
     }
@@ -120,7 +119,8 @@ async fn prom_query(http: &reqwest::Client, base: &str, q: &str) -> Result<Optio
 /// made no call show the same matrix.
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_call_counters_and_mesh_view_matches() -> Result<()> {
-    let prom_bin = which("prometheus").context("prometheus not installed (scripts/install-observability)")?;
+    let prom_bin =
+        which("prometheus").context("prometheus not installed (scripts/install-observability)")?;
     let mesh = traffic_mesh(&[]).await?;
     let dir = mesh.path().join("prometheus");
     std::fs::create_dir_all(&dir)?;
@@ -140,8 +140,14 @@ async fn prometheus_scrapes_call_counters_and_mesh_view_matches() -> Result<()> 
     let mut procs = Procs::default();
     let log = std::fs::File::create(dir.join("prometheus.log"))?;
     let child = Command::new(prom_bin)
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -181,7 +187,12 @@ async fn prometheus_scrapes_call_counters_and_mesh_view_matches() -> Result<()> 
         by("min(agentmesh_gossip_members{state=\"alive\"})").await?,
         Some(3.0)
     );
-    assert!(by("min(agentmesh_gossip_bytes_total{direction=\"in\"})").await?.unwrap_or(0.0) > 0.0);
+    assert!(
+        by("min(agentmesh_gossip_bytes_total{direction=\"in\"})")
+            .await?
+            .unwrap_or(0.0)
+            > 0.0
+    );
 
     // The mesh view, asked of node 3 (which made no call), from gossiped summaries.
     let n3 = mesh.nodes[2].clone();
@@ -289,7 +300,9 @@ impl Cdp {
         self.next_id += 1;
         let msg = serde_json::json!({ "id": id, "method": method, "params": params });
         self.ws
-            .send(tokio_tungstenite::tungstenite::Message::Text(msg.to_string().into()))
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                msg.to_string().into(),
+            ))
             .await?;
         let wait = async {
             while let Some(m) = self.ws.next().await {
@@ -352,9 +365,15 @@ async fn dashboard_shows_graph_and_matrix_in_headless_chromium() -> Result<()> {
     let mut procs = Procs::default();
     let mut cdp = Cdp::launch(&mut procs, mesh.path()).await?;
     cdp.send("Page.enable", serde_json::json!({})).await?;
-    cdp.send("Page.navigate", serde_json::json!({ "url": format!("{}/ui", n3.api) }))
-        .await?;
-    let want_edges = serde_json::json!([["agent-1", "agent-2", CALLS_1_TO_2], ["agent-2", "agent-1", CALLS_2_TO_1]]);
+    cdp.send(
+        "Page.navigate",
+        serde_json::json!({ "url": format!("{}/ui", n3.api) }),
+    )
+    .await?;
+    let want_edges = serde_json::json!([
+        ["agent-1", "agent-2", CALLS_1_TO_2],
+        ["agent-2", "agent-1", CALLS_2_TO_1]
+    ]);
     let mut last = serde_json::Value::Null;
     for _ in 0..150 {
         last = cdp.eval_json(PAGE_STATE_JS).await.unwrap_or_default();
@@ -364,20 +383,36 @@ async fn dashboard_shows_graph_and_matrix_in_headless_chromium() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(last["edges"], want_edges, "{last}");
-    assert_eq!(last["nodes"], serde_json::json!(["agent-1", "agent-2", "agent-3"]), "{last}");
+    assert_eq!(
+        last["nodes"],
+        serde_json::json!(["agent-1", "agent-2", "agent-3"]),
+        "{last}"
+    );
     let cells = last["cells"].as_array().context("cells")?;
     assert_eq!(cells.len(), 2, "{last}");
     assert_eq!(cells[0][0], "agent-1");
     assert_eq!(cells[0][1], "agent-2");
     assert_eq!(cells[0][2], CALLS_1_TO_2);
-    assert!(cells[0][3].as_str().unwrap_or("").starts_with(&format!("{CALLS_1_TO_2} · 0.0 %")), "{last}");
+    assert!(
+        cells[0][3]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&format!("{CALLS_1_TO_2} · 0.0 %")),
+        "{last}"
+    );
     assert_eq!(cells[1][2], CALLS_2_TO_1);
     assert_eq!(last["members"].as_array().map(Vec::len), Some(3), "{last}");
-    assert!(last["idle"].as_str().unwrap_or("").contains("agent-3"), "{last}");
+    assert!(
+        last["idle"].as_str().unwrap_or("").contains("agent-3"),
+        "{last}"
+    );
     assert_eq!(last["error"], "", "{last}");
 
     let shot = cdp
-        .send("Page.captureScreenshot", serde_json::json!({ "format": "png" }))
+        .send(
+            "Page.captureScreenshot",
+            serde_json::json!({ "format": "png" }),
+        )
         .await?;
     use base64::Engine;
     let png = base64::engine::general_purpose::STANDARD
@@ -385,7 +420,11 @@ async fn dashboard_shows_graph_and_matrix_in_headless_chromium() -> Result<()> {
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     let path = artifact_dir()?.join("dashboard.png");
     std::fs::write(&path, &png)?;
-    println!("dashboard screenshot: {} ({} bytes)", path.display(), png.len());
+    println!(
+        "dashboard screenshot: {} ({} bytes)",
+        path.display(),
+        png.len()
+    );
 
     // Filter: everything involving agent-3 is just agent-3, alone.
     cdp.eval_json(
@@ -401,7 +440,11 @@ async fn dashboard_shows_graph_and_matrix_in_headless_chromium() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(filtered["nodes"], serde_json::json!(["agent-3"]), "{filtered}");
+    assert_eq!(
+        filtered["nodes"],
+        serde_json::json!(["agent-3"]),
+        "{filtered}"
+    );
     assert_eq!(filtered["edges"], serde_json::json!([]), "{filtered}");
     Ok(())
 }
@@ -557,11 +600,19 @@ async fn otlp_trace_follows_a_call_chain_across_three_nodes() -> Result<()> {
     let tp = format!("00-{trace_id}-{agent_span}-01");
     let n1 = mesh.nodes[0].clone();
     let r = mesh
-        .call(&n1, "b.cap", "{\"q\":1}", &[("traceparent", &tp), ("tracestate", "vendor=x")])
+        .call(
+            &n1,
+            "b.cap",
+            "{\"q\":1}",
+            &[("traceparent", &tp), ("tracestate", "vendor=x")],
+        )
         .await?;
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await?;
-    assert!(body["forwarded"].is_object(), "agent-2 called onward: {body}");
+    assert!(
+        body["forwarded"].is_object(),
+        "agent-2 called onward: {body}"
+    );
 
     let spans = wait_until("8 spans of the trace", Duration::from_secs(40), || async {
         let got: Vec<GotSpan> = sink
@@ -604,11 +655,24 @@ async fn otlp_trace_follows_a_call_chain_across_three_nodes() -> Result<()> {
     let serve3 = child_of(&att2.span_id, "mesh.serve c.cap")?;
     let agent3 = child_of(&serve3.span_id, "mesh.agent c.cap")?;
     assert_eq!(by_id.len(), 8);
-    for (s, via) in [(route1, "grpc"), (serve2, "http"), (route2, "http"), (serve3, "grpc")] {
+    for (s, via) in [
+        (route1, "grpc"),
+        (serve2, "http"),
+        (route2, "http"),
+        (serve3, "grpc"),
+    ] {
         assert_eq!(s.via, via, "{} exported over {via}", s.name);
     }
     // Span kinds (OTLP enum): 1 internal, 2 server, 3 client.
-    for (s, kind) in [(route1, 1), (att1, 3), (serve2, 2), (agent2, 3), (att2, 3), (serve3, 2), (agent3, 3)] {
+    for (s, kind) in [
+        (route1, 1),
+        (att1, 3),
+        (serve2, 2),
+        (agent2, 3),
+        (att2, 3),
+        (serve3, 2),
+        (agent3, 3),
+    ] {
         assert_eq!(s.kind, kind, "{}", s.name);
     }
     let a = |s: &GotSpan, k: &str| s.attrs.get(k).cloned().unwrap_or_default();
