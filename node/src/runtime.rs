@@ -756,7 +756,8 @@ impl MeshHandle {
                 self.0.agent.in_flight(),
                 self.0.agent.max_concurrency(),
                 &shedding,
-            )?;
+            )
+            .inspect_err(|_| self.0.metrics.record_shed(self.0.priority))?;
             caller::call_local(&self.0.agent, cand, &attempt, self.0.roles.clone()).await
         } else {
             caller::call_remote(
