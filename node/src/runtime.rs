@@ -1055,13 +1055,41 @@ impl MeshHandle {
         let mut tick = tokio::time::interval(crate::traffic::TRAFFIC_PUBLISH_INTERVAL);
         loop {
             tick.tick().await;
-            if let Some(bytes) = self.0.traffic.take_changed() {
+            let room = self.traffic_room();
+            if room == 0 {
+                continue;
+            }
+            if let Some(bytes) = self.0.traffic.take_changed(room) {
                 let _ = self.0.driver.try_send(DriverCmd::Update(RecordUpdate::Ext {
                     key: crate::traffic::TRAFFIC_EXT_KEY.into(),
                     value: Some(bytes),
                 }));
             }
         }
+    }
+
+    /// Bytes the traffic summary may take in this node's record: whatever the rest of the
+    /// record leaves under the record limit (minus room for the signature envelope), so the
+    /// summary can never push an agent update over the limit.
+    fn traffic_room(&self) -> usize {
+        const ENVELOPE_BYTES: usize = 512;
+        let snap = snapshot(&self.0.gossip);
+        let Some(rec) = snap
+            .members
+            .iter()
+            .find(|m| m.node_id == self.0.node_id)
+            .and_then(|m| m.record.clone())
+        else {
+            return 0;
+        };
+        let mut rest = (*rec).clone();
+        rest.ext.remove(crate::traffic::TRAFFIC_EXT_KEY);
+        let used = postcard::to_stdvec(&rest)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        agentmesh_gossip::record::RECORD_BYTES_MAX
+            .saturating_sub(ENVELOPE_BYTES)
+            .saturating_sub(used)
     }
 
     /// The Prometheus exposition of this node's metrics.

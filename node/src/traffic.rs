@@ -80,12 +80,19 @@ impl TrafficSummary {
     /// Encodes, keeping the busiest pairs that fit [`TRAFFIC_ENTRIES_MAX`] and
     /// [`TRAFFIC_SUMMARY_BYTES_MAX`].
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_within(TRAFFIC_SUMMARY_BYTES_MAX)
+    }
+
+    /// Like [`TrafficSummary::encode`], but at most `limit` bytes (never more than
+    /// [`TRAFFIC_SUMMARY_BYTES_MAX`]); the busiest pairs are kept.
+    pub fn encode_within(&self, limit: usize) -> Vec<u8> {
+        let limit = limit.min(TRAFFIC_SUMMARY_BYTES_MAX);
         let mut s = self.clone();
         s.pairs.sort_by_key(|p| std::cmp::Reverse(p.count));
         s.pairs.truncate(TRAFFIC_ENTRIES_MAX);
         loop {
             let bytes = postcard::to_stdvec(&s).unwrap_or_default();
-            if bytes.len() <= TRAFFIC_SUMMARY_BYTES_MAX || s.pairs.is_empty() {
+            if bytes.len() <= limit || s.pairs.is_empty() {
                 return bytes;
             }
             s.pairs.pop();
@@ -263,8 +270,8 @@ impl TrafficTable {
         }
     }
 
-    /// The encoded summary if anything changed since the last call.
-    pub fn take_changed(&self) -> Option<Vec<u8>> {
+    /// The encoded summary (at most `limit` bytes) if anything changed since the last call.
+    pub fn take_changed(&self, limit: usize) -> Option<Vec<u8>> {
         {
             let mut t = self.t.lock().unwrap_or_else(|p| p.into_inner());
             if !t.changed {
@@ -272,7 +279,7 @@ impl TrafficTable {
             }
             t.changed = false;
         }
-        Some(self.summary().encode())
+        Some(self.summary().encode_within(limit))
     }
 
     /// The slowest calls of the last [`SLOW_CALLS_WINDOW_MS`], slowest first.
@@ -321,9 +328,9 @@ mod tests {
         assert_eq!((p.count, p.errors), (100, 10));
         assert!(p.p50_ms >= 10.0 && p.p50_ms < 12.5, "{p:?}");
         assert!(p.p99_ms >= 500.0 && p.p99_ms < 625.0, "{p:?}");
-        assert!(t.take_changed().is_some());
+        assert!(t.take_changed(TRAFFIC_SUMMARY_BYTES_MAX).is_some());
         assert!(
-            t.take_changed().is_none(),
+            t.take_changed(TRAFFIC_SUMMARY_BYTES_MAX).is_none(),
             "unchanged tables publish nothing"
         );
     }
@@ -345,9 +352,16 @@ mod tests {
         }
         let bytes = t.summary().encode();
         assert!(bytes.len() <= TRAFFIC_SUMMARY_BYTES_MAX);
+        let small = t.summary().encode_within(300);
+        assert!(small.len() <= 300);
+        assert!(s_len(&small) < s_len(&bytes));
         let s = TrafficSummary::decode(&bytes).unwrap();
         assert!(!s.pairs.is_empty() && s.pairs.len() <= TRAFFIC_ENTRIES_MAX);
         assert_eq!(s.pairs[0].count, 200, "the busiest pair comes first");
+    }
+
+    fn s_len(bytes: &[u8]) -> usize {
+        TrafficSummary::decode(bytes).unwrap().pairs.len()
     }
 
     #[test]
