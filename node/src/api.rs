@@ -127,6 +127,10 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/openapi.json", get(get_openapi))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
+        .route("/metrics", get(get_metrics))
+        .route("/v1/mesh/matrix", get(get_mesh_matrix))
+        .route("/v1/mesh/summary", get(get_mesh_summary))
+        .route("/ui", get(get_ui))
         .merge(crate::a2a_api::routes(state.mesh.clone()))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -141,8 +145,9 @@ async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> 
         return next.run(req).await;
     };
     // Probes carry no token (a kubelet httpGet cannot read a Secret); both reveal only
-    // liveness, readiness and the public node id.
-    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+    // liveness, readiness and the public node id. The dashboard page holds no data; its
+    // script sends the token (from `#token=`).
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/ui") {
         return next.run(req).await;
     }
     let given = req
@@ -492,6 +497,22 @@ async fn get_openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
+async fn get_metrics(State(st): State<ApiState>) -> Response {
+    crate::obs_api::metrics_response(&st.mesh)
+}
+
+async fn get_mesh_matrix(State(st): State<ApiState>) -> Response {
+    crate::obs_api::matrix_response(&st.mesh)
+}
+
+async fn get_mesh_summary(State(st): State<ApiState>) -> Response {
+    crate::obs_api::summary_response(&st.mesh)
+}
+
+async fn get_ui() -> Response {
+    crate::obs_api::ui_response()
+}
+
 async fn get_healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
@@ -733,7 +754,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 14, "router routes parsed");
+        assert_eq!(seen, 18, "router routes parsed");
         for (method, path) in crate::a2a_api::ROUTES {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }

@@ -135,6 +135,21 @@ pub struct Callee {
     pub spec: crate::runtime::SharedSpec,
     /// Signs quorum votes over answers (`CallHeader::want_vote`).
     pub voter: crate::quorum::Voter,
+    /// This node (for span attributes).
+    pub node_id: NodeId,
+    /// Inbound and shed counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// What an inbound call turned out to be, for its span and counters.
+#[derive(Debug, Default)]
+struct InboundNote {
+    capability: Option<String>,
+    source_agent: Option<String>,
+    local_agent: String,
+    status: Option<u16>,
+    cancelled: bool,
+    span: Option<tracing::Span>,
 }
 
 impl Callee {
@@ -172,7 +187,9 @@ impl Callee {
     /// Serves one inbound call stream from `from`.
     pub async fn serve(&self, from: NodeId, stream: libp2p::Stream) {
         let (mut r, mut w) = stream.split();
-        let result = self.serve_inner(from, &mut r, &mut w).await;
+        let mut note = InboundNote::default();
+        let result = self.serve_inner(from, &mut r, &mut w, &mut note).await;
+        self.observe(&note, &result);
         if let Err(e) = result {
             let frame = RespFrame::Error(WireError::from(&e));
             let _ = write_resp(&mut w, &frame).await;
@@ -181,7 +198,35 @@ impl Callee {
         let _ = w.close().await;
     }
 
-    async fn serve_inner<R, W>(&self, from: NodeId, r: &mut R, w: &mut W) -> Result<(), CallError>
+    /// Counts the inbound call and closes its span.
+    fn observe(&self, note: &InboundNote, result: &Result<(), CallError>) {
+        let outcome = match (result, note.status) {
+            (Err(e), _) => crate::metrics::error_outcome(e),
+            (Ok(()), _) if note.cancelled => "cancelled".to_string(),
+            (Ok(()), Some(s)) => crate::metrics::status_outcome(s).to_string(),
+            (Ok(()), None) => "ok".to_string(),
+        };
+        if let Some(span) = &note.span {
+            crate::telemetry::finish(span, &outcome, note.status);
+        }
+        let Some(cap) = &note.capability else {
+            return;
+        };
+        let source = note
+            .source_agent
+            .as_deref()
+            .unwrap_or(crate::metrics::NONE_LABEL);
+        self.metrics
+            .record_inbound(source, &note.local_agent, cap, &outcome);
+    }
+
+    async fn serve_inner<R, W>(
+        &self,
+        from: NodeId,
+        r: &mut R,
+        w: &mut W,
+        note: &mut InboundNote,
+    ) -> Result<(), CallError>
     where
         R: futures::AsyncRead + Unpin,
         W: futures::AsyncWrite + Unpin,
@@ -201,6 +246,15 @@ impl Callee {
             .map_err(|_| CallError::new(ErrorCode::BadRequest, "call header timed out"))?
             .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call header: {e}")))?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(header.deadline_ms);
+        note.capability = Some(header.capability.clone());
+        note.source_agent = header.caller_agent.clone();
+        note.local_agent = self
+            .agent
+            .registration()
+            .map(|r| r.name)
+            .unwrap_or_else(|| crate::metrics::NONE_LABEL.into());
+        let span = crate::telemetry::server_span(&header, &from, &self.node_id, &note.local_agent);
+        note.span = Some(span.clone());
         // In open meshes nothing is verified, so the header's roles are all there is.
         let roles = match self.admission.mode() {
             AdmissionMode::Open => header.caller_roles.clone(),
@@ -208,29 +262,49 @@ impl Callee {
         };
         let reg = self.agent.offering(&header.capability)?;
         let shedding = crate::runtime::spec_now(&self.spec).shedding.clone();
+        let priority = self.priority_of(&from);
         crate::shed::admit(
-            self.priority_of(&from),
+            priority,
             self.agent.in_flight(),
             reg.max_concurrency,
             &shedding,
-        )?;
+        )
+        .inspect_err(|_| self.metrics.record_shed(priority))?;
         let _guard = self.agent.try_acquire()?;
         let body = tokio::time::timeout_at(deadline, read_body(r))
             .await
             .map_err(|_| deadline_err())?
             .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call body: {e}")))?;
-        let req = agent_request(&reg, &header, from, roles, body.into(), deadline);
+        let mut req = agent_request(&reg, &header, from, roles, body.into(), deadline);
+        let handoff =
+            crate::telemetry::handoff_span(&span, &header.capability, &reg.name, &reg.handler);
+        if let Some((tp, ts)) = crate::telemetry::inject(&handoff) {
+            req.traceparent = Some(tp);
+            req.tracestate = ts.or(req.tracestate);
+        }
         // Wait for the agent while watching for the caller to go away (reset or close): either
         // cancels the agent request by dropping it.
         let resp = tokio::select! {
             res = tokio::time::timeout_at(deadline, self.agent.invoke(req)) => {
-                res.map_err(|_| deadline_err())??
+                let res = res.map_err(|_| deadline_err()).and_then(|r| r);
+                match &res {
+                    Ok(resp) => {
+                        let s = resp.status().as_u16();
+                        crate::telemetry::finish(&handoff, crate::metrics::status_outcome(s), Some(s));
+                    }
+                    Err(e) => crate::telemetry::finish(&handoff, &crate::metrics::error_outcome(e), e.status),
+                }
+                res?
             }
             _ = caller_gone(r) => {
                 tracing::debug!(caller = %from, "caller went away; agent request cancelled");
+                crate::telemetry::finish(&handoff, "cancelled", None);
+                note.cancelled = true;
                 return Ok(());
             }
         };
+        drop(handoff);
+        note.status = Some(resp.status().as_u16());
         let head = RespFrame::Head(ResponseHead {
             status: resp.status().as_u16(),
             content_type: agent_client::content_type(&resp),

@@ -84,6 +84,8 @@ pub enum Command {
     /// Ask n agents on distinct nodes and decide by (byzantine) quorum; `quorum verify FILE`
     /// checks a saved decision offline.
     Quorum(crate::cli_workflow::QuorumArgs),
+    /// Live view of mesh-wide traffic: busiest and slowest pairs, hot and idle agents.
+    Top(crate::cli_top::TopArgs),
 }
 
 /// `agentmesh mesh …`.
@@ -320,6 +322,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Config(c) => crate::cli_config::run(c).await,
         Command::Workflow(c) => crate::cli_workflow::run_workflow(c).await,
         Command::Quorum(a) => crate::cli_workflow::run_quorum(a).await,
+        Command::Top(a) => crate::cli_top::run(a).await,
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -149,6 +149,9 @@ pub struct FileConfig {
     /// `[workflows]`: workflow files served by `POST /v1/workflows/{name}/run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflows: Option<WorkflowsSection>,
+    /// `[telemetry]`: OTLP trace export (see [`crate::telemetry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::TelemetrySection>,
 }
 
 /// `[workflows]`.
@@ -314,6 +317,9 @@ impl NodeConfig {
             check_mesh(&file.mesh, file.node.cert_file.is_some()).map_err(|(f, m)| err(f, m))?;
         if let Some(agent) = &file.agent {
             validate_agent(agent).map_err(|e| err(&format!("agent.{}", e.field), e.message))?;
+        }
+        if let Some(t) = &file.telemetry {
+            t.validate().map_err(|(f, m)| err(f, m))?;
         }
         let mesh =
             crate::mesh_config::MeshConfig::from_tables(file.defaults.as_ref(), &file.capability)

@@ -108,7 +108,12 @@ struct Agent {
 }
 
 /// Headers an agent copies from the request it serves into its onward call.
-pub const FORWARDED_HEADERS: &[&str] = &["x-mesh-chain", "x-mesh-deadline-ms", "traceparent"];
+pub const FORWARDED_HEADERS: &[&str] = &[
+    "x-mesh-chain",
+    "x-mesh-deadline-ms",
+    "traceparent",
+    "tracestate",
+];
 
 /// Largest onward answer read, in bytes.
 pub const FORWARD_BODY_BYTES_MAX: usize = 1024 * 1024;

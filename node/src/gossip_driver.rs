@@ -75,6 +75,8 @@ pub struct DriverStats {
     pub dropped_unadmitted: AtomicU64,
     /// Frames queued and not yet written or dropped.
     unsent: AtomicUsize,
+    /// The state machine's own counters (messages, bytes, suspicions), copied after each input.
+    pub gossip: Mutex<agentmesh_gossip::Stats>,
 }
 
 /// A read-only copy of the membership, published by the driver after every change. The state
@@ -254,6 +256,7 @@ impl Driver {
                 }
             }
         }
+        *self.stats.gossip.lock().unwrap_or_else(|p| p.into_inner()) = self.gossip.stats().clone();
     }
 
     fn flush(&self, reply: oneshot::Sender<()>) {

@@ -9,7 +9,6 @@ const DEFAULT_WORKER_THREADS: usize = 1;
 
 fn main() -> ExitCode {
     let cli = agentmesh_node::cli::Cli::parse();
-    init_logging();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // One worker unless TOKIO_WORKER_THREADS says otherwise: on the 2-core bench machine a
     // single worker cut the routed p50 by ~20 % (fewer cross-thread wake-ups), as Linkerd's
@@ -24,15 +23,14 @@ fn main() -> ExitCode {
             return ExitCode::from(agentmesh_node::cli::exit::FAILURE);
         }
     };
-    runtime.block_on(agentmesh_node::cli::run(cli))
-}
-
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout stays for results.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs go to stderr (RUST_LOG, default info), so stdout stays for results; spans go to
+    // OTLP when configured. The gRPC exporter needs the runtime, hence `enter`.
+    let telemetry = {
+        let _rt = runtime.enter();
+        let section = agentmesh_node::telemetry::section_for(&cli);
+        agentmesh_node::telemetry::init(section.as_ref())
+    };
+    let code = runtime.block_on(agentmesh_node::cli::run(cli));
+    telemetry.shutdown();
+    code
 }

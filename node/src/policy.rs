@@ -609,6 +609,14 @@ pub struct Scoreboard {
 }
 
 impl Scoreboard {
+    /// Every breaker held and its state now (metrics, dashboard).
+    pub fn breakers(&mut self, now_ms: u64) -> Vec<(NodeId, crate::breaker::BreakerState)> {
+        self.peers
+            .iter_mut()
+            .map(|(k, s)| (*k, s.breaker.state(now_ms)))
+            .collect()
+    }
+
     /// The stats of `node`, created if absent (evicting the least recently used if full).
     pub fn entry(&mut self, node: NodeId, now_ms: u64) -> &mut PeerStats {
         if !self.peers.contains_key(&node) && self.peers.len() >= SCOREBOARD_PEERS_MAX {

@@ -152,6 +152,12 @@ impl Resilience {
         out
     }
 
+    /// Every breaker this node holds and its state now.
+    pub fn breaker_states(&self) -> Vec<(NodeId, crate::breaker::BreakerState)> {
+        let now = self.now_ms();
+        lock(&self.scores).breakers(now)
+    }
+
     /// Asks `node`'s breaker for a call slot.
     pub fn acquire(&self, node: NodeId, cfg: &BreakerConfig) -> Option<Permit> {
         let now = self.now_ms();

@@ -51,6 +51,8 @@ struct AttemptDone<'a> {
     slot: crate::resilience::LimitSlot<'a>,
     started: tokio::time::Instant,
     result: Result<Answer, CallError>,
+    span: tracing::Span,
+    attempt_no: u32,
 }
 
 /// Largest deadline accepted.
@@ -149,6 +151,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     voter: crate::quorum::Voter,
     workflows: std::sync::RwLock<Arc<crate::workflow::WorkflowSet>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    traffic: Arc<crate::traffic::TrafficTable>,
 }
 
 /// The running mesh node. Cheap to clone.
@@ -300,6 +304,8 @@ impl MeshHandle {
             tasks: Mutex::new(Vec::new()),
             voter: crate::quorum::Voter::new(cfg.key.clone()),
             workflows: Default::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            traffic: Arc::new(crate::traffic::TrafficTable::default()),
         });
         let handle = MeshHandle(inner);
         let hello = AdmitHello {
@@ -322,10 +328,13 @@ impl MeshHandle {
                     gossip: handle.0.gossip.clone(),
                     spec: handle.0.res.spec.clone(),
                     voter: handle.0.voter.clone(),
+                    node_id,
+                    metrics: handle.0.metrics.clone(),
                 },
                 call_in,
             )),
             tokio::spawn(handle.clone().publish_load()),
+            tokio::spawn(handle.clone().publish_traffic()),
         ];
         if !cfg.seeds.is_empty() {
             let seeds: Vec<String> = cfg.seeds.iter().take(SEEDS_MAX).cloned().collect();
@@ -479,6 +488,41 @@ impl MeshHandle {
     /// instead (once). The response streams; `served_by` and `attempts` say who answered
     /// after how many tries.
     pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
+        let started = tokio::time::Instant::now();
+        let source = self
+            .0
+            .agent
+            .registration()
+            .map(|r| r.name)
+            .unwrap_or_else(|| crate::metrics::NONE_LABEL.into());
+        let mut note = crate::obs_api::CallNote {
+            route: crate::telemetry::route_span(crate::telemetry::CallContext {
+                capability: &req.capability,
+                caller_node: &self.0.node_id,
+                caller_agent: &source,
+                traceparent: req.traceparent.as_deref(),
+                tracestate: req.tracestate.as_deref(),
+            }),
+            source,
+            target: None,
+        };
+        let result = self.call_inner(req.clone(), &mut note).await;
+        crate::obs_api::observe_call(
+            &self.0.metrics,
+            &self.0.traffic,
+            &note,
+            &req.capability,
+            &result,
+            started.elapsed(),
+        );
+        result
+    }
+
+    async fn call_inner(
+        &self,
+        req: CallRequest,
+        note: &mut crate::obs_api::CallNote,
+    ) -> Result<CallResponse, CallError> {
         if self.0.shutting_down.load(Ordering::Acquire) {
             return Err(CallError::new(
                 ErrorCode::Overloaded,
@@ -513,7 +557,10 @@ impl MeshHandle {
             settings.hop_limit,
         )?;
         let _outbound = OutboundGuard::new(self.0.outbound.clone());
-        match self.call_routed(&req, &settings, chain, deadline).await {
+        match self
+            .call_routed(&req, &settings, chain, deadline, note)
+            .await
+        {
             Err(e) if e.code == ErrorCode::CircuitOpen && settings.fallback.is_some() => {
                 let fallback = settings.fallback.clone().unwrap_or_default();
                 tracing::info!(capability = %req.capability, %fallback, "every breaker open; calling the fallback capability");
@@ -528,7 +575,7 @@ impl MeshHandle {
                 fb_req.capability = fallback.clone();
                 fb_req.prefer = None;
                 let mut resp = self
-                    .call_routed(&fb_req, &fb_settings, chain, deadline)
+                    .call_routed(&fb_req, &fb_settings, chain, deadline, note)
                     .await?;
                 resp.policy = format!("{}; fallback from {}", resp.policy, req.capability);
                 Ok(resp)
@@ -543,6 +590,7 @@ impl MeshHandle {
         settings: &CapabilitySettings,
         chain: Vec<(NodeId, String)>,
         deadline: tokio::time::Instant,
+        note: &mut crate::obs_api::CallNote,
     ) -> Result<CallResponse, CallError> {
         let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, req);
         if offers.is_empty() {
@@ -584,7 +632,7 @@ impl MeshHandle {
         };
         if settings.hedging.enabled && cands.len() > 1 {
             return self
-                .call_hedged(req, settings, &cands, &header, deadline)
+                .call_hedged(req, settings, &cands, &header, deadline, note)
                 .await;
         }
         let mut tried: Vec<NodeId> = Vec::new();
@@ -601,7 +649,7 @@ impl MeshHandle {
                 &header,
                 deadline,
                 &mut tried,
-                attempts == 0,
+                (note, attempts + 1),
                 true,
             );
             let (ranking, attempt) = match launched {
@@ -609,7 +657,7 @@ impl MeshHandle {
                 Err(e) => return fail(e, attempts),
             };
             attempts += 1;
-            let (i, result) = self.settle(&cands, req, settings, attempt.await);
+            let (i, result) = self.settle(&cands, req, settings, note, attempt.await);
             let cand = &cands[i];
             let err = match result {
                 Ok(a) => {
@@ -674,6 +722,7 @@ impl MeshHandle {
         cands: &[Candidate],
         header: &CallHeader,
         deadline: tokio::time::Instant,
+        note: &mut crate::obs_api::CallNote,
     ) -> Result<CallResponse, CallError> {
         let res = &self.0.res;
         let delay = res.hedge_delay(&req.capability, &settings.hedging);
@@ -683,7 +732,14 @@ impl MeshHandle {
             Err(e)
         };
         let (ranking, first) = match self.launch(
-            cands, req, settings, header, deadline, &mut tried, true, false,
+            cands,
+            req,
+            settings,
+            header,
+            deadline,
+            &mut tried,
+            (note, 1),
+            false,
         ) {
             Ok(l) => l,
             Err(e) => return fail(e, 0),
@@ -700,7 +756,7 @@ impl MeshHandle {
             let hedge_now;
             tokio::select! {
                 Some(done) = racing.next(), if !racing.is_empty() => {
-                    let (i, result) = self.settle(cands, req, settings, done);
+                    let (i, result) = self.settle(cands, req, settings, note, done);
                     match result {
                         Ok(a) if !transient_status(a.status) => {
                             return Ok(CallResponse {
@@ -745,7 +801,14 @@ impl MeshHandle {
             next_hedge = tokio::time::Instant::now() + delay;
             let launched = if res.withdraw(&req.capability, &settings.retry) {
                 self.launch(
-                    cands, req, settings, header, deadline, &mut tried, false, false,
+                    cands,
+                    req,
+                    settings,
+                    header,
+                    deadline,
+                    &mut tried,
+                    (note, attempts + 1),
+                    false,
                 )
             } else {
                 Err(CallError::new(
@@ -780,12 +843,13 @@ impl MeshHandle {
         header: &CallHeader,
         deadline: tokio::time::Instant,
         tried: &mut Vec<NodeId>,
-        advance: bool,
+        (note, attempt_no): (&crate::obs_api::CallNote, u32),
         allow_tried: bool,
     ) -> Result<(crate::policy::Ranking, AttemptFuture<'a>), CallError> {
         let res = &self.0.res;
         let views = res.views(cands, &self.0.router, &self.0.agent, &settings.breaker);
-        let ranking = res.rank(&views, req, settings, advance)?;
+        // Only a call's first attempt advances the round-robin cursor.
+        let ranking = res.rank(&views, req, settings, attempt_no == 1)?;
         let untried = ranking
             .order
             .iter()
@@ -833,6 +897,23 @@ impl MeshHandle {
         tried.push(cands[i].node_id);
         let mut h = header.clone();
         h.deadline_ms = budget_ms;
+        let cand = &cands[i];
+        let span = note.attempt_span(
+            &self.0.node_id,
+            req,
+            crate::telemetry::AttemptTarget {
+                attempt: attempt_no,
+                node: &cand.node_id,
+                agent: &cand.agent,
+                policy: ranking.policy.name(),
+                breaker: views[i].breaker.name(),
+                local: cand.local,
+            },
+        );
+        (h.traceparent, h.tracestate) = match crate::telemetry::inject(&span) {
+            Some((tp, ts)) => (Some(tp), ts.or_else(|| req.tracestate.clone())),
+            None => (req.traceparent.clone(), req.tracestate.clone()),
+        };
         let started = tokio::time::Instant::now();
         let fut = async move {
             let until = started + Duration::from_millis(budget_ms);
@@ -843,6 +924,8 @@ impl MeshHandle {
                 slot,
                 started,
                 result,
+                span,
+                attempt_no,
             }
         };
         Ok((ranking, Box::pin(fut)))
@@ -855,9 +938,18 @@ impl MeshHandle {
         cands: &[Candidate],
         req: &CallRequest,
         settings: &CapabilitySettings,
+        note: &mut crate::obs_api::CallNote,
         done: AttemptDone<'_>,
     ) -> (usize, Result<Answer, CallError>) {
         let res = &self.0.res;
+        note.attempt_done(
+            &self.0.metrics,
+            &done.span,
+            req,
+            &cands[done.i],
+            done.attempt_no,
+            &done.result,
+        );
         let rtt_ms = done.started.elapsed().as_secs_f64() * 1000.0;
         let node = cands[done.i].node_id;
         let seen = done.result.as_ref().map(|a| a.status).map_err(|e| e.code);
@@ -903,7 +995,8 @@ impl MeshHandle {
                 self.0.agent.in_flight(),
                 self.0.agent.max_concurrency(),
                 &shedding,
-            )?;
+            )
+            .inspect_err(|_| self.0.metrics.record_shed(self.0.priority))?;
             caller::call_local(&self.0.agent, cand, &attempt, self.0.roles.clone()).await
         } else {
             caller::call_remote(
@@ -1242,6 +1335,121 @@ impl MeshHandle {
             let _ = self.0.driver.send(DriverCmd::Join(vec![node])).await;
             self.0.joined.store(true, Ordering::Release);
         }
+    }
+
+    /// Publishes this node's traffic summary to gossip when it changed (bounded size).
+    async fn publish_traffic(self) {
+        let mut tick = tokio::time::interval(crate::traffic::TRAFFIC_PUBLISH_INTERVAL);
+        loop {
+            tick.tick().await;
+            let room = self.traffic_room();
+            if room == 0 {
+                continue;
+            }
+            if let Some(bytes) = self.0.traffic.take_changed(room) {
+                let _ = self.0.driver.try_send(DriverCmd::Update(RecordUpdate::Ext {
+                    key: crate::traffic::TRAFFIC_EXT_KEY.into(),
+                    value: Some(bytes),
+                }));
+            }
+        }
+    }
+
+    /// Bytes the traffic summary may take in this node's record: whatever the rest of the
+    /// record leaves under the record limit (minus room for the signature envelope), so the
+    /// summary can never push an agent update over the limit.
+    fn traffic_room(&self) -> usize {
+        const ENVELOPE_BYTES: usize = 512;
+        let snap = snapshot(&self.0.gossip);
+        let Some(rec) = snap
+            .members
+            .iter()
+            .find(|m| m.node_id == self.0.node_id)
+            .and_then(|m| m.record.clone())
+        else {
+            return 0;
+        };
+        let mut rest = (*rec).clone();
+        rest.ext.remove(crate::traffic::TRAFFIC_EXT_KEY);
+        let used = postcard::to_stdvec(&rest)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        agentmesh_gossip::record::RECORD_BYTES_MAX
+            .saturating_sub(ENVELOPE_BYTES)
+            .saturating_sub(used)
+    }
+
+    /// The Prometheus exposition of this node's metrics.
+    pub fn metrics_text(&self) -> String {
+        let snap = snapshot(&self.0.gossip);
+        let mut members: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for s in ["alive", "suspect", "dead", "left"] {
+            members.insert(s, 0);
+        }
+        for m in snap.members.iter() {
+            *members.entry(state_name(m.state)).or_default() += 1;
+        }
+        let state = crate::metrics::ScrapeState {
+            in_flight_inbound: self.0.agent.in_flight(),
+            in_flight_outbound: self.0.outbound.load(Ordering::Acquire),
+            overloaded_total: self.0.agent.overloaded_total.load(Ordering::Relaxed),
+            members: members.into_iter().collect(),
+            gossip: self
+                .0
+                .driver_stats
+                .gossip
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            breakers: self
+                .breakers()
+                .into_iter()
+                .map(|b| {
+                    let v = match b.state.as_str() {
+                        "open" => 2,
+                        "half_open" => 1,
+                        _ => 0,
+                    };
+                    (b.node_id, b.agent, v)
+                })
+                .collect(),
+        };
+        self.0.metrics.encode(&state)
+    }
+
+    /// This node's circuit breakers, with the agent each target node runs.
+    pub fn breakers(&self) -> Vec<crate::mesh_view::BreakerRow> {
+        let snap = snapshot(&self.0.gossip);
+        self.0
+            .res
+            .breaker_states()
+            .into_iter()
+            .map(|(node, state)| {
+                let agent = snap
+                    .members
+                    .iter()
+                    .find(|m| m.node_id == node)
+                    .map(crate::mesh_view::agent_name)
+                    .unwrap_or_else(|| crate::metrics::NONE_LABEL.into());
+                crate::mesh_view::BreakerRow {
+                    node_id: node.to_string(),
+                    agent,
+                    state: state.name().into(),
+                }
+            })
+            .collect()
+    }
+
+    /// The mesh-wide traffic matrix from every node's gossiped summary.
+    pub fn mesh_matrix(&self) -> crate::mesh_view::Matrix {
+        let snap = snapshot(&self.0.gossip);
+        crate::mesh_view::matrix(&self.0.node_id, &snap.members, &self.0.traffic.summary())
+    }
+
+    /// The mesh-wide summary: slowest pairs, most-called and idle agents, breakers.
+    pub fn mesh_summary(&self) -> crate::mesh_view::Summary {
+        let m = self.mesh_matrix();
+        crate::mesh_view::summary(&m, self.breakers(), self.0.traffic.slowest(now_ms()))
     }
 
     async fn publish_load(self) {
