@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod agent_client;
 pub mod api;
+pub mod audit;
 pub mod breaker;
 pub mod call_proto;
 pub mod callee;
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod gossip_driver;
 pub mod mesh_config;
 pub mod policy;
+pub mod rbac;
 pub mod resilience;
 pub mod retry;
 pub mod router;
