@@ -50,6 +50,9 @@ pub const PREFER_FALLBACK_HEADER: &str = "x-mesh-prefer-fallback";
 /// failed onward call back, so the code survives the hop).
 pub const ERROR_HEADER: &str = crate::agent_client::H_ERROR;
 
+#[path = "api_security.rs"]
+mod api_security;
+
 /// The OpenAPI 3.1 document served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
@@ -113,6 +116,10 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/config", get(get_config))
         .route("/v1/config/reload", post(post_config_reload))
         .route("/v1/openapi.json", get(get_openapi))
+        .route("/v1/security", get(api_security::get_security))
+        .route("/v1/revocations", post(api_security::post_revocation))
+        .route("/v1/policy", post(api_security::post_policy))
+        .route("/v1/audit", get(api_security::get_audit))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
         .fallback(not_found)

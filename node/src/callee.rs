@@ -133,6 +133,8 @@ pub struct Callee {
     pub gossip: crate::gossip_driver::SharedSnapshot,
     /// The resilience settings in force (shedding thresholds).
     pub spec: crate::runtime::SharedSpec,
+    /// RBAC (authoritative check here), revocations and the audit log.
+    pub sec: Arc<crate::security::Security>,
 }
 
 impl Callee {
@@ -170,16 +172,43 @@ impl Callee {
     /// Serves one inbound call stream from `from`.
     pub async fn serve(&self, from: NodeId, stream: libp2p::Stream) {
         let (mut r, mut w) = stream.split();
-        let result = self.serve_inner(from, &mut r, &mut w).await;
-        if let Err(e) = result {
-            let frame = RespFrame::Error(WireError::from(&e));
-            let _ = write_resp(&mut w, &frame).await;
+        let started = tokio::time::Instant::now();
+        let mut audit = crate::audit::CallRecord {
+            time_ms: crate::audit::now_unix_ms(),
+            side: Some(crate::audit::Side::Inbound),
+            caller_node: from.to_string(),
+            ..Default::default()
+        };
+        let result = self.serve_inner(from, &mut r, &mut w, &mut audit).await;
+        audit.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok(()) if audit.status.is_some_and(|s| s >= 500) => audit.outcome = "agent_error".into(),
+            Ok(()) if audit.status.is_some() => audit.outcome = "ok".into(),
+            Ok(()) => audit.outcome = "caller_gone".into(),
+            Err(e) => {
+                audit.outcome = serde_json::to_value(e.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let frame = RespFrame::Error(WireError::from(e));
+                let _ = write_resp(&mut w, &frame).await;
+            }
         }
         let _ = w.flush().await;
         let _ = w.close().await;
+        // A stream that never sent a header is not a call; everything else is audited.
+        if !audit.capability.is_empty() || !audit.decision.is_empty() {
+            self.sec.audit(audit).await;
+        }
     }
 
-    async fn serve_inner<R, W>(&self, from: NodeId, r: &mut R, w: &mut W) -> Result<(), CallError>
+    async fn serve_inner<R, W>(
+        &self,
+        from: NodeId,
+        r: &mut R,
+        w: &mut W,
+        audit: &mut crate::audit::CallRecord,
+    ) -> Result<(), CallError>
     where
         R: futures::AsyncRead + Unpin,
         W: futures::AsyncWrite + Unpin,
@@ -204,6 +233,25 @@ impl Callee {
             AdmissionMode::Open => header.caller_roles.clone(),
             AdmissionMode::Enforced { .. } => roles,
         };
+        audit.call_id = hex_id(&header.call_id);
+        audit.caller_agent = header.caller_agent.clone();
+        audit.capability = header.capability.clone();
+        audit.trace_id = crate::audit::trace_id(header.traceparent.as_deref());
+        audit.callee_node = self.sec.mesh_node_id();
+        audit.callee_agent = self.agent.registration().map(|r| r.name);
+        // The authoritative RBAC check: roles from the verified certificate only.
+        match self.sec.check_inbound(&from, &roles, &header.capability) {
+            Ok(d) => {
+                audit.decision = d.label().into();
+                audit.rule = d.rule;
+            }
+            Err((d, e)) => {
+                tracing::warn!(caller = %from, capability = %header.capability, rule = %d.rule, "inbound call denied by policy");
+                audit.decision = d.label().into();
+                audit.rule = d.rule;
+                return Err(e);
+            }
+        }
         let reg = self.agent.offering(&header.capability)?;
         let shedding = crate::runtime::spec_now(&self.spec).shedding.clone();
         crate::shed::admit(
@@ -217,6 +265,7 @@ impl Callee {
             .await
             .map_err(|_| deadline_err())?
             .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call body: {e}")))?;
+        audit.body_sha256 = self.sec.body_hash(&body);
         let req = agent_request(&reg, &header, from, roles, body.into(), deadline);
         // Wait for the agent while watching for the caller to go away (reset or close): either
         // cancels the agent request by dropping it.
@@ -229,6 +278,7 @@ impl Callee {
                 return Ok(());
             }
         };
+        audit.status = Some(resp.status().as_u16());
         let head = RespFrame::Head(ResponseHead {
             status: resp.status().as_u16(),
             content_type: agent_client::content_type(&resp),

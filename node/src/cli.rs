@@ -78,6 +78,14 @@ pub enum Command {
     /// Check, show or reload the routing and resilience settings.
     #[command(subcommand)]
     Config(crate::cli_config::ConfigCommand),
+    /// Revoke a node with the mesh root key; the revocation spreads by gossip.
+    Revoke(crate::cli_security::RevokeArgs),
+    /// Verify or query the audit log.
+    #[command(subcommand)]
+    Audit(crate::cli_security::AuditCommand),
+    /// Validate, sign or distribute an RBAC policy.
+    #[command(subcommand)]
+    Policy(crate::cli_security::PolicyCommand),
 }
 
 /// `agentmesh mesh …`.
@@ -304,6 +312,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Call(a) => call(a).await,
         Command::DemoAgent(a) => demo_agent(a).await,
         Command::Config(c) => crate::cli_config::run(c).await,
+        Command::Revoke(a) => crate::cli_security::revoke(a).await,
+        Command::Audit(c) => crate::cli_security::audit(c).await,
+        Command::Policy(c) => crate::cli_security::policy(c).await,
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
@@ -481,6 +492,11 @@ fn admit(a: AdmitArgs) -> CmdResult {
         );
     }
     Ok(())
+}
+
+/// Reads `mesh.toml` beside a root key (for commands in other modules).
+pub(crate) fn read_mesh_file_pub(root_key: &Path) -> Result<MeshFile, Failure> {
+    read_mesh_file(root_key)
 }
 
 fn read_mesh_file(root_key: &Path) -> Result<MeshFile, Failure> {

@@ -40,6 +40,9 @@ use tokio::task::JoinHandle;
 
 pub use crate::admission::AdmissionMode;
 
+#[path = "runtime_security.rs"]
+mod runtime_security;
+
 /// Largest deadline accepted.
 pub const DEADLINE_MAX_MS: u64 = 10 * 60 * 1000;
 /// First pause between join rounds.
@@ -96,6 +99,8 @@ pub struct RuntimeConfig {
     pub priority: Priority,
     /// Routing and resilience settings (`[defaults]`, `[capability."…"]`).
     pub mesh: MeshConfig,
+    /// RBAC policy, audit log and certificate renewal (`[rbac]`, `[audit]`).
+    pub security: crate::security::SecurityConfig,
 }
 
 impl RuntimeConfig {
@@ -112,6 +117,7 @@ impl RuntimeConfig {
             agent: None,
             priority: Priority::Standard,
             mesh: MeshConfig::default(),
+            security: Default::default(),
         }
     }
 }
@@ -128,12 +134,12 @@ struct Inner {
     priority: Priority,
     config_path: Mutex<Option<std::path::PathBuf>>,
     driver_stats: Arc<DriverStats>,
-    roles: Vec<String>,
     seeded: bool,
     joined: AtomicBool,
     shutting_down: AtomicBool,
     outbound: Arc<std::sync::atomic::AtomicU32>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    sec: Arc<crate::security::Security>,
 }
 
 /// The running mesh node. Cheap to clone.
@@ -229,7 +235,6 @@ impl MeshHandle {
             validate_registration(reg).map_err(|e| anyhow::anyhow!("agent: {e}"))?;
         }
         let node_id = cfg.key.node_id();
-        let roles = own_roles(&cfg);
         let (transport, events) = transport::start(&cfg.key, &cfg.listen, cfg.mdns).await?;
         let addrs: Vec<String> = transport
             .listen_addrs
@@ -265,6 +270,15 @@ impl MeshHandle {
         )
         .await?;
         let agent = Arc::new(LocalAgent::new(cfg.agent.clone()));
+        let sec = Arc::new(crate::security::Security::new(
+            cfg.security.clone(),
+            &cfg.key,
+            cfg.cert.clone(),
+            match &cfg.admission {
+                AdmissionMode::Enforced { root, mesh_id } => Some((*root, mesh_id.clone())),
+                AdmissionMode::Open => None,
+            },
+        )?);
         let inner = Arc::new(Inner {
             node_id,
             transport: transport.clone(),
@@ -277,12 +291,12 @@ impl MeshHandle {
             priority: cfg.priority,
             config_path: Mutex::new(None),
             driver_stats,
-            roles,
             seeded: !cfg.seeds.is_empty(),
             joined: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             outbound: Arc::new(std::sync::atomic::AtomicU32::new(0)),
             tasks: Mutex::new(Vec::new()),
+            sec: sec.clone(),
         });
         let handle = MeshHandle(inner);
         let hello = AdmitHello {
@@ -304,10 +318,12 @@ impl MeshHandle {
                     admission,
                     gossip: handle.0.gossip.clone(),
                     spec: handle.0.res.spec.clone(),
+                    sec,
                 },
                 call_in,
             )),
             tokio::spawn(handle.clone().publish_load()),
+            tokio::spawn(handle.clone().security_loop()),
         ];
         if !cfg.seeds.is_empty() {
             let seeds: Vec<String> = cfg.seeds.iter().take(SEEDS_MAX).cloned().collect();
@@ -393,7 +409,9 @@ impl MeshHandle {
                 format!("no agent offers {}", req.capability),
             ));
         }
-        let (cands, ineligible) = split_offers(offers);
+        let (cands, mut ineligible) = split_offers(offers);
+        let (cands, forbidden) = self.0.sec.split_forbidden(cands, &req.capability);
+        ineligible.extend(forbidden);
         let views = self
             .0
             .res
@@ -456,6 +474,31 @@ impl MeshHandle {
     /// instead (once). The response streams; `served_by` and `attempts` say who answered
     /// after how many tries.
     pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
+        let call_id: [u8; 16] = rand::random();
+        let started = tokio::time::Instant::now();
+        let time_ms = crate::audit::now_unix_ms();
+        let rec = crate::audit::CallRecord {
+            time_ms,
+            side: Some(crate::audit::Side::Outbound),
+            call_id: callee::hex_id(&call_id),
+            caller_node: self.0.node_id.to_string(),
+            caller_agent: self.0.agent.registration().map(|r| r.name),
+            capability: req.capability.clone(),
+            trace_id: crate::audit::trace_id(req.traceparent.as_deref()),
+            body_sha256: self.0.sec.body_hash(&req.body),
+            ..Default::default()
+        };
+        let res = self.call_unaudited(req, call_id).await;
+        let rec = runtime_security::outbound_record(rec, &res, started.elapsed());
+        self.0.sec.audit(rec).await;
+        res
+    }
+
+    async fn call_unaudited(
+        &self,
+        req: CallRequest,
+        call_id: [u8; 16],
+    ) -> Result<CallResponse, CallError> {
         if self.0.shutting_down.load(Ordering::Acquire) {
             return Err(CallError::new(
                 ErrorCode::Overloaded,
@@ -490,7 +533,7 @@ impl MeshHandle {
             settings.hop_limit,
         )?;
         let _outbound = OutboundGuard::new(self.0.outbound.clone());
-        match self.call_routed(&req, &settings, chain, deadline).await {
+        match self.call_routed(&req, &settings, chain, deadline, call_id).await {
             Err(e) if e.code == ErrorCode::CircuitOpen && settings.fallback.is_some() => {
                 let fallback = settings.fallback.clone().unwrap_or_default();
                 tracing::info!(capability = %req.capability, %fallback, "every breaker open; calling the fallback capability");
@@ -505,7 +548,7 @@ impl MeshHandle {
                 fb_req.capability = fallback.clone();
                 fb_req.prefer = None;
                 let mut resp = self
-                    .call_routed(&fb_req, &fb_settings, chain, deadline)
+                    .call_routed(&fb_req, &fb_settings, chain, deadline, call_id)
                     .await?;
                 resp.policy = format!("{}; fallback from {}", resp.policy, req.capability);
                 Ok(resp)
@@ -520,6 +563,7 @@ impl MeshHandle {
         settings: &CapabilitySettings,
         chain: Vec<(NodeId, String)>,
         deadline: tokio::time::Instant,
+        call_id: [u8; 16],
     ) -> Result<CallResponse, CallError> {
         let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, req);
         if offers.is_empty() {
@@ -530,6 +574,11 @@ impl MeshHandle {
         }
         let total = offers.len();
         let (cands, _) = split_offers(offers);
+        // Routing never picks a candidate the policy forbids; if none is left, fail fast.
+        let (cands, forbidden) = self.0.sec.split_forbidden(cands, &req.capability);
+        if cands.is_empty() && !forbidden.is_empty() {
+            return Err(self.0.sec.forbid_all(&forbidden, &req.capability));
+        }
         if cands.is_empty() {
             return Err(CallError::new(
                 ErrorCode::NoEligibleAgent,
@@ -542,7 +591,7 @@ impl MeshHandle {
         let res = &self.0.res;
         res.deposit(&req.capability, &settings.retry);
         let mut header = CallHeader {
-            call_id: rand::random(),
+            call_id,
             capability: req.capability.clone(),
             attrs: req.attrs.clone(),
             min_proficiency: req.min_proficiency,
@@ -552,7 +601,7 @@ impl MeshHandle {
             tracestate: req.tracestate.clone(),
             caller_node: self.0.node_id,
             caller_agent: self.0.agent.registration().map(|r| r.name),
-            caller_roles: self.0.roles.clone(),
+            caller_roles: self.0.sec.roles(),
             content_type: req.content_type.clone(),
         };
         let mut tried: Vec<NodeId> = Vec::new();
@@ -694,7 +743,7 @@ impl MeshHandle {
                 self.0.agent.max_concurrency(),
                 &shedding,
             )?;
-            caller::call_local(&self.0.agent, cand, &attempt, self.0.roles.clone()).await
+            caller::call_local(&self.0.agent, cand, &attempt, self.0.sec.roles()).await
         } else {
             caller::call_remote(
                 &self.0.transport,
@@ -764,6 +813,9 @@ impl MeshHandle {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if let Some(a) = &self.0.sec.audit {
+            a.flush().await;
+        }
         let _ = self.0.driver.send(DriverCmd::Stop).await;
         let _ = self.0.transport.cmds.send(SwarmCmd::Shutdown).await;
         for t in lock(&self.0.tasks).drain(..) {
@@ -788,7 +840,12 @@ impl MeshHandle {
                         continue;
                     };
                     self.0.admission.connected(node);
-                    tokio::spawn(self.clone().admit_outbound(peer, node, hello.clone()));
+                    // The current certificate: a renewal is presented without a restart.
+                    let hello = match self.0.sec.cert() {
+                        Some(c) => AdmitHello { cert: Some(c) },
+                        None => hello.clone(),
+                    };
+                    tokio::spawn(self.clone().admit_outbound(peer, node, hello));
                 }
                 TransportEvent::Disconnected(peer) => {
                     if let Ok(node) = NodeId::from_peer_id(&peer) {
@@ -890,6 +947,12 @@ impl MeshHandle {
                 if let PeerVerdict::Rejected(reason) = &verdict {
                     tracing::warn!(%peer, %reason, "refusing peer at admission");
                 }
+                let verdict = match verdict {
+                    PeerVerdict::Admitted { .. } if this.0.sec.is_revoked(&node) => {
+                        PeerVerdict::Rejected("revoked by the mesh root".into())
+                    }
+                    v => v,
+                };
                 let rejected = matches!(verdict, PeerVerdict::Rejected(_));
                 this.0.admission.set_theirs(node, verdict);
                 if rejected {
@@ -1053,14 +1116,6 @@ fn validate_call(req: &CallRequest) -> Result<(), CallError> {
         ));
     }
     Ok(())
-}
-
-fn own_roles(cfg: &RuntimeConfig) -> Vec<String> {
-    cfg.cert
-        .as_ref()
-        .and_then(|c| c.claimed().ok())
-        .map(|c| c.roles)
-        .unwrap_or_default()
 }
 
 fn state_name(s: MemberState) -> &'static str {
