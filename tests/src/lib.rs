@@ -230,6 +230,8 @@ pub struct NodeOpts {
     pub forward: Option<String>,
     /// TOML appended to the node's config (`[defaults]`, `[capability."…"]` sections).
     pub extra_toml: String,
+    /// Roles in its certificate, comma-separated (None: `agent`).
+    pub roles: Option<String>,
 }
 
 impl NodeOpts {
@@ -245,6 +247,7 @@ impl NodeOpts {
             max_concurrency: None,
             forward: None,
             extra_toml: String::new(),
+            roles: None,
         }
     }
 }
@@ -379,7 +382,7 @@ impl Mesh {
         std::fs::create_dir_all(&dir)?;
         let key = dir.join("node.key");
         let id = run_cli(&["keygen", "--out", key.to_str().context("utf-8")?])?;
-        self.write_cert(&dir.join("node.cert"), &id, opts.cert)?;
+        self.write_cert(&dir.join("node.cert"), &id, opts.cert, opts.roles.as_deref())?;
         let port = free_udp_port()?;
         let seed = match opts.seed {
             Some(s) => Some(self.nodes[s].addr.clone()),
@@ -435,7 +438,18 @@ impl Mesh {
         Ok(node)
     }
 
-    fn write_cert(&self, path: &Path, node_id: &str, kind: CertKind) -> Result<()> {
+    /// The mesh root key file.
+    pub fn root_key(&self) -> &Path {
+        &self.root_key
+    }
+
+    fn write_cert(
+        &self,
+        path: &Path,
+        node_id: &str,
+        kind: CertKind,
+        roles: Option<&str>,
+    ) -> Result<()> {
         let p = path.to_str().context("utf-8")?;
         let root = self.root_key.to_str().context("utf-8")?;
         match kind {
@@ -447,7 +461,7 @@ impl Mesh {
                     "--node-pub",
                     node_id,
                     "--roles",
-                    "agent",
+                    roles.unwrap_or("agent"),
                     "--ttl",
                     "1d",
                     "--out",
