@@ -294,14 +294,22 @@ mod tests {
         deleted.remove(5);
         assert!(matches!(
             check(&deleted),
-            Err(ChainBreak::Deleted { seq: 5, found: 6, .. })
+            Err(ChainBreak::Deleted {
+                seq: 5,
+                found: 6,
+                ..
+            })
         ));
         // Reordered: 5 and 6 swapped.
         let mut swapped = es.clone();
         swapped.swap(5, 6);
         assert!(matches!(
             check(&swapped),
-            Err(ChainBreak::Reordered { seq: 5, found: 6, .. })
+            Err(ChainBreak::Reordered {
+                seq: 5,
+                found: 6,
+                ..
+            })
         ));
         // Genesis forged.
         let mut g = es.clone();

@@ -1,8 +1,8 @@
 //! The gossip state machine: `handle(input, now)` in, `poll_output()` out. It owns its RNG and
 //! never reads a clock, a socket or global randomness.
 
-use agentmesh_crypto::{Keypair, NodeId, Signed, SignedCert, SignedRevocation};
 use crate::revocations::{Revocations, REVOCATION_FANOUT};
+use agentmesh_crypto::{Keypair, NodeId, Signed, SignedCert, SignedRevocation};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -1584,7 +1584,12 @@ impl Gossip {
         }
         let exclude: BTreeSet<NodeId> = [from].into_iter().collect();
         for t in self.random_alive(REVOCATION_FANOUT, &exclude) {
-            self.send(t, Message::Revocations { list: fresh.clone() });
+            self.send(
+                t,
+                Message::Revocations {
+                    list: fresh.clone(),
+                },
+            );
         }
     }
 

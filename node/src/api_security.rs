@@ -43,7 +43,10 @@ pub fn parse_audit_query(query: &str) -> Result<AuditQuery, ApiError> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(v);
-        let num = |v: &str| v.parse::<u64>().map_err(|_| bad(k, "expected a whole number"));
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| bad(k, "expected a whole number"))
+        };
         match k {
             "capability" => q.capability = Some(v),
             "agent" => q.agent = Some(v),

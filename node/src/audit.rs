@@ -241,7 +241,8 @@ pub fn parse_line(line: &[u8]) -> Result<(AuditLine, ChainEntry), LineError> {
             .unwrap_or("")
             .parse()
             .map_err(|_| LineError::Field("signer"))?;
-        let sig = hex::decode(l.sig.as_deref().unwrap_or("")).map_err(|_| LineError::Field("sig"))?;
+        let sig =
+            hex::decode(l.sig.as_deref().unwrap_or("")).map_err(|_| LineError::Field("sig"))?;
         let sig: [u8; 64] = sig.try_into().map_err(|_| LineError::Field("sig"))?;
         Some((Checkpoint { size, head }, signer, Signature(sig)))
     } else if l.kind == "call" {
@@ -341,8 +342,14 @@ impl AuditLog {
     pub fn metrics(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
         vec![
-            ("agentmesh_audit_entries_total", c.entries_total.load(Ordering::Relaxed)),
-            ("agentmesh_audit_dropped_total", c.dropped_total.load(Ordering::Relaxed)),
+            (
+                "agentmesh_audit_entries_total",
+                c.entries_total.load(Ordering::Relaxed),
+            ),
+            (
+                "agentmesh_audit_dropped_total",
+                c.dropped_total.load(Ordering::Relaxed),
+            ),
             (
                 "agentmesh_audit_checkpoints_total",
                 c.checkpoints_total.load(Ordering::Relaxed),
@@ -404,7 +411,11 @@ fn repair_tail(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     if body.is_empty() {
         return Ok(None);
     }
-    let start = body.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+    let start = body
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
     Ok(Some(body[start..].to_vec()))
 }
 
@@ -467,12 +478,13 @@ impl Writer {
                         let _ = a.send(());
                     }
                 }),
-                Some(Msg::Flush(ack)) => self
-                    .checkpoint(c)
-                    .and_then(|_| self.file.sync_all())
-                    .map(|_| {
-                        let _ = ack.send(());
-                    }),
+                Some(Msg::Flush(ack)) => {
+                    self.checkpoint(c)
+                        .and_then(|_| self.file.sync_all())
+                        .map(|_| {
+                            let _ = ack.send(());
+                        })
+                }
                 None => self.timers(c),
             };
             if let Err(e) = res {
@@ -484,7 +496,8 @@ impl Writer {
 
     fn timers(&mut self, c: &AuditCounters) -> std::io::Result<()> {
         if self.since_checkpoint > 0
-            && self.last_checkpoint.elapsed() >= Duration::from_millis(self.cfg.checkpoint_interval_ms)
+            && self.last_checkpoint.elapsed()
+                >= Duration::from_millis(self.cfg.checkpoint_interval_ms)
         {
             self.checkpoint(c)?;
         }
@@ -737,7 +750,8 @@ pub struct AuditQuery {
 impl AuditQuery {
     /// True if `c` matches.
     pub fn matches(&self, c: &CallRecord) -> bool {
-        let node_ok = |n: &str| !n.is_empty() && self.node.as_deref().is_some_and(|q| n.ends_with(q));
+        let node_ok =
+            |n: &str| !n.is_empty() && self.node.as_deref().is_some_and(|q| n.ends_with(q));
         self.capability
             .as_deref()
             .is_none_or(|g| crate::rbac::glob_match(g, &c.capability))
@@ -813,7 +827,9 @@ mod tests {
             outcome: "ok".into(),
             status: Some(200),
             latency_ms: 1.5,
-            trace_id: trace_id(Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")),
+            trace_id: trace_id(Some(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )),
             body_sha256: None,
         }
     }
@@ -825,7 +841,11 @@ mod tests {
         let log = AuditLog::open(c, Keypair::from_secret([9; 32])).unwrap();
         for i in 0..n {
             let d = if i % 3 == 0 { "deny" } else { "allow" };
-            let cap = if i % 2 == 0 { "customer.read" } else { "orders.list" };
+            let cap = if i % 2 == 0 {
+                "customer.read"
+            } else {
+                "orders.list"
+            };
             log.record(rec(i, cap, d)).await;
         }
         log.flush().await;
@@ -920,7 +940,10 @@ mod tests {
     #[test]
     fn trace_ids() {
         assert_eq!(
-            trace_id(Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")).as_deref(),
+            trace_id(Some(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            ))
+            .as_deref(),
             Some("0af7651916cd43dd8448eb211c80319c")
         );
         assert_eq!(trace_id(Some("garbage")), None);

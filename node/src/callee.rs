@@ -182,7 +182,9 @@ impl Callee {
         let result = self.serve_inner(from, &mut r, &mut w, &mut audit).await;
         audit.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         match &result {
-            Ok(()) if audit.status.is_some_and(|s| s >= 500) => audit.outcome = "agent_error".into(),
+            Ok(()) if audit.status.is_some_and(|s| s >= 500) => {
+                audit.outcome = "agent_error".into()
+            }
             Ok(()) if audit.status.is_some() => audit.outcome = "ok".into(),
             Ok(()) => audit.outcome = "caller_gone".into(),
             Err(e) => {

@@ -153,7 +153,11 @@ fn mesh_id_for(root: &Path, given: Option<String>) -> Result<String, crate::cli:
     }
 }
 
-async fn post_hex(api: &ApiArgs, path: &str, hex_text: String) -> Result<serde_json::Value, crate::cli::Failure> {
+async fn post_hex(
+    api: &ApiArgs,
+    path: &str,
+    hex_text: String,
+) -> Result<serde_json::Value, crate::cli::Failure> {
     let c = client(Duration::from_millis(CLI_HTTP_TIMEOUT_MS))?;
     let resp = authed(c.post(url(api, path)).body(hex_text), api)
         .send()
@@ -172,7 +176,10 @@ pub async fn revoke(a: RevokeArgs) -> CmdResult {
         .parse()
         .map_err(|_| fail(exit::USAGE, format!("--node {:?} is not a node id", a.node)))?;
     if a.reason.len() > REASON_LEN_MAX {
-        return Err(fail(exit::USAGE, format!("--reason exceeds {REASON_LEN_MAX} bytes")));
+        return Err(fail(
+            exit::USAGE,
+            format!("--reason exceeds {REASON_LEN_MAX} bytes"),
+        ));
     }
     let mesh_id = mesh_id_for(&a.root, a.mesh_id)?;
     let now = std::time::SystemTime::now()
@@ -188,7 +195,8 @@ pub async fn revoke(a: RevokeArgs) -> CmdResult {
     .sign(&root);
     let text = hex::encode(rev.to_bytes());
     if let Some(out) = &a.out {
-        std::fs::write(out, &text).map_err(|e| fail(exit::FAILURE, format!("{}: {e}", out.display())))?;
+        std::fs::write(out, &text)
+            .map_err(|e| fail(exit::FAILURE, format!("{}: {e}", out.display())))?;
     }
     if a.offline {
         if a.out.is_none() {
@@ -197,7 +205,10 @@ pub async fn revoke(a: RevokeArgs) -> CmdResult {
         return Ok(());
     }
     let v = post_hex(&a.api, "/v1/revocations", text).await?;
-    println!("revoked {}; spreading by gossip", v["revoked"].as_str().unwrap_or("?"));
+    println!(
+        "revoked {}; spreading by gossip",
+        v["revoked"].as_str().unwrap_or("?")
+    );
     Ok(())
 }
 
@@ -215,7 +226,10 @@ fn files_or_dir(files: Vec<PathBuf>, dir: &Path) -> Result<Vec<PathBuf>, crate::
     }
     let f = log_files(dir).map_err(|e| fail(exit::CONFIG, format!("{}: {e}", dir.display())))?;
     if f.is_empty() {
-        return Err(fail(exit::CONFIG, format!("{}: no audit files", dir.display())));
+        return Err(fail(
+            exit::CONFIG,
+            format!("{}: no audit files", dir.display()),
+        ));
     }
     Ok(f)
 }
@@ -302,7 +316,10 @@ async fn query(a: QueryArgs) -> CmdResult {
     let entries: Vec<(String, CallRecord)> = if a.mesh || a.api_only {
         let v = get_json(&a.api, &format!("/v1/audit?{}", query_string(&q, a.mesh))).await?;
         let mut out = Vec::new();
-        let nodes = v["nodes"].as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
+        let nodes = v["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| vec![v.clone()]);
         for n in nodes {
             let from = n["node_id"].as_str().unwrap_or("").to_string();
             if let Some(e) = n.get("error").and_then(|e| e.as_str()) {
@@ -358,7 +375,8 @@ async fn query(a: QueryArgs) -> CmdResult {
 pub async fn policy(c: PolicyCommand) -> CmdResult {
     match c {
         PolicyCommand::Validate { file } => {
-            let p = crate::rbac::Policy::load(&file).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+            let p =
+                crate::rbac::Policy::load(&file).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
             println!(
                 "{}: valid (version {}, {:?}, {} deny and {} allow rules)",
                 file.display(),
@@ -390,7 +408,10 @@ pub async fn policy(c: PolicyCommand) -> CmdResult {
                 .map_err(|e| fail(exit::CONFIG, format!("{}: {e}", a.signed.display())))?;
             let v = post_hex(&a.api, "/v1/policy", text.trim().to_string()).await?;
             if v["adopted"].as_bool() == Some(true) {
-                println!("policy version {} adopted; spreading by gossip", v["version"]);
+                println!(
+                    "policy version {} adopted; spreading by gossip",
+                    v["version"]
+                );
             } else {
                 println!("not adopted: the node already has this version or a newer one");
             }

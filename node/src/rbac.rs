@@ -149,7 +149,9 @@ fn toml_key(text: &str, e: &toml::de::Error) -> String {
             name.to_string()
         }
     });
-    let inline = line.strip_prefix("[[").map(|l| l.trim_end_matches(']').to_string());
+    let inline = line
+        .strip_prefix("[[")
+        .map(|l| l.trim_end_matches(']').to_string());
     match (table, key, inline) {
         (_, _, Some(t)) => {
             let n = before.lines().filter(|l| l.trim() == line).count();
@@ -205,7 +207,10 @@ impl Rule {
 
 fn check_patterns(key: &str, pats: &[String]) -> Result<(), (String, String)> {
     if pats.is_empty() {
-        return Err((key.into(), "needs at least one pattern (\"*\" for any)".into()));
+        return Err((
+            key.into(),
+            "needs at least one pattern (\"*\" for any)".into(),
+        ));
     }
     if pats.len() > PATTERNS_MAX {
         return Err((key.into(), format!("at most {PATTERNS_MAX} patterns")));
@@ -242,15 +247,14 @@ impl Policy {
                 format!("{} bytes; limit is {POLICY_BYTES_MAX}", text.len()),
             ));
         }
-        let p: Policy =
-            toml::from_str(text).map_err(|e| {
-                let mut key = toml_key(text, &e);
-                // serde names a missing field only in the message.
-                if let Some(f) = e.message().split("missing field `").nth(1) {
-                    key = format!("{key}.{}", f.split('`').next().unwrap_or(""));
-                }
-                err(key, e.message().to_string())
-            })?;
+        let p: Policy = toml::from_str(text).map_err(|e| {
+            let mut key = toml_key(text, &e);
+            // serde names a missing field only in the message.
+            if let Some(f) = e.message().split("missing field `").nth(1) {
+                key = format!("{key}.{}", f.split('`').next().unwrap_or(""));
+            }
+            err(key, e.message().to_string())
+        })?;
         if p.deny.len() + p.allow.len() > RULES_MAX {
             return Err(err("-".into(), format!("at most {RULES_MAX} rules")));
         }
@@ -278,7 +282,9 @@ impl Policy {
             key: "-".into(),
             message,
         };
-        let len = std::fs::metadata(path).map_err(|e| whole(e.to_string()))?.len();
+        let len = std::fs::metadata(path)
+            .map_err(|e| whole(e.to_string()))?
+            .len();
         if len > POLICY_BYTES_MAX as u64 {
             return Err(whole(format!("{len} bytes; limit is {POLICY_BYTES_MAX}")));
         }
@@ -345,7 +351,10 @@ impl Rbac {
 
     /// The policy in force.
     pub fn policy(&self) -> Option<Arc<Policy>> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The version in force (0 without a policy).
@@ -400,8 +409,14 @@ impl Rbac {
     pub fn metrics(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
         vec![
-            ("agentmesh_rbac_allowed_total", c.allowed_total.load(Ordering::Relaxed)),
-            ("agentmesh_rbac_denied_total", c.denied_total.load(Ordering::Relaxed)),
+            (
+                "agentmesh_rbac_allowed_total",
+                c.allowed_total.load(Ordering::Relaxed),
+            ),
+            (
+                "agentmesh_rbac_denied_total",
+                c.denied_total.load(Ordering::Relaxed),
+            ),
             (
                 "agentmesh_rbac_denied_inbound_total",
                 c.denied_inbound_total.load(Ordering::Relaxed),
@@ -459,12 +474,30 @@ mod tests {
     fn processing_may_call_analysis_but_not_admin() {
         let p = Policy::parse(EXAMPLE, "policy.toml").unwrap();
         let cases = [
-            (&["processing"][..], &["analysis"][..], "report.run", true, "allow[0]"),
+            (
+                &["processing"][..],
+                &["analysis"][..],
+                "report.run",
+                true,
+                "allow[0]",
+            ),
             (&["processing"], &["admin"], "admin.reset", false, "deny[0]"),
             // Deny wins even when an allow rule would match too.
-            (&["processing"], &["admin", "analysis"], "x", false, "deny[0]"),
+            (
+                &["processing"],
+                &["admin", "analysis"],
+                "x",
+                false,
+                "deny[0]",
+            ),
             (&["anyone"], &["crm"], "customer.read", true, "allow[1]"),
-            (&["processing"], &["admin"], "customer.read", false, "deny[0]"),
+            (
+                &["processing"],
+                &["admin"],
+                "customer.read",
+                false,
+                "deny[0]",
+            ),
             (&["anyone"], &["crm"], "orders.read", false, "default deny"),
             (&[], &["analysis"], "report.run", false, "default deny"),
         ];
@@ -486,7 +519,9 @@ mod tests {
         let rbac = Rbac::new(Some(p));
         rbac.check(&roles(&["processing"]), &roles(&["admin"]), "x", true);
         assert_eq!(
-            rbac.counters.audit_only_denied_total.load(Ordering::Relaxed),
+            rbac.counters
+                .audit_only_denied_total
+                .load(Ordering::Relaxed),
             1
         );
         assert_eq!(rbac.counters.denied_total.load(Ordering::Relaxed), 0);
@@ -518,7 +553,11 @@ mod tests {
         for (text, key, msg) in cases {
             let e = Policy::parse(text, "p.toml").unwrap_err();
             assert_eq!(e.file, "p.toml");
-            assert!(e.key.contains(key), "{text}: key {} should contain {key}", e.key);
+            assert!(
+                e.key.contains(key),
+                "{text}: key {} should contain {key}",
+                e.key
+            );
             assert!(e.message.contains(msg), "{text}: {}", e.message);
         }
         let big = "#".repeat(POLICY_BYTES_MAX + 1);

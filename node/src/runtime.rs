@@ -533,7 +533,10 @@ impl MeshHandle {
             settings.hop_limit,
         )?;
         let _outbound = OutboundGuard::new(self.0.outbound.clone());
-        match self.call_routed(&req, &settings, chain, deadline, call_id).await {
+        match self
+            .call_routed(&req, &settings, chain, deadline, call_id)
+            .await
+        {
             Err(e) if e.code == ErrorCode::CircuitOpen && settings.fallback.is_some() => {
                 let fallback = settings.fallback.clone().unwrap_or_default();
                 tracing::info!(capability = %req.capability, %fallback, "every breaker open; calling the fallback capability");

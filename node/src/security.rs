@@ -66,7 +66,9 @@ pub fn sign_policy(root: &Keypair, mesh_id: &str, toml: &str) -> Result<Vec<u8>,
 /// whose version matches the signed one.
 pub fn verify_policy(bytes: &[u8], root: &NodeId, mesh_id: &str) -> Result<Policy, String> {
     if bytes.len() > SIGNED_POLICY_BYTES_MAX {
-        return Err(format!("signed policy exceeds {SIGNED_POLICY_BYTES_MAX} bytes"));
+        return Err(format!(
+            "signed policy exceeds {SIGNED_POLICY_BYTES_MAX} bytes"
+        ));
     }
     let env: Signed<PolicyDoc> = Signed::from_bytes(bytes).map_err(|e| e.to_string())?;
     let doc = env
@@ -181,7 +183,10 @@ impl Security {
     /// Verifies a revocation against the mesh root.
     pub fn verify_revocation(&self, r: &SignedRevocation) -> Result<NodeId, CallError> {
         let (root, mesh_id) = self.mesh.as_ref().ok_or_else(|| {
-            CallError::new(ErrorCode::BadRequest, "open meshes have no root to revoke with")
+            CallError::new(
+                ErrorCode::BadRequest,
+                "open meshes have no root to revoke with",
+            )
         })?;
         r.verify(root, mesh_id)
             .map(|r| r.node_id)
@@ -243,7 +248,9 @@ impl Security {
             let e = CallError::new(ErrorCode::Forbidden, "caller was revoked by the mesh root");
             return Err((d, e));
         }
-        let d = self.rbac.check(caller_roles, &self.roles(), capability, true);
+        let d = self
+            .rbac
+            .check(caller_roles, &self.roles(), capability, true);
         if d.permitted {
             Ok(d)
         } else {

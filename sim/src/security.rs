@@ -6,7 +6,7 @@
 use agentmesh_crypto::{AdmissionCert, Keypair, Revocation, Signed};
 use agentmesh_gossip::record::RECORD_CONTEXT;
 use agentmesh_gossip::state::Millis;
-use agentmesh_gossip::{Config, Event, Input, Message, MemberState, NodeRecord};
+use agentmesh_gossip::{Config, Event, Input, MemberState, Message, NodeRecord};
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use serde::Serialize;
@@ -196,8 +196,20 @@ pub fn attacks(nodes: usize, seed: u64, sybils: usize) -> AttackReport {
         body.seq += 1000 + k;
         let resigned = Signed::sign(w.key(forger), RECORD_CONTEXT, &body);
         for &i in &targets {
-            w.transmit(forger, i, Message::Record { record: Arc::new(flipped.clone()) });
-            w.transmit(forger, i, Message::Record { record: Arc::new(resigned.clone()) });
+            w.transmit(
+                forger,
+                i,
+                Message::Record {
+                    record: Arc::new(flipped.clone()),
+                },
+            );
+            w.transmit(
+                forger,
+                i,
+                Message::Record {
+                    record: Arc::new(resigned.clone()),
+                },
+            );
         }
     }
     t += 1000;
@@ -212,7 +224,13 @@ pub fn attacks(nodes: usize, seed: u64, sybils: usize) -> AttackReport {
         .collect();
     let old = w.first_record(victim).expect("victim signed a record");
     for i in 2..nodes {
-        w.transmit(victim, i, Message::Record { record: old.clone() });
+        w.transmit(
+            victim,
+            i,
+            Message::Record {
+                record: old.clone(),
+            },
+        );
     }
     t += 1000;
     w.run_until(t, &mut q);
@@ -269,7 +287,13 @@ pub fn attacks(nodes: usize, seed: u64, sybils: usize) -> AttackReport {
     body.seq += 5000;
     let claim = Arc::new(Signed::sign(w.key(forger), RECORD_CONTEXT, &body));
     for i in 2..nodes {
-        w.transmit(forger, i, Message::Record { record: claim.clone() });
+        w.transmit(
+            forger,
+            i,
+            Message::Record {
+                record: claim.clone(),
+            },
+        );
     }
     t += 1000;
     w.run_until(t, &mut q);

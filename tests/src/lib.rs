@@ -382,7 +382,12 @@ impl Mesh {
         std::fs::create_dir_all(&dir)?;
         let key = dir.join("node.key");
         let id = run_cli(&["keygen", "--out", key.to_str().context("utf-8")?])?;
-        self.write_cert(&dir.join("node.cert"), &id, opts.cert, opts.roles.as_deref())?;
+        self.write_cert(
+            &dir.join("node.cert"),
+            &id,
+            opts.cert,
+            opts.roles.as_deref(),
+        )?;
         let port = free_udp_port()?;
         let seed = match opts.seed {
             Some(s) => Some(self.nodes[s].addr.clone()),

@@ -1,7 +1,7 @@
 //! Security on real processes: privilege escalation denied, audited and counted; an unadmitted
 //! node learns nothing and calls nothing; a revoked node is cut off.
 
-use agentmesh_tests::{run_cli, wait_until, Mesh, Node, NodeOpts, CertKind};
+use agentmesh_tests::{run_cli, wait_until, CertKind, Mesh, Node, NodeOpts};
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -21,7 +21,10 @@ fn secured(mesh: &Mesh, caps: &[&str], roles: &str, policy: bool) -> NodeOpts {
     std::fs::write(&policy_file, POLICY).unwrap();
     let mut extra = "[audit]\ndir = \"audit\"\nfsync = \"always\"\n".to_string();
     if policy {
-        extra.push_str(&format!("[rbac]\npolicy_file = {:?}\n", policy_file.display().to_string()));
+        extra.push_str(&format!(
+            "[rbac]\npolicy_file = {:?}\n",
+            policy_file.display().to_string()
+        ));
     }
     NodeOpts {
         roles: Some(roles.into()),
@@ -63,7 +66,10 @@ async fn privilege_escalation_is_denied_audited_and_counted() {
     offers(&mesh, &rogue, &["admin.reset"]).await;
 
     // processing → analysis is allowed.
-    let r = mesh.call(&proc_node, "report.run", "{}", &[]).await.unwrap();
+    let r = mesh
+        .call(&proc_node, "report.run", "{}", &[])
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // processing → admin: the caller's node fails fast with `forbidden`.
     let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -75,8 +81,14 @@ async fn privilege_escalation_is_denied_audited_and_counted() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["code"], "forbidden", "{v}");
     // Routing explains it: the admin candidate is ineligible because of the policy.
-    let (_, routes) = mesh.get(&proc_node, "/v1/routes/admin.reset").await.unwrap();
-    assert!(routes.to_string().contains("forbidden by policy"), "{routes}");
+    let (_, routes) = mesh
+        .get(&proc_node, "/v1/routes/admin.reset")
+        .await
+        .unwrap();
+    assert!(
+        routes.to_string().contains("forbidden by policy"),
+        "{routes}"
+    );
     // The callee enforces even when the caller does not check.
     let r = mesh.call(&rogue, "admin.reset", "{}", &[]).await.unwrap();
     assert_eq!(r.status(), 403);
@@ -87,8 +99,15 @@ async fn privilege_escalation_is_denied_audited_and_counted() {
     assert!(metric(&mesh, &admin, "agentmesh_rbac_denied_inbound_total").await >= 1);
     // Audited: the caller's outbound deny (with the trace id) and the callee's inbound deny.
     let out = run_cli(&[
-        "audit", "query", "--dir", proc_node.dir.join("audit").to_str().unwrap(),
-        "--capability", "admin.*", "--decision", "deny", "--json",
+        "audit",
+        "query",
+        "--dir",
+        proc_node.dir.join("audit").to_str().unwrap(),
+        "--capability",
+        "admin.*",
+        "--decision",
+        "deny",
+        "--json",
     ])
     .unwrap();
     assert!(out.contains("0af7651916cd43dd8448eb211c80319c"), "{out}");
@@ -98,13 +117,20 @@ async fn privilege_escalation_is_denied_audited_and_counted() {
         .unwrap();
     let entries = inbound["entries"].as_array().unwrap();
     assert!(
-        entries.iter().any(|e| e["side"] == "inbound" && e["caller_node"] == rogue.id.as_str()),
+        entries
+            .iter()
+            .any(|e| e["side"] == "inbound" && e["caller_node"] == rogue.id.as_str()),
         "{inbound}"
     );
     // Every node's log verifies.
     for n in [&proc_node, &admin, &rogue] {
         let _ = mesh.get(n, "/v1/audit?limit=1").await.unwrap(); // flushes a checkpoint
-        let ok = run_cli(&["audit", "verify", "--dir", n.dir.join("audit").to_str().unwrap()]);
+        let ok = run_cli(&[
+            "audit",
+            "verify",
+            "--dir",
+            n.dir.join("audit").to_str().unwrap(),
+        ]);
         assert!(ok.is_ok(), "{ok:?}");
     }
 }
@@ -112,7 +138,10 @@ async fn privilege_escalation_is_denied_audited_and_counted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unadmitted_node_learns_no_member_and_calls_nothing() {
     let mut mesh = Mesh::new().unwrap();
-    let seed = mesh.start_node(NodeOpts::caps(&["seed.cap"])).await.unwrap();
+    let seed = mesh
+        .start_node(NodeOpts::caps(&["seed.cap"]))
+        .await
+        .unwrap();
     let mut opts = NodeOpts::caps(&["intruder.cap"]);
     opts.cert = CertKind::OtherRoot;
     let intruder = mesh.start_node(opts).await.unwrap();
@@ -123,7 +152,11 @@ async fn unadmitted_node_learns_no_member_and_calls_nothing() {
     .await
     .unwrap();
     let members = mesh.members(&intruder).await.unwrap();
-    assert_eq!(members.len(), 1, "the intruder sees only itself: {members:?}");
+    assert_eq!(
+        members.len(),
+        1,
+        "the intruder sees only itself: {members:?}"
+    );
     let r = mesh.call(&intruder, "seed.cap", "{}", &[]).await.unwrap();
     assert_eq!(r.status(), 404, "the intruder cannot route to the seed");
 }
@@ -139,8 +172,15 @@ async fn revoked_node_is_cut_off() {
     let r = mesh.call(&bad, "b.cap", "{}", &[]).await.unwrap();
     assert_eq!(r.status(), 200, "before the revocation it may call");
     let out = run_cli(&[
-        "revoke", "--root", mesh.root_key().to_str().unwrap(), "--node", &bad.id,
-        "--reason", "test", "--api", &a.api,
+        "revoke",
+        "--root",
+        mesh.root_key().to_str().unwrap(),
+        "--node",
+        &bad.id,
+        "--reason",
+        "test",
+        "--api",
+        &a.api,
     ]);
     assert!(out.is_ok(), "{out:?}");
     for n in [&a, &b] {

@@ -39,9 +39,9 @@ fn main() {
             c.loss,
             c.duration_s,
         )),
-        "attacks" => serde_json::to_string(&agentmesh_sim::security::attacks(
-            c.nodes, c.seed, c.sybils,
-        )),
+        "attacks" => {
+            serde_json::to_string(&agentmesh_sim::security::attacks(c.nodes, c.seed, c.sybils))
+        }
         other => {
             eprintln!("unknown scenario {other:?}: expected revoke or attacks");
             std::process::exit(2);
