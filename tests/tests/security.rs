@@ -111,17 +111,20 @@ async fn privilege_escalation_is_denied_audited_and_counted() {
     ])
     .unwrap();
     assert!(out.contains("0af7651916cd43dd8448eb211c80319c"), "{out}");
-    let (_, inbound) = mesh
-        .get(&admin, "/v1/audit?decision=deny&capability=admin.%2A")
-        .await
-        .unwrap();
-    let entries = inbound["entries"].as_array().unwrap();
-    assert!(
-        entries
-            .iter()
-            .any(|e| e["side"] == "inbound" && e["caller_node"] == rogue.id.as_str()),
-        "{inbound}"
-    );
+    // The callee writes its entry right after answering: wait for it.
+    let rogue_id = rogue.id.clone();
+    wait_until("the callee's inbound deny entry", CONVERGE, || async {
+        let (_, v) = mesh
+            .get(&admin, "/v1/audit?decision=deny&capability=admin.%2A")
+            .await?;
+        let found = v["entries"].as_array().is_some_and(|es| {
+            es.iter()
+                .any(|e| e["side"] == "inbound" && e["caller_node"] == rogue_id.as_str())
+        });
+        Ok(found.then_some(()))
+    })
+    .await
+    .unwrap();
     // Every node's log verifies.
     for n in [&proc_node, &admin, &rogue] {
         let _ = mesh.get(n, "/v1/audit?limit=1").await.unwrap(); // flushes a checkpoint
