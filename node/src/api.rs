@@ -711,7 +711,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 10, "router routes parsed");
+        assert_eq!(seen, 14, "router routes parsed");
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(
             paths.len(),
