@@ -4,6 +4,7 @@
 //! (`now_unix_s`) and randomness as a caller-owned RNG. The one exception is [`keyfile`], which
 //! reads and writes the node key file with mode 0600.
 
+pub mod audit;
 pub mod cert;
 pub mod envelope;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod keyfile;
 pub mod revocation;
 pub mod sign;
 
+pub use audit::{line_hash, ChainBreak, ChainChecker, ChainHash, Checkpoint, GENESIS};
 pub use cert::{AdmissionCert, CertError, SignedCert};
 pub use envelope::Signed;
 pub use error::CryptoError;

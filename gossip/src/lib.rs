@@ -10,6 +10,7 @@ pub mod broadcast;
 pub mod config;
 pub mod member;
 pub mod record;
+pub mod revocations;
 pub mod score;
 pub mod state;
 pub mod suspicion;

@@ -1,7 +1,8 @@
 //! The gossip state machine: `handle(input, now)` in, `poll_output()` out. It owns its RNG and
 //! never reads a clock, a socket or global randomness.
 
-use agentmesh_crypto::{Keypair, NodeId, Signed, SignedCert};
+use crate::revocations::{Revocations, REVOCATION_FANOUT};
+use agentmesh_crypto::{Keypair, NodeId, Signed, SignedCert, SignedRevocation};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -67,6 +68,8 @@ pub enum Input {
     Leave,
     /// Change the local record.
     Update(RecordUpdate),
+    /// A root-signed revocation to apply and spread (from the operator through the node).
+    Revoke(Arc<SignedRevocation>),
 }
 
 /// A change to the local node's record.
@@ -127,6 +130,8 @@ pub enum Event {
     Dead(NodeId),
     /// A member left gracefully.
     Left(NodeId),
+    /// A member was revoked by the mesh root and dropped.
+    Revoked(NodeId),
     /// A peer misbehaved and lost score.
     Penalized {
         /// The peer.
@@ -277,6 +282,7 @@ pub struct Gossip {
     published_load: u32,
     last_publish: Millis,
     scores: Scores,
+    revoked: Revocations,
     out: VecDeque<(NodeId, Message)>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -353,6 +359,7 @@ impl Gossip {
             published_load,
             last_publish: now,
             scores,
+            revoked: Revocations::default(),
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -679,6 +686,7 @@ impl Gossip {
             Input::Join { seeds } => self.join(seeds, now),
             Input::Leave => self.leave(now),
             Input::Update(u) => self.update_local(u, now),
+            Input::Revoke(r) => self.on_revocations(self.me, vec![r]),
         }
         if !self.lazy_pending.is_empty() {
             self.flush_lazy();
@@ -718,10 +726,17 @@ impl Gossip {
         if from == self.me {
             return;
         }
+        if self.revoked.contains(&from) {
+            self.stats.ignored += 1;
+            return;
+        }
         // Messages any admitted-or-not peer may send; everything else needs membership.
         let open_kinds = matches!(
             msg,
-            Message::Join { .. } | Message::Record { .. } | Message::PullResp { .. }
+            Message::Join { .. }
+                | Message::Record { .. }
+                | Message::PullResp { .. }
+                | Message::Revocations { .. }
         ) || (matches!(msg, Message::Sync { .. })
             && self.join_seeds.contains(&from));
         let known = self.is_member(&from) || self.members.contains_key(&from);
@@ -789,6 +804,7 @@ impl Gossip {
                 }
             }
             Message::Record { record } => self.on_record(from, record, true, now),
+            Message::Revocations { list } => self.on_revocations(from, list),
             Message::IHave { entries } => self.on_ihave(from, entries, now),
             Message::Graft { entries } => self.on_graft(from, entries),
             Message::Prune => {
@@ -947,6 +963,9 @@ impl Gossip {
                     self.refute(info.incarnation, now);
                 }
             }
+            return;
+        }
+        if self.revoked.contains(&subject) {
             return;
         }
         // Cheap dedup before any signature check.
@@ -1502,6 +1521,12 @@ impl Gossip {
     }
 
     fn gossip_round(&mut self, _now: Millis) {
+        let hot = self.revoked.take_hot();
+        if !hot.is_empty() {
+            for t in self.random_alive(self.cfg.gossip_fanout, &BTreeSet::new()) {
+                self.send(t, Message::Revocations { list: hot.clone() });
+            }
+        }
         if self.queue.is_empty() {
             return;
         }
@@ -1578,6 +1603,77 @@ impl Gossip {
         if !chunk.is_empty() {
             self.send(from, Message::Sync { members: chunk });
         }
+        for list in self.revoked.chunks() {
+            self.send(from, Message::Revocations { list });
+        }
+    }
+
+    // ---- revocations ----
+
+    /// True if the mesh root revoked `id` (as far as this node has heard).
+    pub fn is_revoked(&self, id: &NodeId) -> bool {
+        self.revoked.contains(id)
+    }
+
+    /// The nodes revoked so far.
+    pub fn revoked_ids(&self) -> Vec<NodeId> {
+        self.revoked.ids().copied().collect()
+    }
+
+    /// Verifies revocations (root signature and mesh; nothing else is trusted), applies the
+    /// new ones and pushes them on. A forged one costs the sender score; a known one is a
+    /// no-op, so replays change nothing. Open meshes have no root and ignore revocations.
+    fn on_revocations(&mut self, from: NodeId, list: Vec<Arc<SignedRevocation>>) {
+        let Admission::Enforced { root, mesh_id } = &self.cfg.admission else {
+            return;
+        };
+        let (root, mesh_id) = (*root, mesh_id.clone());
+        let mut fresh = Vec::new();
+        for r in list {
+            let Ok(claimed) = r.0.decode_unverified() else {
+                self.penalize(from, Penalty::Decode);
+                continue;
+            };
+            if self.revoked.contains(&claimed.node_id) {
+                continue;
+            }
+            let Ok(rev) = r.verify(&root, &mesh_id) else {
+                self.penalize(from, Penalty::BadSignature);
+                continue;
+            };
+            let transmits = self.retransmit_limit();
+            if self.revoked.insert(rev.node_id, r.clone(), transmits) {
+                self.drop_revoked(rev.node_id);
+                fresh.push(r);
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let exclude: BTreeSet<NodeId> = [from].into_iter().collect();
+        for t in self.random_alive(REVOCATION_FANOUT, &exclude) {
+            self.send(
+                t,
+                Message::Revocations {
+                    list: fresh.clone(),
+                },
+            );
+        }
+    }
+
+    fn drop_revoked(&mut self, id: NodeId) {
+        if id == self.me {
+            return;
+        }
+        self.members.remove(&id);
+        self.pending.remove(&id);
+        self.orphans.remove(&id);
+        self.suspicions.remove(&id);
+        self.stale.remove(&id);
+        self.join_seeds.remove(&id);
+        self.tree_remove(&id);
+        self.missing.retain(|(o, _), _| *o != id);
+        self.emit(Event::Revoked(id));
     }
 
     fn has_admitted_record(&self, id: &NodeId) -> bool {
@@ -1755,6 +1851,9 @@ impl Gossip {
         }
         let origin = rec.signer;
         if origin == self.me {
+            return false;
+        }
+        if self.revoked.contains(&origin) {
             return false;
         }
         // Cheap duplicate check before verifying.

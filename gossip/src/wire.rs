@@ -1,7 +1,7 @@
 //! Wire format: a version byte, then a postcard-encoded [`Message`]. Sizes are checked before
 //! any decoding, and every failure is a typed [`WireError`].
 
-use agentmesh_crypto::NodeId;
+use agentmesh_crypto::{NodeId, SignedRevocation};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -96,6 +96,11 @@ pub enum Message {
         /// Records held by the responder.
         records: Vec<Arc<SignedRecord>>,
     },
+    /// Root-signed revocations (appended last: older variants keep their wire tags).
+    Revocations {
+        /// The revocations.
+        list: Vec<Arc<SignedRevocation>>,
+    },
 }
 
 impl Message {
@@ -115,6 +120,7 @@ impl Message {
             Message::Prune => "prune",
             Message::Pull { .. } => "pull",
             Message::PullResp { .. } => "pull_resp",
+            Message::Revocations { .. } => "revocations",
         }
     }
 
@@ -130,6 +136,9 @@ impl Message {
             }
             Message::PullResp { records, .. } => records.len() <= PULL_RECORDS_MAX,
             Message::Pull { ids, .. } => ids.len() <= PULL_RECORDS_MAX,
+            Message::Revocations { list } => {
+                list.len() <= crate::revocations::REVOCATIONS_PER_MESSAGE_MAX
+            }
             _ => true,
         };
         if ok {

@@ -53,6 +53,9 @@ pub const PREFER_FALLBACK_HEADER: &str = "x-mesh-prefer-fallback";
 /// failed onward call back, so the code survives the hop).
 pub const ERROR_HEADER: &str = crate::agent_client::H_ERROR;
 
+#[path = "api_security.rs"]
+mod api_security;
+
 /// The OpenAPI 3.1 document served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
@@ -125,6 +128,10 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
         .route("/v1/workflows/{name}/run", post(wf::post_run))
         .route("/v1/quorum/{capability}", post(wf::post_quorum))
         .route("/v1/openapi.json", get(get_openapi))
+        .route("/v1/security", get(api_security::get_security))
+        .route("/v1/revocations", post(api_security::post_revocation))
+        .route("/v1/policy", post(api_security::post_policy))
+        .route("/v1/audit", get(api_security::get_audit))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
         .route("/metrics", get(get_metrics))
@@ -754,7 +761,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 18, "router routes parsed");
+        assert_eq!(seen, 22, "router routes parsed");
         for (method, path) in crate::a2a_api::ROUTES {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }

@@ -139,6 +139,8 @@ pub struct Callee {
     pub node_id: NodeId,
     /// Inbound and shed counters.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// RBAC (authoritative check here), revocations and the audit log.
+    pub sec: Arc<crate::security::Security>,
 }
 
 /// What an inbound call turned out to be, for its span and counters.
@@ -187,15 +189,40 @@ impl Callee {
     /// Serves one inbound call stream from `from`.
     pub async fn serve(&self, from: NodeId, stream: libp2p::Stream) {
         let (mut r, mut w) = stream.split();
+        let started = tokio::time::Instant::now();
+        let mut audit = crate::audit::CallRecord {
+            time_ms: crate::audit::now_unix_ms(),
+            side: Some(crate::audit::Side::Inbound),
+            caller_node: crate::transport::id_text(&from).to_string(),
+            ..Default::default()
+        };
         let mut note = InboundNote::default();
-        let result = self.serve_inner(from, &mut r, &mut w, &mut note).await;
+        let result = self
+            .serve_inner(from, &mut r, &mut w, &mut note, &mut audit)
+            .await;
         self.observe(&note, &result);
-        if let Err(e) = result {
-            let frame = RespFrame::Error(WireError::from(&e));
-            let _ = write_resp(&mut w, &frame).await;
+        audit.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok(()) if audit.status.is_some_and(|s| s >= 500) => {
+                audit.outcome = "agent_error".into()
+            }
+            Ok(()) if audit.status.is_some() => audit.outcome = "ok".into(),
+            Ok(()) => audit.outcome = "caller_gone".into(),
+            Err(e) => {
+                audit.outcome = serde_json::to_value(e.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let frame = RespFrame::Error(WireError::from(e));
+                let _ = write_resp(&mut w, &frame).await;
+            }
         }
         let _ = w.flush().await;
         let _ = w.close().await;
+        // A stream that never sent a header is not a call; everything else is audited.
+        if !audit.capability.is_empty() || !audit.decision.is_empty() {
+            self.sec.audit(audit).await;
+        }
     }
 
     /// Counts the inbound call and closes its span.
@@ -226,6 +253,7 @@ impl Callee {
         r: &mut R,
         w: &mut W,
         note: &mut InboundNote,
+        audit: &mut crate::audit::CallRecord,
     ) -> Result<(), CallError>
     where
         R: futures::AsyncRead + Unpin,
@@ -260,6 +288,25 @@ impl Callee {
             AdmissionMode::Open => header.caller_roles.clone(),
             AdmissionMode::Enforced { .. } => roles,
         };
+        audit.call_id = hex_id(&header.call_id);
+        audit.caller_agent = header.caller_agent.clone();
+        audit.capability = header.capability.clone();
+        audit.trace_id = crate::audit::trace_id(header.traceparent.as_deref());
+        audit.callee_node = self.sec.mesh_node_id();
+        audit.callee_agent = self.agent.registration().map(|r| r.name);
+        // The authoritative RBAC check: roles from the verified certificate only.
+        match self.sec.check_inbound(&from, &roles, &header.capability) {
+            Ok(d) => {
+                audit.decision = d.label().into();
+                audit.rule = d.rule;
+            }
+            Err((d, e)) => {
+                tracing::warn!(caller = %from, capability = %header.capability, rule = %d.rule, "inbound call denied by policy");
+                audit.decision = d.label().into();
+                audit.rule = d.rule;
+                return Err(e);
+            }
+        }
         let reg = self.agent.offering(&header.capability)?;
         let shedding = crate::runtime::spec_now(&self.spec).shedding.clone();
         let priority = self.priority_of(&from);
@@ -275,6 +322,7 @@ impl Callee {
             .await
             .map_err(|_| deadline_err())?
             .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call body: {e}")))?;
+        audit.body_sha256 = self.sec.body_hash(&body);
         let mut req = agent_request(&reg, &header, from, roles, body.into(), deadline);
         let handoff =
             crate::telemetry::handoff_span(&span, &header.capability, &reg.name, &reg.handler);
@@ -305,6 +353,7 @@ impl Callee {
         };
         drop(handoff);
         note.status = Some(resp.status().as_u16());
+        audit.status = Some(resp.status().as_u16());
         let head = RespFrame::Head(ResponseHead {
             status: resp.status().as_u16(),
             content_type: agent_client::content_type(&resp),

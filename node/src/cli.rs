@@ -86,6 +86,14 @@ pub enum Command {
     Quorum(crate::cli_workflow::QuorumArgs),
     /// Live view of mesh-wide traffic: busiest and slowest pairs, hot and idle agents.
     Top(crate::cli_top::TopArgs),
+    /// Revoke a node with the mesh root key; the revocation spreads by gossip.
+    Revoke(crate::cli_security::RevokeArgs),
+    /// Verify or query the audit log.
+    #[command(subcommand)]
+    Audit(crate::cli_security::AuditCommand),
+    /// Validate, sign or distribute an RBAC policy.
+    #[command(subcommand)]
+    Policy(crate::cli_security::PolicyCommand),
 }
 
 /// `agentmesh mesh …`.
@@ -323,6 +331,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Workflow(c) => crate::cli_workflow::run_workflow(c).await,
         Command::Quorum(a) => crate::cli_workflow::run_quorum(a).await,
         Command::Top(a) => crate::cli_top::run(a).await,
+        Command::Revoke(a) => crate::cli_security::revoke(a).await,
+        Command::Audit(c) => crate::cli_security::audit(c).await,
+        Command::Policy(c) => crate::cli_security::policy(c).await,
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
@@ -500,6 +511,11 @@ fn admit(a: AdmitArgs) -> CmdResult {
         );
     }
     Ok(())
+}
+
+/// Reads `mesh.toml` beside a root key (for commands in other modules).
+pub(crate) fn read_mesh_file_pub(root_key: &Path) -> Result<MeshFile, Failure> {
+    read_mesh_file(root_key)
 }
 
 fn read_mesh_file(root_key: &Path) -> Result<MeshFile, Failure> {

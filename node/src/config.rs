@@ -152,6 +152,12 @@ pub struct FileConfig {
     /// `[telemetry]`: OTLP trace export (see [`crate::telemetry`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<crate::telemetry::TelemetrySection>,
+    /// `[rbac]`: the RBAC policy file (see [`crate::rbac`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbac: Option<RbacSection>,
+    /// `[audit]`: the audit log (see [`crate::audit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// `[workflows]`.
@@ -161,6 +167,14 @@ pub struct WorkflowsSection {
     /// Workflow files, or directories whose `*.toml` files are workflows (relative to the
     /// config file's directory).
     pub paths: Vec<PathBuf>,
+}
+
+/// `[rbac]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbacSection {
+    /// The policy TOML (relative to the config file).
+    pub policy_file: PathBuf,
 }
 
 /// `[node]`.
@@ -289,6 +303,13 @@ impl NodeConfig {
         if let Some(c) = &mut file.node.cert_file {
             resolve(c, base);
         }
+        if let Some(r) = &mut file.rbac {
+            resolve(&mut r.policy_file, base);
+        }
+        if let Some(a) = &mut file.audit {
+            resolve(&mut a.dir, base);
+            a.validate().map_err(|(f, m)| err(&f, m))?;
+        }
         let api_listen: SocketAddr = file.node.api_listen.parse().map_err(|_| {
             err(
                 "node.api_listen",
@@ -416,6 +437,17 @@ impl NodeConfig {
             agent: self.file.agent.clone(),
             priority: n.priority,
             mesh: self.mesh.clone(),
+            security: crate::security::SecurityConfig {
+                policy: match &self.file.rbac {
+                    Some(r) => Some(
+                        crate::rbac::Policy::load(&r.policy_file)
+                            .map_err(|e| err("rbac.policy_file", e.to_string()))?,
+                    ),
+                    None => None,
+                },
+                audit: self.file.audit.clone(),
+                cert_file: n.cert_file.clone(),
+            },
         })
     }
 }

@@ -56,6 +56,8 @@ pub enum DriverCmd {
     Leave(oneshot::Sender<()>),
     /// Change the local record.
     Update(RecordUpdate),
+    /// Apply and spread a root-signed revocation.
+    Revoke(Arc<agentmesh_crypto::SignedRevocation>),
     /// Stop the driver.
     Stop,
 }
@@ -85,6 +87,8 @@ pub struct DriverStats {
 pub struct Snapshot {
     /// Every member, self first.
     pub members: Vec<MemberView>,
+    /// Nodes revoked by the mesh root (as heard so far).
+    pub revoked: Vec<NodeId>,
 }
 
 /// The latest snapshot, shared with readers.
@@ -219,6 +223,10 @@ impl Driver {
                 cmd = cmds.recv() => match cmd {
                     None | Some(DriverCmd::Stop) => break,
                     Some(DriverCmd::Join(seeds)) => self.handle(Input::Join { seeds }),
+                    Some(DriverCmd::Revoke(r)) => {
+                        self.changed = true;
+                        self.handle(Input::Revoke(r));
+                    }
                     Some(DriverCmd::Update(u)) => {
                         self.changed = true;
                         self.handle(Input::Update(u));
@@ -241,6 +249,7 @@ impl Driver {
         self.changed = false;
         let snap = Arc::new(Snapshot {
             members: self.gossip.members(),
+            revoked: self.gossip.revoked_ids(),
         });
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snap;
     }
@@ -338,6 +347,7 @@ fn log_event(ev: &Event) {
         Event::Alive(id) => tracing::info!(peer = %id, "member refuted suspicion"),
         Event::Dead(id) => tracing::warn!(peer = %id, "member declared dead"),
         Event::Left(id) => tracing::info!(peer = %id, "member left"),
+        Event::Revoked(id) => tracing::warn!(peer = %id, "member revoked by the mesh root"),
         Event::Penalized { peer, reason } => {
             tracing::warn!(%peer, %reason, "peer penalized")
         }

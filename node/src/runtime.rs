@@ -54,6 +54,8 @@ struct AttemptDone<'a> {
     span: tracing::Span,
     attempt_no: u32,
 }
+#[path = "runtime_security.rs"]
+mod runtime_security;
 
 /// Largest deadline accepted.
 pub const DEADLINE_MAX_MS: u64 = 10 * 60 * 1000;
@@ -111,6 +113,8 @@ pub struct RuntimeConfig {
     pub priority: Priority,
     /// Routing and resilience settings (`[defaults]`, `[capability."…"]`).
     pub mesh: MeshConfig,
+    /// RBAC policy, audit log and certificate renewal (`[rbac]`, `[audit]`).
+    pub security: crate::security::SecurityConfig,
 }
 
 impl RuntimeConfig {
@@ -127,6 +131,7 @@ impl RuntimeConfig {
             agent: None,
             priority: Priority::Standard,
             mesh: MeshConfig::default(),
+            security: Default::default(),
         }
     }
 }
@@ -143,7 +148,6 @@ struct Inner {
     priority: Priority,
     config_path: Mutex<Option<std::path::PathBuf>>,
     driver_stats: Arc<DriverStats>,
-    roles: Vec<String>,
     seeded: bool,
     joined: AtomicBool,
     shutting_down: AtomicBool,
@@ -153,6 +157,7 @@ struct Inner {
     workflows: std::sync::RwLock<Arc<crate::workflow::WorkflowSet>>,
     metrics: Arc<crate::metrics::Metrics>,
     traffic: Arc<crate::traffic::TrafficTable>,
+    sec: Arc<crate::security::Security>,
 }
 
 /// The running mesh node. Cheap to clone.
@@ -248,7 +253,6 @@ impl MeshHandle {
             validate_registration(reg).map_err(|e| anyhow::anyhow!("agent: {e}"))?;
         }
         let node_id = cfg.key.node_id();
-        let roles = own_roles(&cfg);
         let (transport, events) = transport::start(&cfg.key, &cfg.listen, cfg.mdns).await?;
         let addrs: Vec<String> = transport
             .listen_addrs
@@ -284,6 +288,15 @@ impl MeshHandle {
         )
         .await?;
         let agent = Arc::new(LocalAgent::new(cfg.agent.clone()));
+        let sec = Arc::new(crate::security::Security::new(
+            cfg.security.clone(),
+            &cfg.key,
+            cfg.cert.clone(),
+            match &cfg.admission {
+                AdmissionMode::Enforced { root, mesh_id } => Some((*root, mesh_id.clone())),
+                AdmissionMode::Open => None,
+            },
+        )?);
         let inner = Arc::new(Inner {
             node_id,
             transport: transport.clone(),
@@ -296,7 +309,6 @@ impl MeshHandle {
             priority: cfg.priority,
             config_path: Mutex::new(None),
             driver_stats,
-            roles,
             seeded: !cfg.seeds.is_empty(),
             joined: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
@@ -306,6 +318,7 @@ impl MeshHandle {
             workflows: Default::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             traffic: Arc::new(crate::traffic::TrafficTable::default()),
+            sec: sec.clone(),
         });
         let handle = MeshHandle(inner);
         let hello = AdmitHello {
@@ -330,11 +343,13 @@ impl MeshHandle {
                     voter: handle.0.voter.clone(),
                     node_id,
                     metrics: handle.0.metrics.clone(),
+                    sec,
                 },
                 call_in,
             )),
             tokio::spawn(handle.clone().publish_load()),
             tokio::spawn(handle.clone().publish_traffic()),
+            tokio::spawn(handle.clone().security_loop()),
         ];
         if !cfg.seeds.is_empty() {
             let seeds: Vec<String> = cfg.seeds.iter().take(SEEDS_MAX).cloned().collect();
@@ -420,7 +435,9 @@ impl MeshHandle {
                 format!("no agent offers {}", req.capability),
             ));
         }
-        let (cands, ineligible) = split_offers(offers);
+        let (cands, mut ineligible) = split_offers(offers);
+        let (cands, forbidden) = self.0.sec.split_forbidden(cands, &req.capability);
+        ineligible.extend(forbidden);
         let views = self
             .0
             .res
@@ -488,6 +505,33 @@ impl MeshHandle {
     /// instead (once). The response streams; `served_by` and `attempts` say who answered
     /// after how many tries.
     pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
+        // One call id for the call, its audit entry and (for quorum) every voter.
+        let call_id: [u8; 16] = req.call_id.unwrap_or_else(rand::random);
+        let started = tokio::time::Instant::now();
+        let time_ms = crate::audit::now_unix_ms();
+        let rec = crate::audit::CallRecord {
+            time_ms,
+            side: Some(crate::audit::Side::Outbound),
+            call_id: callee::hex_id(&call_id),
+            caller_node: crate::transport::id_text(&self.0.node_id).to_string(),
+            caller_agent: self.0.agent.registration().map(|r| r.name),
+            capability: req.capability.clone(),
+            trace_id: crate::audit::trace_id(req.traceparent.as_deref()),
+            body_sha256: self.0.sec.body_hash(&req.body),
+            ..Default::default()
+        };
+        let res = self.call_observed(req, call_id).await;
+        let rec = runtime_security::outbound_record(rec, &res, started.elapsed());
+        self.0.sec.audit(rec).await;
+        res
+    }
+
+    /// [`MeshHandle::call`] with its route span, metrics and traffic summary.
+    async fn call_observed(
+        &self,
+        req: CallRequest,
+        call_id: [u8; 16],
+    ) -> Result<CallResponse, CallError> {
         let started = tokio::time::Instant::now();
         let source = self
             .0
@@ -506,7 +550,7 @@ impl MeshHandle {
             source,
             target: None,
         };
-        let result = self.call_inner(req.clone(), &mut note).await;
+        let result = self.call_inner(req.clone(), call_id, &mut note).await;
         crate::obs_api::observe_call(
             &self.0.metrics,
             &self.0.traffic,
@@ -521,6 +565,7 @@ impl MeshHandle {
     async fn call_inner(
         &self,
         req: CallRequest,
+        call_id: [u8; 16],
         note: &mut crate::obs_api::CallNote,
     ) -> Result<CallResponse, CallError> {
         if self.0.shutting_down.load(Ordering::Acquire) {
@@ -558,7 +603,7 @@ impl MeshHandle {
         )?;
         let _outbound = OutboundGuard::new(self.0.outbound.clone());
         match self
-            .call_routed(&req, &settings, chain, deadline, note)
+            .call_routed(&req, &settings, chain, deadline, call_id, note)
             .await
         {
             Err(e) if e.code == ErrorCode::CircuitOpen && settings.fallback.is_some() => {
@@ -575,7 +620,7 @@ impl MeshHandle {
                 fb_req.capability = fallback.clone();
                 fb_req.prefer = None;
                 let mut resp = self
-                    .call_routed(&fb_req, &fb_settings, chain, deadline, note)
+                    .call_routed(&fb_req, &fb_settings, chain, deadline, call_id, note)
                     .await?;
                 resp.policy = format!("{}; fallback from {}", resp.policy, req.capability);
                 Ok(resp)
@@ -590,6 +635,7 @@ impl MeshHandle {
         settings: &CapabilitySettings,
         chain: Vec<(NodeId, String)>,
         deadline: tokio::time::Instant,
+        call_id: [u8; 16],
         note: &mut crate::obs_api::CallNote,
     ) -> Result<CallResponse, CallError> {
         let offers = router::offers(&snapshot(&self.0.gossip).members, self.0.node_id, req);
@@ -604,6 +650,11 @@ impl MeshHandle {
         if let Some(pin) = req.pin {
             cands.retain(|c| c.node_id == pin);
         }
+        // Routing never picks a candidate the policy forbids; if none is left, fail fast.
+        let (cands, forbidden) = self.0.sec.split_forbidden(cands, &req.capability);
+        if cands.is_empty() && !forbidden.is_empty() {
+            return Err(self.0.sec.forbid_all(&forbidden, &req.capability));
+        }
         if cands.is_empty() {
             return Err(CallError::new(
                 ErrorCode::NoEligibleAgent,
@@ -616,7 +667,7 @@ impl MeshHandle {
         let res = &self.0.res;
         res.deposit(&req.capability, &settings.retry);
         let header = CallHeader {
-            call_id: req.call_id.unwrap_or_else(rand::random),
+            call_id,
             capability: req.capability.clone(),
             attrs: req.attrs.clone(),
             min_proficiency: req.min_proficiency,
@@ -626,7 +677,7 @@ impl MeshHandle {
             tracestate: req.tracestate.clone(),
             caller_node: self.0.node_id,
             caller_agent: self.0.agent.registration().map(|r| r.name),
-            caller_roles: self.0.roles.clone(),
+            caller_roles: self.0.sec.roles(),
             content_type: req.content_type.clone(),
             want_vote: req.want_vote,
         };
@@ -997,7 +1048,7 @@ impl MeshHandle {
                 &shedding,
             )
             .inspect_err(|_| self.0.metrics.record_shed(self.0.priority))?;
-            caller::call_local(&self.0.agent, cand, &attempt, self.0.roles.clone()).await
+            caller::call_local(&self.0.agent, cand, &attempt, self.0.sec.roles()).await
         } else {
             caller::call_remote(
                 &self.0.transport,
@@ -1115,6 +1166,9 @@ impl MeshHandle {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if let Some(a) = &self.0.sec.audit {
+            a.flush().await;
+        }
         let _ = self.0.driver.send(DriverCmd::Stop).await;
         let _ = self.0.transport.cmds.send(SwarmCmd::Shutdown).await;
         for t in lock(&self.0.tasks).drain(..) {
@@ -1139,7 +1193,12 @@ impl MeshHandle {
                         continue;
                     };
                     self.0.admission.connected(node);
-                    tokio::spawn(self.clone().admit_outbound(peer, node, hello.clone()));
+                    // The current certificate: a renewal is presented without a restart.
+                    let hello = match self.0.sec.cert() {
+                        Some(c) => AdmitHello { cert: Some(c) },
+                        None => hello.clone(),
+                    };
+                    tokio::spawn(self.clone().admit_outbound(peer, node, hello));
                 }
                 TransportEvent::Disconnected(peer) => {
                     if let Ok(node) = NodeId::from_peer_id(&peer) {
@@ -1241,6 +1300,12 @@ impl MeshHandle {
                 if let PeerVerdict::Rejected(reason) = &verdict {
                     tracing::warn!(%peer, %reason, "refusing peer at admission");
                 }
+                let verdict = match verdict {
+                    PeerVerdict::Admitted { .. } if this.0.sec.is_revoked(&node) => {
+                        PeerVerdict::Rejected("revoked by the mesh root".into())
+                    }
+                    v => v,
+                };
                 let rejected = matches!(verdict, PeerVerdict::Rejected(_));
                 this.0.admission.set_theirs(node, verdict);
                 if rejected {
@@ -1519,14 +1584,6 @@ fn validate_call(req: &CallRequest) -> Result<(), CallError> {
         ));
     }
     Ok(())
-}
-
-fn own_roles(cfg: &RuntimeConfig) -> Vec<String> {
-    cfg.cert
-        .as_ref()
-        .and_then(|c| c.claimed().ok())
-        .map(|c| c.roles)
-        .unwrap_or_default()
 }
 
 fn state_name(s: MemberState) -> &'static str {

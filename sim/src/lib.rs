@@ -6,6 +6,7 @@ pub mod adversary;
 pub mod cache;
 pub mod quorum;
 pub mod scenario;
+pub mod security;
 pub mod world;
 
 pub use scenario::{run, Params, Report, SCENARIOS};

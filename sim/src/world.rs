@@ -482,6 +482,11 @@ impl World {
         &mut self.rng
     }
 
+    /// The mesh root key (security scenarios sign revocations and certificates with it).
+    pub fn root(&self) -> &Keypair {
+        &self.root
+    }
+
     /// The key of node `i` (adversaries sign with their own key).
     pub fn key(&self, i: usize) -> &Keypair {
         &self.nodes[i].key

@@ -247,6 +247,8 @@ pub struct NodeOpts {
     pub cost: Option<f64>,
     /// Extra demo-agent flags (e.g. `--answer cap={"x":1}`).
     pub agent_args: Vec<String>,
+    /// Roles in its certificate, comma-separated (None: `agent`).
+    pub roles: Option<String>,
 }
 
 impl NodeOpts {
@@ -264,6 +266,7 @@ impl NodeOpts {
             extra_toml: String::new(),
             cost: None,
             agent_args: Vec::new(),
+            roles: None,
         }
     }
 }
@@ -401,7 +404,12 @@ impl Mesh {
         std::fs::create_dir_all(&dir)?;
         let key = dir.join("node.key");
         let id = run_cli(&["keygen", "--out", key.to_str().context("utf-8")?])?;
-        self.write_cert(&dir.join("node.cert"), &id, opts.cert)?;
+        self.write_cert(
+            &dir.join("node.cert"),
+            &id,
+            opts.cert,
+            opts.roles.as_deref(),
+        )?;
         let port = free_udp_port()?;
         let seed = match opts.seed {
             Some(s) => Some(self.nodes[s].addr.clone()),
@@ -465,7 +473,18 @@ impl Mesh {
         Ok(node)
     }
 
-    fn write_cert(&self, path: &Path, node_id: &str, kind: CertKind) -> Result<()> {
+    /// The mesh root key file.
+    pub fn root_key(&self) -> &Path {
+        &self.root_key
+    }
+
+    fn write_cert(
+        &self,
+        path: &Path,
+        node_id: &str,
+        kind: CertKind,
+        roles: Option<&str>,
+    ) -> Result<()> {
         let p = path.to_str().context("utf-8")?;
         let root = self.root_key.to_str().context("utf-8")?;
         match kind {
@@ -477,7 +496,7 @@ impl Mesh {
                     "--node-pub",
                     node_id,
                     "--roles",
-                    "agent",
+                    roles.unwrap_or("agent"),
                     "--ttl",
                     "1d",
                     "--out",
