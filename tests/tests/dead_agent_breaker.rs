@@ -39,6 +39,9 @@ async fn dead_agent_behind_a_live_node_gets_its_breaker_opened() {
         "failures: {failed:?}"
     );
     // The default breaker needs 5 calls to judge; after it opens nothing more is sent.
-    assert!((5..=7).contains(&failed.len()), "failures: {failed:?}; {row}");
+    assert!(
+        (5..=7).contains(&failed.len()),
+        "failures: {failed:?}; {row}"
+    );
     assert_eq!(row["breaker"], "open", "{row}");
 }
