@@ -518,10 +518,11 @@ impl Writer {
     }
 
     fn entry(&mut self, mut rec: CallRecord, c: &AuditCounters) -> std::io::Result<()> {
-        for s in [&mut rec.caller_agent, &mut rec.callee_agent] {
-            if let Some(v) = s {
-                *v = crate::call_proto::truncate(v, AUDIT_FIELD_LEN_MAX);
-            }
+        for v in [&mut rec.caller_agent, &mut rec.callee_agent]
+            .into_iter()
+            .flatten()
+        {
+            *v = crate::call_proto::truncate(v, AUDIT_FIELD_LEN_MAX);
         }
         rec.outcome = crate::call_proto::truncate(&rec.outcome, AUDIT_FIELD_LEN_MAX);
         let line = AuditLine {

@@ -46,7 +46,7 @@ pub enum AuditCommand {
     /// reordered entry (exit 1 if any).
     Verify(VerifyArgs),
     /// Filter audit entries (local files, or every node with --mesh).
-    Query(QueryArgs),
+    Query(Box<QueryArgs>),
 }
 
 /// `agentmesh audit verify`.
@@ -216,7 +216,7 @@ pub async fn revoke(a: RevokeArgs) -> CmdResult {
 pub async fn audit(c: AuditCommand) -> CmdResult {
     match c {
         AuditCommand::Verify(a) => verify(a),
-        AuditCommand::Query(a) => query(a).await,
+        AuditCommand::Query(a) => query(*a).await,
     }
 }
 
@@ -347,8 +347,8 @@ async fn query(a: QueryArgs) -> CmdResult {
         return Ok(());
     }
     println!(
-        "{:<13} {:<8} {:<20} {:<12} {:<12} {:<15} {:>8} {}",
-        "time(s)", "side", "capability", "caller", "callee", "decision", "ms", "outcome"
+        "{:<13} {:<8} {:<20} {:<12} {:<12} {:<15} {:>8} outcome",
+        "time(s)", "side", "capability", "caller", "callee", "decision", "ms"
     );
     for (_, r) in &entries {
         let line = format!(

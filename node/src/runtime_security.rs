@@ -31,10 +31,10 @@ impl MeshHandle {
                 }
             }
             self.adopt_gossiped_policy(&snap, &mut bad_policies).await;
-            if n % CERT_CHECK_TICKS == 0 {
+            if n.is_multiple_of(CERT_CHECK_TICKS) {
                 self.reload_cert().await;
             }
-            if n % EXPIRY_WARN_TICKS == 0 {
+            if n.is_multiple_of(EXPIRY_WARN_TICKS) {
                 self.0.sec.check_cert_expiry(now_ms() / 1000);
             }
             n += 1;
