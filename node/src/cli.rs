@@ -289,11 +289,11 @@ pub struct DemoAgentArgs {
     /// The node API used by `--forward` (default: the `--register` URL).
     #[arg(long, value_name = "API_URL")]
     pub node_api: Option<String>,
-    /// Answer CAP with this fixed JSON instead of the echo (`*` for every capability);
-    /// repeatable. Workflow examples and quorum tests use it (a liar is a fixed wrong answer).
+    // Workflow examples and quorum tests use it: a liar is a fixed wrong answer.
+    /// Answer CAP with this fixed JSON, not the echo (`*`: every capability); repeatable.
     #[arg(long, value_name = "CAP=JSON")]
     pub answer: Vec<String>,
-    /// HTTP status of injected failures (503 and 429 are retried by callers; 500 is not).
+    /// HTTP status of injected failures (callers retry 503 and 429, not 500).
     #[arg(long, default_value_t = 500)]
     pub error_status: u16,
 }
