@@ -2,10 +2,8 @@
 //! 2 liars out of 4 give `needs_review`, never the lie; the decision verifies offline; the
 //! liar's routing quality drops and it loses `quality`-policy traffic. Latencies printed.
 
-use agentmesh_tests::{served_by, wait_until, Mesh, Node, NodeOpts};
-use std::time::Duration;
+use agentmesh_tests::{served_by, Mesh, Node, NodeOpts};
 
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 const TRUTH: &str = r#"{"decision":"approve","reason":"policy 4.2"}"#;
 const LIE: &str = r#"{"decision":"deny","reason":"because"}"#;
 
@@ -15,20 +13,6 @@ fn voter(caps: &[&str], answer: &str, latency_ms: f64) -> NodeOpts {
         agent_args: vec!["--answer".into(), format!("*={answer}")],
         ..NodeOpts::caps(caps)
     }
-}
-
-async fn wait_offers(mesh: &Mesh, node: &Node, cap: &str, n: usize) {
-    wait_until(
-        &format!("{n} offer(s) of {cap}"),
-        CONVERGE_TIMEOUT,
-        || async {
-            let (_, v) = mesh.get(node, "/v1/capabilities").await?;
-            let got = v["capabilities"][cap].as_array().map_or(0, |a| a.len());
-            Ok((got >= n).then_some(()))
-        },
-    )
-    .await
-    .unwrap();
 }
 
 async fn quorum(
@@ -71,8 +55,8 @@ async fn byzantine_quorum_on_real_processes() {
         .await
         .unwrap();
     let liar2 = mesh.start_node(voter(&["vote2"], LIE, 0.0)).await.unwrap();
-    wait_offers(&mesh, &caller, "vote", 5).await;
-    wait_offers(&mesh, &caller, "vote2", 4).await;
+    mesh.wait_offers(&caller, "vote", 5).await.unwrap();
+    mesh.wait_offers(&caller, "vote2", 4).await.unwrap();
 
     // n = 5 (4 honest + 1 liar), f = 1: 3 matching votes decide.
     let mut last = serde_json::Value::Null;

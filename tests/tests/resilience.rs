@@ -2,11 +2,8 @@
 //! deadline propagation across three hops, loop refusal, retries on another agent, and
 //! shedding by caller priority. Every wait is on a condition and bounded.
 
-use agentmesh_tests::{served_by, wait_until, Mesh, Node, NodeOpts};
+use agentmesh_tests::{Mesh, Node, NodeOpts};
 use std::time::{Duration, Instant};
-
-/// Bound on a small mesh seeing every capability.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Breakers that open quickly, no retries: each call says exactly what one attempt did.
 const FAST_BREAKER: &str = "[defaults]\npolicy = \"round_robin\"\n\
@@ -15,35 +12,6 @@ const FAST_BREAKER: &str = "[defaults]\npolicy = \"round_robin\"\n\
 
 fn opts(caps: &[&str]) -> NodeOpts {
     NodeOpts::caps(caps)
-}
-
-/// Waits until `node` lists `cap` offered by `n` agents.
-async fn wait_offers(mesh: &Mesh, node: &Node, cap: &str, n: usize) {
-    wait_until(
-        &format!("{} to see {n} offer(s) of {cap}", node.agent),
-        CONVERGE_TIMEOUT,
-        || async {
-            let (_, v) = mesh.get(node, "/v1/capabilities").await?;
-            let got = v["capabilities"][cap].as_array().map_or(0, |a| a.len());
-            Ok((got >= n).then_some(()))
-        },
-    )
-    .await
-    .unwrap();
-}
-
-async fn call_json(
-    mesh: &Mesh,
-    node: &Node,
-    cap: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String, reqwest::header::HeaderMap, serde_json::Value) {
-    let r = mesh.call(node, cap, "{}", headers).await.unwrap();
-    let status = r.status().as_u16();
-    let by = served_by(&r);
-    let h = r.headers().clone();
-    let v = r.json().await.unwrap_or(serde_json::Value::Null);
-    (status, by, h, v)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -64,11 +32,11 @@ async fn failing_agent_gets_its_circuit_opened_and_traffic_moves() {
         .await
         .unwrap();
     mesh.start_node(opts(&["svc"])).await.unwrap();
-    wait_offers(&mesh, &a, "svc", 3).await;
+    mesh.wait_offers(&a, "svc", 3).await.unwrap();
     let started = Instant::now();
     let mut opened_after = None;
     for i in 0..60 {
-        let (status, by, _, v) = call_json(&mesh, &a, "svc", &[]).await;
+        let (status, by, _, v) = mesh.call_json(&a, "svc", &[]).await.unwrap();
         if by.contains(&bad.id) || status != 200 {
             assert_eq!(v["code"], "agent_error", "{v}");
         }
@@ -88,7 +56,7 @@ async fn failing_agent_gets_its_circuit_opened_and_traffic_moves() {
     let (calls, took) = opened_after.expect("the failing agent's breaker opened");
     eprintln!("breaker opened after {calls} calls, {took:?}");
     for _ in 0..20 {
-        let (status, by, _, v) = call_json(&mesh, &a, "svc", &[]).await;
+        let (status, by, _, v) = mesh.call_json(&a, "svc", &[]).await.unwrap();
         assert_eq!(status, 200, "{v}");
         assert!(
             !by.contains(&bad.id),
@@ -129,11 +97,11 @@ async fn all_breakers_open_calls_the_fallback_capability() {
     .await
     .unwrap();
     let backup = mesh.start_node(opts(&["backup"])).await.unwrap();
-    wait_offers(&mesh, &a, "primary", 1).await;
-    wait_offers(&mesh, &a, "backup", 1).await;
+    mesh.wait_offers(&a, "primary", 1).await.unwrap();
+    mesh.wait_offers(&a, "backup", 1).await.unwrap();
     let mut fell_back = false;
     for _ in 0..10 {
-        let (status, by, h, v) = call_json(&mesh, &a, "primary", &[]).await;
+        let (status, by, h, v) = mesh.call_json(&a, "primary", &[]).await.unwrap();
         if status == 200 {
             assert!(by.contains(&backup.id), "{by}");
             let policy = h["x-mesh-policy"].to_str().unwrap();
@@ -172,9 +140,12 @@ async fn deadline_shrinks_across_three_hops() {
     .unwrap();
     mesh.start_node(opts(&["hop.c"])).await.unwrap();
     let b = mesh.nodes[1].clone();
-    wait_offers(&mesh, &a, "hop.b", 1).await;
-    wait_offers(&mesh, &b, "hop.c", 1).await;
-    let (status, _, _, v) = call_json(&mesh, &a, "hop.a", &[("x-mesh-deadline-ms", "2000")]).await;
+    mesh.wait_offers(&a, "hop.b", 1).await.unwrap();
+    mesh.wait_offers(&b, "hop.c", 1).await.unwrap();
+    let (status, _, _, v) = mesh
+        .call_json(&a, "hop.a", &[("x-mesh-deadline-ms", "2000")])
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{v}");
     let d = |v: &serde_json::Value| -> u64 {
         v["received_headers"]["x-mesh-deadline-ms"]
@@ -190,7 +161,10 @@ async fn deadline_shrinks_across_three_hops() {
     // The chain token travels too.
     assert!(v["forwarded"]["forwarded"]["received_headers"]["x-mesh-chain"].is_string());
     // Too little time: refused at once, not sent.
-    let (status, _, _, v) = call_json(&mesh, &a, "hop.c", &[("x-mesh-deadline-ms", "5")]).await;
+    let (status, _, _, v) = mesh
+        .call_json(&a, "hop.c", &[("x-mesh-deadline-ms", "5")])
+        .await
+        .unwrap();
     assert_eq!(
         (status, v["code"].as_str()),
         (504, Some("deadline_exceeded")),
@@ -221,11 +195,11 @@ async fn call_loop_is_refused_at_once() {
     .await
     .unwrap();
     let (b, c) = (mesh.nodes[1].clone(), mesh.nodes[2].clone());
-    wait_offers(&mesh, &a, "loop.b", 1).await;
-    wait_offers(&mesh, &b, "loop.c", 1).await;
-    wait_offers(&mesh, &c, "loop.a", 1).await;
+    mesh.wait_offers(&a, "loop.b", 1).await.unwrap();
+    mesh.wait_offers(&b, "loop.c", 1).await.unwrap();
+    mesh.wait_offers(&c, "loop.a", 1).await.unwrap();
     let started = Instant::now();
-    let (status, _, h, v) = call_json(&mesh, &a, "loop.a", &[]).await;
+    let (status, _, h, v) = mesh.call_json(&a, "loop.a", &[]).await.unwrap();
     let took = started.elapsed();
     eprintln!("A→B→C→A refused in {took:?}: {v}");
     assert_eq!(status, 508, "{v}");
@@ -241,11 +215,14 @@ async fn retry_lands_on_a_different_agent() {
     let a = mesh.start_node(opts(&["other"])).await.unwrap();
     let dead = mesh.start_node(opts(&["svc"])).await.unwrap();
     let live = mesh.start_node(opts(&["svc"])).await.unwrap();
-    wait_offers(&mesh, &a, "svc", 2).await;
+    mesh.wait_offers(&a, "svc", 2).await.unwrap();
     // Kill the pinned agent's process (not its node): its node answers agent_unreachable,
     // which is transient.
     mesh.procs.kill9(dead.proc_index - 1).unwrap();
-    let (status, by, h, v) = call_json(&mesh, &a, "svc", &[("x-mesh-prefer", &dead.agent)]).await;
+    let (status, by, h, v) = mesh
+        .call_json(&a, "svc", &[("x-mesh-prefer", &dead.agent)])
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{v}");
     assert!(by.contains(&live.id), "{by}");
     assert_eq!(h["x-mesh-attempts"], "2");
@@ -280,15 +257,15 @@ async fn shedding_refuses_experimental_callers_first() {
         .await
         .unwrap();
     for n in [&exp, &crit] {
-        wait_offers(&mesh, n, "slow", 1).await;
+        mesh.wait_offers(n, "slow", 1).await.unwrap();
     }
-    wait_offers(&mesh, &server, "x.exp", 1).await;
-    wait_offers(&mesh, &server, "x.crit", 1).await;
+    mesh.wait_offers(&server, "x.exp", 1).await.unwrap();
+    mesh.wait_offers(&server, "x.crit", 1).await.unwrap();
     let burst = |node: Node| {
         let calls = (0..4).map(|_| {
             let n = node.clone();
             let m = &mesh;
-            async move { call_json(m, &n, "slow", &[]).await }
+            async move { m.call_json(&n, "slow", &[]).await.unwrap() }
         });
         futures::future::join_all(calls)
     };

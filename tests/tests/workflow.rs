@@ -2,10 +2,8 @@
 //! specialist is slow and another fails half its calls; fork-join, loop, `on_error` and
 //! the failure record; and the per-step overhead against a plain call (printed).
 
-use agentmesh_tests::{wait_until, Mesh, Node, NodeOpts};
-use std::time::{Duration, Instant};
-
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+use agentmesh_tests::{Mesh, Node, NodeOpts};
+use std::time::Instant;
 
 fn agent(caps: &[&str], answers: &[(&str, &str)]) -> NodeOpts {
     NodeOpts {
@@ -15,20 +13,6 @@ fn agent(caps: &[&str], answers: &[(&str, &str)]) -> NodeOpts {
             .collect(),
         ..NodeOpts::caps(caps)
     }
-}
-
-async fn wait_offers(mesh: &Mesh, node: &Node, cap: &str, n: usize) {
-    wait_until(
-        &format!("{n} offer(s) of {cap}"),
-        CONVERGE_TIMEOUT,
-        || async {
-            let (_, v) = mesh.get(node, "/v1/capabilities").await?;
-            let got = v["capabilities"][cap].as_array().map_or(0, |a| a.len());
-            Ok((got >= n).then_some(()))
-        },
-    )
-    .await
-    .unwrap();
 }
 
 async fn post(
@@ -112,8 +96,10 @@ async fn support_pipeline_completes_with_a_slow_and_a_flaky_specialist() {
     ))
     .await
     .unwrap();
-    wait_offers(&mesh, &caller, "support.specialist", 2).await;
-    wait_offers(&mesh, &caller, "audit.record", 1).await;
+    mesh.wait_offers(&caller, "support.specialist", 2)
+        .await
+        .unwrap();
+    mesh.wait_offers(&caller, "audit.record", 1).await.unwrap();
 
     let (_, list) = mesh.get(&caller, "/v1/workflows").await.unwrap();
     assert_eq!(list["workflows"][0]["name"], "support-pipeline", "{list}");
@@ -253,7 +239,7 @@ async fn workflow_cli_runs_a_file_and_checks_one() {
         .start_node(agent(&["echo.fixed"], &[("echo.fixed", r#"{"ok":true}"#)]))
         .await
         .unwrap();
-    wait_offers(&mesh, &a, "echo.fixed", 1).await;
+    mesh.wait_offers(&a, "echo.fixed", 1).await.unwrap();
     let file = mesh.path().join("w.toml");
     std::fs::write(
         &file,
