@@ -570,6 +570,23 @@ impl Mesh {
         Ok((status, r.json().await.unwrap_or(serde_json::Value::Null)))
     }
 
+    /// `POST {api}{path}` with a JSON body: the status and the JSON answer (null if none).
+    pub async fn post_json(
+        &self,
+        node: &Node,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(u16, serde_json::Value)> {
+        let r = self
+            .http
+            .post(format!("{}{path}", node.api))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or_default()))
+    }
+
     /// The members `node` sees, as `(node_id, state)`.
     pub async fn members(&self, node: &Node) -> Result<Vec<(String, String)>> {
         let (status, v) = self.get(node, "/v1/members").await?;

@@ -21,15 +21,9 @@ async fn quorum(
     cap: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let r = mesh
-        .http
-        .post(format!("{}/v1/quorum/{cap}", node.api))
-        .json(&body)
-        .send()
+    mesh.post_json(node, &format!("/v1/quorum/{cap}"), body)
         .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or_default())
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

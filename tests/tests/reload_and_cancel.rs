@@ -12,6 +12,13 @@ async fn default_policy(mesh: &Mesh, node: &agentmesh_tests::Node) -> String {
         .to_string()
 }
 
+/// `POST /v1/config/reload`: the status and the JSON answer.
+async fn reload_config(mesh: &Mesh, node: &agentmesh_tests::Node) -> (u16, serde_json::Value) {
+    mesh.post_json(node, "/v1/config/reload", serde_json::json!({}))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_applies_a_new_file_keeps_calls_and_refuses_a_bad_one() {
     let mut mesh = Mesh::new().unwrap();
@@ -45,13 +52,8 @@ async fn reload_applies_a_new_file_keeps_calls_and_refuses_a_bad_one() {
             format!("{original}\n[defaults]\npolicy = \"cost\"\n"),
         )
         .unwrap();
-        let r = mesh
-            .http
-            .post(format!("{}/v1/config/reload", caller.api))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let (status, v) = reload_config(&mesh, &caller).await;
+        assert_eq!(status, 200, "{v}");
     };
     let ((status, _, _, v), ()) = tokio::join!(in_flight, reload);
     assert_eq!(status, 200, "the call in flight survived the reload: {v}");
@@ -63,15 +65,9 @@ async fn reload_applies_a_new_file_keeps_calls_and_refuses_a_bad_one() {
         format!("{original}\n[defaults]\npolicy = \"fastest\"\n"),
     )
     .unwrap();
-    let r = mesh
-        .http
-        .post(format!("{}/v1/config/reload", caller.api))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body = r.text().await.unwrap();
-    assert!(body.contains("defaults.policy"), "{body}");
+    let (status, v) = reload_config(&mesh, &caller).await;
+    assert_eq!(status, 400);
+    assert!(v.to_string().contains("defaults.policy"), "{v}");
     assert_eq!(default_policy(&mesh, &caller).await, "cost");
 
     // SIGHUP applies a valid file the same way.

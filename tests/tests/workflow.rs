@@ -21,15 +21,7 @@ async fn post(
     path: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let r = mesh
-        .http
-        .post(format!("{}{path}", node.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or_default())
+    mesh.post_json(node, path, body).await.unwrap()
 }
 
 fn example() -> String {
