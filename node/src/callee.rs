@@ -9,7 +9,7 @@ use crate::call_proto::{
 };
 use crate::contract::{AgentRegistration, CallError, ErrorCode};
 use agentmesh_crypto::NodeId;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -18,6 +18,9 @@ use tokio::sync::Semaphore;
 /// Inbound call streams served at once (above `max_concurrency`, extra ones are answered
 /// `overloaded` quickly; this bounds even those).
 pub const INBOUND_CALL_STREAMS_MAX: usize = 4096;
+/// Largest answer of known length that is read whole before the head is sent (so head, body
+/// and end share one QUIC packet).
+pub const SMALL_ANSWER_BYTES_MAX: usize = 16 * 1024;
 /// Time a caller has to send the header.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -166,29 +169,30 @@ impl Callee {
     }
 }
 
-/// Accepts inbound call streams until the handle is dropped.
-pub async fn accept_loop(callee: Callee, mut incoming: libp2p_stream::IncomingStreams) {
+/// Serves the call plane's inbound streams until its endpoint closes. Above
+/// [`INBOUND_CALL_STREAMS_MAX`] streams at once, a stream is answered `overloaded` at once.
+pub async fn accept_loop(callee: Callee, calls: Arc<crate::call_endpoint::CallEndpoint>) {
     let slots = Arc::new(Semaphore::new(INBOUND_CALL_STREAMS_MAX));
-    while let Some((peer, stream)) = incoming.next().await {
-        let Ok(from) = crate::transport::node_of(&peer) else {
-            continue;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many inbound call streams; dropping one");
-            continue;
-        };
-        let c = callee.clone();
-        tokio::spawn(async move {
-            c.serve(from, stream).await;
-            drop(permit);
-        });
-    }
+    calls
+        .accept_loop(move |from, (mut w, r)| {
+            let (c, slots) = (callee.clone(), slots.clone());
+            async move {
+                let Ok(_permit) = slots.try_acquire_owned() else {
+                    tracing::warn!(caller = %from, "too many inbound call streams; refusing one");
+                    let e = CallError::new(ErrorCode::Overloaded, "callee has too many calls");
+                    let _ = write_resp(&mut w, &RespFrame::Error(WireError::from(&e))).await;
+                    let _ = w.close().await;
+                    return;
+                };
+                c.serve(from, r, w).await;
+            }
+        })
+        .await
 }
 
 impl Callee {
-    /// Serves one inbound call stream from `from`.
-    pub async fn serve(&self, from: NodeId, stream: libp2p::Stream) {
-        let (mut r, mut w) = stream.split();
+    /// Serves one inbound call stream from `from` (the node id its handshake proved).
+    pub async fn serve(&self, from: NodeId, mut r: quinn::RecvStream, mut w: quinn::SendStream) {
         let started = tokio::time::Instant::now();
         let mut audit = crate::audit::CallRecord {
             time_ms: crate::audit::now_unix_ms(),
@@ -247,18 +251,14 @@ impl Callee {
             .record_inbound(source, &note.local_agent, cap, &outcome);
     }
 
-    async fn serve_inner<R, W>(
+    async fn serve_inner(
         &self,
         from: NodeId,
-        r: &mut R,
-        w: &mut W,
+        r: &mut quinn::RecvStream,
+        w: &mut quinn::SendStream,
         note: &mut InboundNote,
         audit: &mut crate::audit::CallRecord,
-    ) -> Result<(), CallError>
-    where
-        R: futures::AsyncRead + Unpin,
-        W: futures::AsyncWrite + Unpin,
-    {
+    ) -> Result<(), CallError> {
         let roles = self
             .admission
             .wait_theirs(&from, ADMIT_TIMEOUT)
@@ -322,6 +322,7 @@ impl Callee {
             .await
             .map_err(|_| deadline_err())?
             .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call body: {e}")))?;
+        crate::call_endpoint::take_eof(r);
         audit.body_sha256 = self.sec.body_hash(&body);
         let mut req = agent_request(&reg, &header, from, roles, body.into(), deadline);
         let handoff =
@@ -330,8 +331,9 @@ impl Callee {
             req.traceparent = Some(tp);
             req.tracestate = ts.or(req.tracestate);
         }
-        // Wait for the agent while watching for the caller to go away (reset or close): either
-        // cancels the agent request by dropping it.
+        // Wait for the agent while watching for the caller to go away (it stops reading, or
+        // the connection is lost): either cancels the agent request by dropping it.
+        let gone = w.stopped();
         let resp = tokio::select! {
             res = tokio::time::timeout_at(deadline, self.agent.invoke(req)) => {
                 let res = res.map_err(|_| deadline_err()).and_then(|r| r);
@@ -344,7 +346,7 @@ impl Callee {
                 }
                 res?
             }
-            _ = caller_gone(r) => {
+            _ = gone => {
                 tracing::debug!(caller = %from, "caller went away; agent request cancelled");
                 crate::telemetry::finish(&handoff, "cancelled", None);
                 note.cancelled = true;
@@ -361,40 +363,62 @@ impl Callee {
             in_flight: self.agent.in_flight(),
             max_concurrency: reg.max_concurrency,
         });
-        write_resp(w, &head).await.map_err(io_err)?;
-        w.flush()
-            .await
-            .map_err(|e| io_err(crate::frame::FrameError::from(e).into()))?;
+        // A small answer of known length is read whole first, so that its head, body and end
+        // leave in one packet; anything else streams as it comes.
+        let small = resp
+            .content_length()
+            .is_some_and(|n| n <= SMALL_ANSWER_BYTES_MAX as u64);
         let mut body = resp.bytes_stream();
+        let mut held = small.then(Vec::new);
+        let mut pending_head = Some(head);
+        if let Some(h) = pending_head.take_if(|_| !small) {
+            write_resp(w, &h).await.map_err(io_err)?;
+        }
         // The answer is kept only when a vote over it was asked for (bounded by the body limit).
         let mut answer = header.want_vote.then(Vec::new);
         loop {
             let next = tokio::time::timeout_at(deadline, body.next())
                 .await
                 .map_err(|_| deadline_err())?;
-            match next {
+            let chunk = match next {
                 None => break,
                 Some(Err(e)) => return Err(agent_client::map_err(e)),
-                Some(Ok(chunk)) => {
-                    if let Some(a) = answer.as_mut() {
-                        if a.len() + chunk.len() > crate::contract::BODY_BYTES_MAX {
-                            return Err(CallError::new(
-                                ErrorCode::AgentError,
-                                "answer exceeds the body limit",
-                            ));
-                        }
-                        a.extend_from_slice(&chunk);
+                Some(Ok(chunk)) => chunk,
+            };
+            if let Some(a) = answer.as_mut() {
+                if a.len() + chunk.len() > crate::contract::BODY_BYTES_MAX {
+                    return Err(CallError::new(
+                        ErrorCode::AgentError,
+                        "answer exceeds the body limit",
+                    ));
+                }
+                a.extend_from_slice(&chunk);
+            }
+            match held.as_mut() {
+                // hyper holds the agent to its content-length, so this stays small.
+                Some(h) if h.len() + chunk.len() <= SMALL_ANSWER_BYTES_MAX => {
+                    h.extend_from_slice(&chunk)
+                }
+                _ => {
+                    if let Some(h) = pending_head.take() {
+                        write_resp(w, &h).await.map_err(io_err)?;
+                    }
+                    if let Some(h) = held.take().filter(|h| !h.is_empty()) {
+                        write_resp(w, &RespFrame::Data(h)).await.map_err(io_err)?;
                     }
                     for part in chunk.chunks(CHUNK_BYTES_MAX) {
                         write_resp(w, &RespFrame::Data(part.to_vec()))
                             .await
                             .map_err(io_err)?;
                     }
-                    w.flush()
-                        .await
-                        .map_err(|e| io_err(crate::frame::FrameError::from(e).into()))?;
                 }
             }
+        }
+        if let Some(h) = pending_head.take() {
+            write_resp(w, &h).await.map_err(io_err)?;
+        }
+        if let Some(h) = held.filter(|h| !h.is_empty()) {
+            write_resp(w, &RespFrame::Data(h)).await.map_err(io_err)?;
         }
         if let Some(a) = answer {
             let vote = self.voter.sign(header.call_id, &a);
@@ -416,18 +440,6 @@ fn io_err(e: crate::call_proto::ProtoError) -> CallError {
         ErrorCode::AgentUnreachable,
         format!("stream to caller: {e}"),
     )
-}
-
-/// Resolves when the caller resets or closes its side. The caller never closes its write side
-/// while it waits for an answer, so end-of-stream means it gave up.
-async fn caller_gone<R: futures::AsyncRead + Unpin>(r: &mut R) {
-    let mut buf = [0u8; 64];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => continue,
-        }
-    }
 }
 
 /// Builds the agent request for an inbound call.

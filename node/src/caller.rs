@@ -3,18 +3,19 @@
 
 use crate::admission::{AdmissionTable, ADMIT_TIMEOUT};
 use crate::agent_client::{self, AgentRequest};
+use crate::call_endpoint::{advertised_port, CallPlaneError};
 use crate::call_proto::{read_resp, write_body, write_header, CallHeader, RespFrame};
 use crate::callee::{hex_id, LocalAgent};
 use crate::contract::{CallError, ErrorCode, ResponseBody};
 use crate::router::{Candidate, LoadGuard, Router};
-use crate::transport::{parse_addrs, Transport, CALL_PROTOCOL};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use crate::transport::{parse_addrs, Transport};
+use futures::StreamExt;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// Time to open a call stream on an established connection (a dead connection fails here
+/// Time to open a call stream, connecting first if needed (a dead connection fails here
 /// instead of holding the call until its deadline).
-pub const STREAM_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const STREAM_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// What a successful attempt returns before the body streams.
 pub struct Answer {
@@ -114,32 +115,32 @@ pub async fn call_remote(
                 .await
                 .map_err(|r| unreachable(format!("peer not admitted: {r}")))?;
         }
-        // A parked stream first; if it turns out dead before any answer, one fresh stream.
-        let mut parked = transport.pool.take(&peer);
+        let port = advertised_port(&cand.addrs)
+            .ok_or_else(|| unreachable(CallPlaneError::NoCallPort.to_string()))?;
+        let ip = transport
+            .remote_ip(&peer)
+            .ok_or_else(|| unreachable(CallPlaneError::NoAddress.to_string()))?;
+        let mut retried = false;
         loop {
-            let from_pool = parked.is_some();
-            let stream = match parked.take() {
-                Some(s) => s,
-                None => {
-                    let mut control = transport.control.clone();
-                    tokio::time::timeout(
-                        STREAM_OPEN_TIMEOUT,
-                        control.open_stream(peer, CALL_PROTOCOL),
-                    )
-                    .await
-                    .map_err(|_| unreachable("stream open timed out".into()))?
-                    .map_err(|e| unreachable(e.to_string()))?
-                }
-            };
-            transport.pool.refill(&transport.control, peer);
-            match send_call(stream, &header, a.body).await {
+            let (w, r) = tokio::time::timeout(
+                STREAM_OPEN_TIMEOUT,
+                transport.calls.open(cand.node_id, ip, port),
+            )
+            .await
+            .map_err(|_| unreachable("call stream open timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+            match send_call(r, w, &header, a.body).await {
                 Ok(done) => return Ok(done),
-                Err(_) if from_pool => transport.pool.forget(&peer),
+                // The peer restarted on the same port: its stateless reset closed our old
+                // connection before the call reached it.
+                Err(_) if !retried && transport.calls.connection_lost(&cand.node_id) => {
+                    retried = true;
+                }
                 Err(e) => return Err(unreachable(e.to_string())),
             }
         }
     };
-    let (first, r, w) = tokio::time::timeout_at(a.deadline, open)
+    let (first, r) = tokio::time::timeout_at(a.deadline, open)
         .await
         .map_err(|_| {
             CallError::new(
@@ -163,61 +164,52 @@ pub async fn call_remote(
         status: head.status,
         content_type: head.content_type,
         agent: head.agent,
-        body: remote_body(r, w, a.deadline, guard, vote.clone()),
+        body: remote_body(r, a.deadline, guard, vote.clone()),
         vote,
     })
 }
 
-type CallStreamHalves = (
-    RespFrame,
-    futures::io::ReadHalf<libp2p::Stream>,
-    futures::io::WriteHalf<libp2p::Stream>,
-);
+type CallStreamHalves = (RespFrame, quinn::RecvStream);
 
-/// Sends the header and body on `stream` and reads the first response frame.
+/// Sends the header and body, finishes the send side (one packet with the request), and
+/// reads the first response frame.
 async fn send_call(
-    stream: libp2p::Stream,
+    mut r: quinn::RecvStream,
+    mut w: quinn::SendStream,
     header: &CallHeader,
     body: &bytes::Bytes,
 ) -> Result<CallStreamHalves, crate::call_proto::ProtoError> {
-    let (mut r, mut w) = stream.split();
     write_header(&mut w, header).await?;
     write_body(&mut w, body).await?;
-    w.flush()
-        .await
-        .map_err(|e| crate::call_proto::ProtoError::from(crate::frame::FrameError::from(e)))?;
+    w.finish().map_err(|e| {
+        crate::call_proto::ProtoError::from(crate::frame::FrameError::from(std::io::Error::from(e)))
+    })?;
     let first = read_resp(&mut r).await?;
-    Ok((first, r, w))
+    Ok((first, r))
 }
 
 fn unreachable(msg: String) -> CallError {
     CallError::new(ErrorCode::AgentUnreachable, msg)
 }
 
-struct BodyState<R, W> {
-    r: R,
-    // Kept open: the callee reads end-of-stream as "caller gone".
-    _w: W,
+/// Dropping it before the end drops `r`, which tells the callee to stop (STOP_SENDING): the
+/// callee cancels the agent request.
+struct BodyState {
+    r: quinn::RecvStream,
     deadline: Instant,
     _guard: LoadGuard,
     done: bool,
     vote: crate::contract::VoteSlot,
 }
 
-fn remote_body<R, W>(
-    r: R,
-    w: W,
+fn remote_body(
+    r: quinn::RecvStream,
     deadline: Instant,
     guard: LoadGuard,
     vote: crate::contract::VoteSlot,
-) -> ResponseBody
-where
-    R: futures::AsyncRead + Unpin + Send + 'static,
-    W: Send + 'static,
-{
+) -> ResponseBody {
     let st = BodyState {
         r,
-        _w: w,
         deadline,
         _guard: guard,
         done: false,
@@ -239,7 +231,10 @@ where
                 "deadline passed while streaming the answer",
             )),
             Ok(Ok(RespFrame::Data(d))) => Ok(bytes::Bytes::from(d)),
-            Ok(Ok(RespFrame::End)) => return None,
+            Ok(Ok(RespFrame::End)) => {
+                crate::call_endpoint::take_eof(&mut st.r);
+                return None;
+            }
             Ok(Ok(RespFrame::Error(e))) => Err(std::io::Error::other(format!(
                 "{:?}: {}",
                 e.code, e.message

@@ -187,9 +187,13 @@ pub struct NodeSection {
     pub cert_file: Option<PathBuf>,
     /// Where the pid file and `node.json` go.
     pub state_dir: PathBuf,
-    /// QUIC listen multiaddrs.
+    /// QUIC listen multiaddrs (gossip and admission).
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
+    /// UDP port of the call plane on the first listen address's IP; 0 (the default) takes
+    /// any free port. Set it when a firewall must allow calls in.
+    #[serde(default)]
+    pub call_port: u16,
     /// The local API's socket address.
     #[serde(default = "default_api_listen")]
     pub api_listen: String,
@@ -428,6 +432,7 @@ impl NodeConfig {
             cert,
             admission,
             listen: n.listen.clone(),
+            call_port: n.call_port,
             seeds,
             mdns: n.mdns,
             profile: match n.gossip_profile {

@@ -23,7 +23,7 @@ use crate::resilience::{health_failure, Resilience};
 pub use crate::resilience::{spec_now, SharedSpec};
 use crate::retry::{classify, hop_budget_ms, transient_status, Retry};
 use crate::router::{self, Candidate, Router};
-use crate::transport::{self, SwarmCmd, Transport, TransportEvent, ADMIT_PROTOCOL, CALL_PROTOCOL};
+use crate::transport::{self, SwarmCmd, Transport, TransportEvent, ADMIT_PROTOCOL};
 use agentmesh_crypto::{Keypair, NodeId, SignedCert};
 use agentmesh_gossip::member::{ADDRS_MAX, ADDR_LEN_MAX};
 use agentmesh_gossip::record::{
@@ -101,6 +101,9 @@ pub struct RuntimeConfig {
     pub admission: AdmissionMode,
     /// Listen multiaddrs (default `/ip4/127.0.0.1/udp/0/quic-v1`).
     pub listen: Vec<String>,
+    /// UDP port of the call plane, on the first listen address's IP (0: any free port; the
+    /// port is advertised in the member record).
+    pub call_port: u16,
     /// Seed multiaddrs to join through.
     pub seeds: Vec<String>,
     /// Discover peers with mDNS.
@@ -125,6 +128,7 @@ impl RuntimeConfig {
             cert: None,
             admission: AdmissionMode::Open,
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+            call_port: 0,
             seeds: Vec::new(),
             mdns: false,
             profile: GossipProfile::Lan,
@@ -253,11 +257,11 @@ impl MeshHandle {
             validate_registration(reg).map_err(|e| anyhow::anyhow!("agent: {e}"))?;
         }
         let node_id = cfg.key.node_id();
-        let (transport, events) = transport::start(&cfg.key, &cfg.listen, cfg.mdns).await?;
-        let addrs: Vec<String> = transport
-            .listen_addrs
-            .iter()
-            .map(|a| a.to_string())
+        let (transport, events) =
+            transport::start(&cfg.key, &cfg.listen, cfg.call_port, cfg.mdns).await?;
+        // The call-plane port first: it must survive the address cap.
+        let addrs: Vec<String> = std::iter::once(transport.calls.advertisement())
+            .chain(transport.listen_addrs.iter().map(|a| a.to_string()))
             .filter(|a| a.len() <= ADDR_LEN_MAX)
             .take(ADDRS_MAX)
             .collect();
@@ -328,9 +332,6 @@ impl MeshHandle {
         let admit_in = control
             .accept(ADMIT_PROTOCOL)
             .map_err(|e| anyhow::anyhow!("admit protocol: {e}"))?;
-        let call_in = control
-            .accept(CALL_PROTOCOL)
-            .map_err(|e| anyhow::anyhow!("call protocol: {e}"))?;
         let mut tasks = vec![
             tokio::spawn(handle.clone().connection_events(events, hello, cfg.mdns)),
             tokio::spawn(handle.clone().admit_inbound(admit_in)),
@@ -345,7 +346,7 @@ impl MeshHandle {
                     metrics: handle.0.metrics.clone(),
                     sec,
                 },
-                call_in,
+                transport.calls.clone(),
             )),
             tokio::spawn(handle.clone().publish_load()),
             tokio::spawn(handle.clone().publish_traffic()),

@@ -1,5 +1,6 @@
 //! The one libp2p `Swarm`: QUIC (quic-v1 over tokio, TLS 1.3 from the node key), identify,
-//! optional mDNS, and `libp2p-stream` for our three protocols.
+//! optional mDNS, and `libp2p-stream` for gossip and admission; plus the call plane's quinn
+//! endpoint ([`crate::call_endpoint`]), which shares the node's TLS identity.
 //!
 //! The swarm runs in its own task. Everything else talks to it through [`SwarmCmd`]s and a
 //! cloned [`libp2p_stream::Control`]; it reports connections as [`TransportEvent`]s. This
@@ -19,8 +20,6 @@ use tokio::sync::{mpsc, oneshot};
 pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/gossip/1");
 /// The admission protocol.
 pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::admission::ADMIT_PROTOCOL);
-/// The call protocol.
-pub const CALL_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::call_proto::CALL_PROTOCOL);
 /// Identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/agentmesh/1.0.0";
 /// Commands queued to the swarm task.
@@ -101,8 +100,10 @@ pub struct Transport {
     pub listen_addrs: Vec<Multiaddr>,
     /// Our peer id.
     pub local_peer: PeerId,
-    /// Call streams opened ahead of need.
-    pub pool: std::sync::Arc<crate::stream_pool::StreamPool>,
+    /// The call plane (its own quinn endpoint, same TLS identity).
+    pub calls: std::sync::Arc<crate::call_endpoint::CallEndpoint>,
+    /// The IP each connected peer is reached on (the call plane dials it there).
+    remote_ips: RemoteIps,
 }
 
 impl Transport {
@@ -133,14 +134,39 @@ impl Transport {
 
     /// Asks the swarm to drop every connection to `peer`.
     pub fn disconnect(&self, peer: PeerId) {
+        if let Ok(node) = node_of(&peer) {
+            self.calls.close(&node);
+        }
         let _ = self.cmds.try_send(SwarmCmd::Disconnect(peer));
     }
+
+    /// The IP a connected peer is reached on, if connected.
+    pub fn remote_ip(&self, peer: &PeerId) -> Option<std::net::IpAddr> {
+        lock_ips(&self.remote_ips).get(peer).copied()
+    }
+}
+
+fn lock_ips(
+    m: &std::sync::Mutex<HashMap<PeerId, std::net::IpAddr>>,
+) -> std::sync::MutexGuard<'_, HashMap<PeerId, std::net::IpAddr>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The IP in a multiaddr, if it has one.
+pub fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
 }
 
 /// Parses multiaddr strings, skipping (and logging) invalid ones.
 pub fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
     addrs
         .iter()
+        // The call-plane advertisement is not a libp2p address.
+        .filter(|a| !a.starts_with(crate::call_endpoint::CALL_ADDR_PREFIX))
         .filter_map(|a| match a.parse::<Multiaddr>() {
             Ok(m) => Some(m),
             Err(e) => {
@@ -156,6 +182,7 @@ pub fn parse_addrs(addrs: &[String]) -> Vec<Multiaddr> {
 pub async fn start(
     key: &Keypair,
     listen: &[String],
+    call_port: u16,
     use_mdns: bool,
 ) -> anyhow::Result<(Transport, mpsc::Receiver<TransportEvent>)> {
     let kp = key.to_libp2p();
@@ -221,18 +248,29 @@ pub async fn start(
             _ => {}
         }
     }
+    // The call plane binds the IP of the first libp2p listen address (0.0.0.0 included).
+    let call_ip = listen
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .find_map(|m| ip_of(&m))
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let calls = std::sync::Arc::new(crate::call_endpoint::CallEndpoint::bind(
+        key, call_ip, call_port,
+    )?);
     let control = swarm.behaviour().stream.new_control();
     let (cmd_tx, cmd_rx) = mpsc::channel(SWARM_CMDS_MAX);
     let (ev_tx, ev_rx) = mpsc::channel(TRANSPORT_EVENTS_MAX);
     let local_peer = *swarm.local_peer_id();
-    tokio::spawn(run_swarm(swarm, cmd_rx, ev_tx));
+    let remote_ips = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    tokio::spawn(run_swarm(swarm, cmd_rx, ev_tx, remote_ips.clone()));
     Ok((
         Transport {
             control,
             cmds: cmd_tx,
             listen_addrs,
             local_peer,
-            pool: Default::default(),
+            calls,
+            remote_ips,
         },
         ev_rx,
     ))
@@ -242,6 +280,7 @@ async fn run_swarm(
     mut swarm: Swarm<Behaviour>,
     mut cmds: mpsc::Receiver<SwarmCmd>,
     events: mpsc::Sender<TransportEvent>,
+    remote_ips: RemoteIps,
 ) {
     let mut pending: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>> =
         HashMap::new();
@@ -298,12 +337,15 @@ async fn run_swarm(
                 Some(SwarmCmd::Disconnect(peer)) => { let _ = swarm.disconnect_peer_id(peer); }
             },
             ev = swarm.select_next_some() => {
-                handle_event(&mut swarm, ev, &mut pending, &mut waiting, &events).await
+                handle_event(&mut swarm, ev, &mut pending, &mut waiting, &events, &remote_ips).await
             }
         }
     }
     tracing::debug!("swarm task stopped");
 }
+
+/// The IP each connected peer is reached on.
+type RemoteIps = std::sync::Arc<std::sync::Mutex<HashMap<PeerId, std::net::IpAddr>>>;
 
 /// Callers waiting for a connection to a known peer.
 type Waiters = HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>;
@@ -314,13 +356,19 @@ async fn handle_event(
     pending: &mut HashMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>>,
     waiting: &mut Waiters,
     events: &mpsc::Sender<TransportEvent>,
+    remote_ips: &RemoteIps,
 ) {
     match ev {
         SwarmEvent::ConnectionEstablished {
             peer_id,
             connection_id,
+            endpoint,
             ..
         } => {
+            // Bounded by the connections the swarm holds; the entry goes with the last one.
+            if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                lock_ips(remote_ips).insert(peer_id, ip);
+            }
             if let Some(reply) = pending.remove(&connection_id) {
                 let _ = reply.send(Ok(peer_id));
             }
@@ -340,6 +388,7 @@ async fn handle_event(
         } => {
             tracing::debug!(%peer_id, ?cause, "connection closed");
             if num_established == 0 {
+                lock_ips(remote_ips).remove(&peer_id);
                 let _ = events.send(TransportEvent::Disconnected(peer_id)).await;
             }
         }
