@@ -303,3 +303,84 @@ impl CallEndpoint {
         self.endpoint.close(0u32.into(), b"node stopping");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn key(n: u8) -> Keypair {
+        Keypair::from_secret([n; 32])
+    }
+
+    #[test]
+    fn the_advertised_port_is_found_and_junk_is_ignored() {
+        let addrs = vec![
+            "/ip4/127.0.0.1/udp/4001/quic-v1".to_string(),
+            format!("{CALL_ADDR_PREFIX}not-a-port"),
+            format!("{CALL_ADDR_PREFIX}4002"),
+        ];
+        assert_eq!(advertised_port(&addrs), Some(4002));
+        assert_eq!(advertised_port(&addrs[..2]), None);
+    }
+
+    #[tokio::test]
+    async fn the_handshake_proves_the_callers_id_and_a_wrong_peer_is_refused() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (ka, kb, kc) = (key(1), key(2), key(3));
+        let a = Arc::new(CallEndpoint::bind(&ka, lo, 0).unwrap());
+        let b = Arc::new(CallEndpoint::bind(&kb, lo, 0).unwrap());
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(b.clone().accept_loop(move |from, (mut w, mut r)| {
+            let seen = seen_tx.clone();
+            async move {
+                let buf = r.read_to_end(1024).await.unwrap_or_default();
+                let _ = w.write_all(&buf).await;
+                let _ = w.finish();
+                let _ = seen.send(from).await;
+            }
+        }));
+        // B's port, expecting B's id: the stream works and B sees A's id.
+        let (mut w, mut r) = a.open(kb.node_id(), lo, b.port()).await.unwrap();
+        w.write_all(b"ping").await.unwrap();
+        w.finish().unwrap();
+        let echo = r.read_to_end(1024).await.unwrap();
+        assert_eq!(echo, b"ping");
+        let from = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv()).await;
+        assert_eq!(from.unwrap(), Some(ka.node_id()));
+        // B's port while expecting C: the certificate does not match and nothing is opened.
+        let wrong = a.open(kc.node_id(), lo, b.port()).await;
+        assert!(
+            matches!(wrong, Err(CallPlaneError::Connect(_))),
+            "{wrong:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_on_a_new_port_gets_a_fresh_connection() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (ka, kb) = (key(4), key(5));
+        let a = CallEndpoint::bind(&ka, lo, 0).unwrap();
+        let serve = |_from: NodeId, (mut w, _r): CallStream| async move {
+            let _ = w.write_all(b"up").await;
+            let _ = w.finish();
+        };
+        let b1 = Arc::new(CallEndpoint::bind(&kb, lo, 0).unwrap());
+        tokio::spawn(b1.clone().accept_loop(serve));
+        // A QUIC stream reaches the peer with its first frame: finish (FIN) opens it.
+        let (mut w, mut r) = a.open(kb.node_id(), lo, b1.port()).await.unwrap();
+        w.finish().unwrap();
+        let got = r.read_to_end(1024).await.unwrap();
+        // B "restarts" on another port: the old connection is not reused.
+        b1.shutdown();
+        let b2 = Arc::new(CallEndpoint::bind(&kb, lo, 0).unwrap());
+        tokio::spawn(b2.clone().accept_loop(serve));
+        let (mut w, mut r) = a.open(kb.node_id(), lo, b2.port()).await.unwrap();
+        w.finish().unwrap();
+        let got2 = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(1024))
+            .await
+            .expect("the fresh connection answers")
+            .unwrap();
+        assert_eq!((got, got2), (b"up".to_vec(), b"up".to_vec()));
+    }
+}

@@ -143,7 +143,7 @@ impl Security {
 
     /// This node's id as written in audit entries (from its certificate, else empty).
     pub fn mesh_node_id(&self) -> String {
-        self.node_id.to_string()
+        crate::transport::id_text(&self.node_id).to_string()
     }
 
     /// This node's roles (from its current certificate).
