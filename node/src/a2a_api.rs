@@ -14,8 +14,10 @@
 //!   `max_concurrency` (see [`crate::a2a_bridge`]).
 
 use crate::a2a::{self, Inbound, SkillOverride};
-use crate::a2a_stream::{SseParser, StreamEvent, StreamReply, STREAM_CONTENT_TYPE, STREAM_EVENTS_MAX};
 use crate::a2a_bridge::{self, Bridge};
+use crate::a2a_stream::{
+    SseParser, StreamEvent, StreamReply, STREAM_CONTENT_TYPE, STREAM_EVENTS_MAX,
+};
 use crate::contract::{CallError, CallRequest};
 use crate::runtime::MeshHandle;
 use axum::body::{Body, Bytes};
@@ -204,10 +206,7 @@ fn stream_reply(inbound: Inbound, resp: crate::contract::CallResponse) -> Respon
 type RpcFailure = (i64, String, Option<serde_json::Value>);
 
 /// Routes the inbound message through the mesh (asking for a stream if the client did).
-async fn route(
-    st: &A2aState,
-    i: &Inbound,
-) -> Result<crate::contract::CallResponse, RpcFailure> {
+async fn route(st: &A2aState, i: &Inbound) -> Result<crate::contract::CallResponse, RpcFailure> {
     let capability = match &i.skill {
         Some(s) => s.clone(),
         None => {

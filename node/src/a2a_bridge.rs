@@ -23,9 +23,7 @@
 //! ```
 
 use crate::a2a::{self, Answer, CardInfo, SkillOverride, Version};
-use crate::a2a_stream::{
-    self, Forwarding, SseParser, StreamEvent, STREAM_CONTENT_TYPE,
-};
+use crate::a2a_stream::{self, Forwarding, SseParser, StreamEvent, STREAM_CONTENT_TYPE};
 use crate::agent_client::{H_DEADLINE, H_ERROR};
 use crate::contract::{AgentRegistration, CallError, ErrorCode};
 use crate::runtime::MeshHandle;
@@ -375,9 +373,9 @@ fn stream_on(resp: reqwest::Response) -> Response {
                     }
                     Err(e) => st.fwd.fail(e.to_string()),
                 },
-                Some(Err(e)) if e.is_timeout() => {
-                    st.fwd.fail("deadline passed while the A2A agent streamed".into())
-                }
+                Some(Err(e)) if e.is_timeout() => st
+                    .fwd
+                    .fail("deadline passed while the A2A agent streamed".into()),
                 Some(Err(e)) => st.fwd.fail(format!("A2A stream broke: {e}")),
                 None => st.fwd.finish(),
             };

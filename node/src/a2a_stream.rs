@@ -85,7 +85,8 @@ impl SseParser {
     /// lines, such as comments and keep-alives, are skipped).
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, SseError> {
         // CRs only ever end lines (JSON escapes its own), so dropping them normalises CRLF.
-        self.buf.extend(chunk.iter().copied().filter(|&b| b != b'\r'));
+        self.buf
+            .extend(chunk.iter().copied().filter(|&b| b != b'\r'));
         let mut out = Vec::new();
         // Complete events end with a blank line; split on bytes so a UTF-8 character cut
         // between chunks stays whole in the remainder.
@@ -308,13 +309,16 @@ mod tests {
     }
 
     fn artifact_v1(text: &str) -> String {
-        rpc(json!({ "artifactUpdate": { "taskId": "t", "artifact": { "parts": [{ "text": text }] } } }))
+        rpc(
+            json!({ "artifactUpdate": { "taskId": "t", "artifact": { "parts": [{ "text": text }] } } }),
+        )
     }
 
     #[test]
     fn artifact_updates_forward_one_chunk_each_then_done() {
         let mut f = Forwarding::default();
-        let task = rpc(json!({ "task": { "id": "t", "status": { "state": "TASK_STATE_WORKING" } } }));
+        let task =
+            rpc(json!({ "task": { "id": "t", "status": { "state": "TASK_STATE_WORKING" } } }));
         assert_eq!(f.step(&task), None, "a working task carries nothing yet");
         assert_eq!(
             f.step(&artifact_v1("Bon")),
@@ -324,7 +328,8 @@ mod tests {
             f.step(&artifact_v1("jour")),
             Some(StreamEvent::Chunk(json!({ "text": "jour" })))
         );
-        let done = rpc(json!({ "statusUpdate": { "status": { "state": "TASK_STATE_COMPLETED" } } }));
+        let done =
+            rpc(json!({ "statusUpdate": { "status": { "state": "TASK_STATE_COMPLETED" } } }));
         assert_eq!(f.step(&done), Some(StreamEvent::Done(None)));
         assert_eq!(f.step(&artifact_v1("late")), None, "nothing after the end");
         assert_eq!(f.finish(), None);
@@ -358,15 +363,24 @@ mod tests {
     fn event_count_is_bounded() {
         let mut f = Forwarding::default();
         for _ in 0..STREAM_EVENTS_MAX {
-            assert!(matches!(f.step(&artifact_v1("x")), Some(StreamEvent::Chunk(_))));
+            assert!(matches!(
+                f.step(&artifact_v1("x")),
+                Some(StreamEvent::Chunk(_))
+            ));
         }
-        assert!(matches!(f.step(&artifact_v1("x")), Some(StreamEvent::Error(_))));
+        assert!(matches!(
+            f.step(&artifact_v1("x")),
+            Some(StreamEvent::Error(_))
+        ));
     }
 
     #[test]
     fn sse_parser_handles_split_crlf_and_comments() {
         let mut p = SseParser::default();
-        assert_eq!(p.push(b": keep-alive\r\n\r\ndata: {\"a\"").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            p.push(b": keep-alive\r\n\r\ndata: {\"a\"").unwrap(),
+            Vec::<String>::new()
+        );
         assert_eq!(p.push(b":1}\r\n\r\ndata: x\n").unwrap(), vec!["{\"a\":1}"]);
         assert_eq!(p.push(b"data: y\n\n").unwrap(), vec!["x\ny"]);
     }
@@ -388,7 +402,10 @@ mod tests {
         let b = r.on_event(StreamEvent::Done(Some(json!({ "text": "b" }))));
         assert_eq!(b[0]["artifactUpdate"]["append"], true);
         assert_eq!(b[0]["artifactUpdate"]["lastChunk"], true);
-        assert_eq!(b[1]["statusUpdate"]["status"]["state"], "TASK_STATE_COMPLETED");
+        assert_eq!(
+            b[1]["statusUpdate"]["status"]["state"],
+            "TASK_STATE_COMPLETED"
+        );
         assert!(b[1]["statusUpdate"].get("final").is_none());
         let mut r = StreamReply::new(Version::V03, None);
         assert_eq!(r.start()["kind"], "task");
@@ -402,7 +419,9 @@ mod tests {
     #[test]
     fn accept_header_asks_for_a_stream() {
         assert!(wants_stream(Some("text/event-stream")));
-        assert!(wants_stream(Some("application/json, text/event-stream;q=0.9")));
+        assert!(wants_stream(Some(
+            "application/json, text/event-stream;q=0.9"
+        )));
         assert!(!wants_stream(Some("application/json")));
         assert!(!wants_stream(None));
     }
