@@ -140,22 +140,21 @@ impl Forwarding {
         }
         let result = &v["result"];
         let mut own = Vec::new();
+        // A task is a snapshot (its artifacts repeat what updates already carried); artifact
+        // updates and messages are new content.
+        let snapshot = kind_is(result, "task");
         match a2a::interpret(result, &mut own) {
-            Answer::Pending if own.is_empty() => None,
+            Answer::Pending if own.is_empty() || (snapshot && self.chunks > 0) => None,
             Answer::Pending => {
                 self.chunks += 1;
                 Some(StreamEvent::Chunk(a2a::parts_to_body(&own)))
             }
             Answer::Failed(m) => self.end(StreamEvent::Error(m)),
             Answer::Done(body) => {
-                // A final message, or a completed task's own artifacts, is a last piece; a
-                // completed status after streamed chunks adds nothing (the non-streamed path
-                // also prefers the artifacts to the status message).
-                let last = if carries_artifacts(result) || self.chunks == 0 {
-                    Some(body)
-                } else {
-                    None
-                };
+                // After streamed chunks only a final message adds content; a completed
+                // status or task snapshot does not (the collected path also prefers the
+                // artifacts to the status message).
+                let last = (self.chunks == 0 || kind_is(result, "message")).then_some(body);
                 self.end(StreamEvent::Done(last))
             }
         }
@@ -188,9 +187,9 @@ impl Forwarding {
     }
 }
 
-fn carries_artifacts(result: &Value) -> bool {
-    let task = result.get("task").unwrap_or(result);
-    task["artifacts"].as_array().is_some_and(|a| !a.is_empty())
+/// True if a JSON-RPC result is of `kind` (v1.0 wraps by type, v0.3 tags with `kind`).
+fn kind_is(result: &Value, kind: &str) -> bool {
+    result.get(kind).is_some() || result["kind"] == kind
 }
 
 /// Builds the A2A streaming events the mesh's endpoint sends its client for a mesh stream:
@@ -333,6 +332,34 @@ mod tests {
         assert_eq!(f.step(&done), Some(StreamEvent::Done(None)));
         assert_eq!(f.step(&artifact_v1("late")), None, "nothing after the end");
         assert_eq!(f.finish(), None);
+    }
+
+    #[test]
+    fn a_task_snapshot_after_chunks_adds_nothing() {
+        let mut f = Forwarding::default();
+        assert!(matches!(
+            f.step(&artifact_v1("a")),
+            Some(StreamEvent::Chunk(_))
+        ));
+        let snap = |state: &str| {
+            rpc(json!({ "task": { "status": { "state": state },
+                "artifacts": [{ "parts": [{ "text": "a" }] }] } }))
+        };
+        assert_eq!(
+            f.step(&snap("TASK_STATE_WORKING")),
+            None,
+            "no repeat of chunk a"
+        );
+        assert_eq!(
+            f.step(&snap("TASK_STATE_COMPLETED")),
+            Some(StreamEvent::Done(None))
+        );
+        // Without chunks before it, the completed snapshot is the whole answer.
+        let mut f = Forwarding::default();
+        assert_eq!(
+            f.step(&snap("TASK_STATE_COMPLETED")),
+            Some(StreamEvent::Done(Some(json!({ "text": "a" }))))
+        );
     }
 
     #[test]
