@@ -8,8 +8,14 @@ dir=${STATE_DIR:-/var/lib/agentmesh}
 etc=${CONFIG_DIR:-/etc/agentmesh}
 root_key=${ROOT_KEY:-/etc/agentmesh-root/root.key}
 mkdir -p "$dir/state"
-if [ ! -s "$dir/node.key" ]; then
-  agentmesh keygen --out "$dir/node.key" >"$dir/node.id"
+# The key outlives the pod ($dir is a per-host hostPath): made once, reused by every restart.
+# Written beside and renamed, key first: a crash in between leaves no node.id, and the next
+# start makes a fresh pair instead of pairing an id with the wrong key.
+if [ ! -s "$dir/node.key" ] || [ ! -s "$dir/node.id" ]; then
+  rm -f "$dir/node.key.new" "$dir/node.id.new"
+  agentmesh keygen --out "$dir/node.key.new" >"$dir/node.id.new"
+  mv -f "$dir/node.key.new" "$dir/node.key"
+  mv -f "$dir/node.id.new" "$dir/node.id"
 fi
 id=$(cat "$dir/node.id")
 # A fresh certificate on every pod start (admit refuses to overwrite, hence the rename).

@@ -67,6 +67,13 @@ pub struct Config {
     pub pulls_in_flight_max: usize,
     /// Members per push-pull (state sync) frame.
     pub sync_members_per_frame: usize,
+    /// Interval of membership anti-entropy: a digest exchange with one random member, so two
+    /// members that missed each other's announcements (a restart, a healed partition, an
+    /// expired tombstone) still learn of each other.
+    pub push_pull_interval_ms: u64,
+    /// Members listed in one membership digest (a rotating window over the table; at most
+    /// [`crate::wire::DIGEST_ENTRIES_MAX`]).
+    pub push_pull_digest_max: usize,
     /// Relative change in `in_flight` (vs max_concurrency) that publishes a new record.
     pub load_hysteresis: f64,
     /// A changed load is published at least this often even below hysteresis.
@@ -114,6 +121,10 @@ impl Config {
             pull_batch_max: 32,
             pulls_in_flight_max: 4,
             sync_members_per_frame: 256,
+            // A missed member is found within one or two exchanges on small meshes; on large
+            // ones the window rotates through the table (about 2·64·40 B per exchange).
+            push_pull_interval_ms: 5_000,
+            push_pull_digest_max: 64,
             load_hysteresis: 0.2,
             load_refresh_ms: 10_000,
             score_ignore_below: -100,
@@ -134,6 +145,7 @@ impl Config {
             gossip_fanout: 4,
             graft_timeout_ms: 1000,
             anti_entropy_interval_ms: 3000,
+            push_pull_interval_ms: 15_000,
             ..Config::lan(admission)
         }
     }

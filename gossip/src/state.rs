@@ -39,6 +39,8 @@ pub const MISSING_MAX: usize = 4096;
 pub const OWN_ACCUSATIONS_MAX: usize = 1024;
 /// Most seeds remembered as join targets.
 pub const JOIN_SEEDS_MAX: usize = 16;
+/// Most peers whose `Sync` answer to our digest we are waiting for at once.
+pub const SYNC_PEERS_MAX: usize = 64;
 
 /// Inputs to the state machine.
 #[derive(Debug, Clone)]
@@ -279,6 +281,11 @@ pub struct Gossip {
     stale: BTreeMap<NodeId, Millis>,
     pulls: BTreeMap<u32, PullReq>,
     next_ae_at: Millis,
+    next_push_pull_at: Millis,
+    /// Where the next digest window starts in the member table (it rotates).
+    push_pull_cursor: usize,
+    /// Peers we sent a digest to, with when we stop taking their `Sync` answer.
+    sync_peers: BTreeMap<NodeId, Millis>,
     published_load: u32,
     last_publish: Millis,
     scores: Scores,
@@ -356,6 +363,9 @@ impl Gossip {
             stale: BTreeMap::new(),
             pulls: BTreeMap::new(),
             next_ae_at: now,
+            next_push_pull_at: now,
+            push_pull_cursor: 0,
+            sync_peers: BTreeMap::new(),
             published_load,
             last_publish: now,
             scores,
@@ -372,6 +382,7 @@ impl Gossip {
         g.next_probe_at = now + jitter;
         g.next_gossip_at = now + g.rng.gen_range(0..g.cfg.gossip_interval_ms.max(1));
         g.next_ae_at = now + g.rng.gen_range(0..g.cfg.anti_entropy_interval_ms.max(1));
+        g.next_push_pull_at = now + g.rng.gen_range(0..g.cfg.push_pull_interval_ms.max(1));
         Ok(g)
     }
 
@@ -633,7 +644,8 @@ impl Gossip {
         let mut t = self
             .next_probe_at
             .min(self.next_gossip_at)
-            .min(self.next_ae_at);
+            .min(self.next_ae_at)
+            .min(self.next_push_pull_at);
         if let Some(p) = &self.probe {
             if !p.acked && !p.indirect_sent {
                 t = t.min(p.direct_deadline);
@@ -731,14 +743,18 @@ impl Gossip {
             return;
         }
         // Messages any admitted-or-not peer may send; everything else needs membership.
+        // A digest is how a member we do not know yet makes itself known (its own entry
+        // comes first), so anyone may send one; the answer is bounded by the digest's size.
         let open_kinds = matches!(
             msg,
             Message::Join { .. }
                 | Message::Record { .. }
                 | Message::PullResp { .. }
                 | Message::Revocations { .. }
+                | Message::Digest { .. }
         ) || (matches!(msg, Message::Sync { .. })
-            && self.join_seeds.contains(&from));
+            && (self.join_seeds.contains(&from)
+                || self.sync_peers.get(&from).is_some_and(|until| now < *until)));
         let known = self.is_member(&from) || self.members.contains_key(&from);
         if !open_kinds && !known {
             // A member that knows us before we know it (the join race) still gossips news we
@@ -764,8 +780,15 @@ impl Gossip {
                         updates: vec![],
                     },
                 );
-                if self.pending.contains_key(&from) && self.pulls.len() < RELAYS_MAX {
-                    self.request_pull(from, vec![from], now);
+                if self.pending.contains_key(&from) {
+                    if self.pulls.len() < RELAYS_MAX {
+                        self.request_pull(from, vec![from], now);
+                    }
+                } else if !self.sync_peers.contains_key(&from) {
+                    // A member probes us, so it knows us, but its announcement passed us by
+                    // (we restarted, or were cut off while it joined): ask it for its
+                    // identity and compare views, instead of staying blind to it for good.
+                    self.send_digest(from, true, vec![from], now);
                 }
                 return;
             }
@@ -813,6 +836,11 @@ impl Gossip {
                 }
             }
             Message::Pull { req, ids } => self.on_pull(from, req, ids),
+            Message::Digest {
+                entries,
+                wants,
+                reply,
+            } => self.on_digest(from, entries, wants, reply, now),
             Message::PullResp { req, records } => {
                 let expected = self.pulls.remove(&req).is_some();
                 for r in records {
@@ -1421,6 +1449,13 @@ impl Gossip {
             }
         }
         self.graft_missing(now);
+        if now >= self.next_push_pull_at {
+            self.next_push_pull_at = now + self.cfg.push_pull_interval_ms;
+            self.sync_peers.retain(|_, until| *until > now);
+            if let Some(peer) = self.random_alive(1, &BTreeSet::new()).first().copied() {
+                self.send_digest(peer, true, Vec::new(), now);
+            }
+        }
         if now >= self.next_ae_at {
             self.next_ae_at = now + self.cfg.anti_entropy_interval_ms;
             self.pulls.retain(|_, p| p.deadline > now);
@@ -1576,9 +1611,6 @@ impl Gossip {
             return;
         }
         // Push-pull: send our view in chunks bounded by count and bytes.
-        let mut chunk = Vec::new();
-        let mut bytes = 0usize;
-        let budget = self.cfg.frame_bytes_max / 2;
         let all: Vec<Arc<SignedMember>> = std::iter::once(self.local_member.clone())
             .chain(
                 self.members
@@ -1587,24 +1619,149 @@ impl Gossip {
                     .map(|e| e.signed.clone()),
             )
             .collect();
-        for m in all {
+        self.send_sync(from, all);
+        for list in self.revoked.chunks() {
+            self.send(from, Message::Revocations { list });
+        }
+    }
+
+    /// Sends identities in `Sync` chunks bounded by count and bytes.
+    fn send_sync(&mut self, to: NodeId, members: Vec<Arc<SignedMember>>) {
+        let mut chunk = Vec::new();
+        let mut bytes = 0usize;
+        let budget = self.cfg.frame_bytes_max / 2;
+        let per_frame = self.cfg.sync_members_per_frame.min(wire::SYNC_MEMBERS_MAX);
+        for m in members {
             bytes += m.payload.len() + 100;
             chunk.push(m);
-            if chunk.len() >= self.cfg.sync_members_per_frame || bytes >= budget {
-                self.send(
-                    from,
-                    Message::Sync {
-                        members: std::mem::take(&mut chunk),
-                    },
-                );
+            if chunk.len() >= per_frame || bytes >= budget {
+                let members = std::mem::take(&mut chunk);
+                self.send(to, Message::Sync { members });
                 bytes = 0;
             }
         }
         if !chunk.is_empty() {
-            self.send(from, Message::Sync { members: chunk });
+            self.send(to, Message::Sync { members: chunk });
         }
-        for list in self.revoked.chunks() {
-            self.send(from, Message::Revocations { list });
+    }
+
+    // ---- membership anti-entropy (push-pull by digest) ----
+
+    /// Sends `to` our digest: ourselves, then a window of live members that rotates through
+    /// the table, so repeated exchanges cover any size of view with bounded messages.
+    fn send_digest(&mut self, to: NodeId, reply: bool, wants: Vec<NodeId>, now: Millis) {
+        let max = self
+            .cfg
+            .push_pull_digest_max
+            .clamp(1, wire::DIGEST_ENTRIES_MAX);
+        let mut entries = vec![(self.me, self.incarnation())];
+        let len = self.members.len();
+        let start = if len == 0 {
+            0
+        } else {
+            self.push_pull_cursor % len
+        };
+        let mut scanned = 0;
+        while scanned < len && entries.len() < max {
+            if let Some(e) = self.members.nth((start + scanned) % len) {
+                if matches!(e.state(), MemberState::Alive | MemberState::Suspect) && *e.id() != to {
+                    entries.push((*e.id(), e.info.incarnation));
+                }
+            }
+            scanned += 1;
+        }
+        self.push_pull_cursor = start + scanned;
+        let wants: Vec<NodeId> = wants.into_iter().take(wire::DIGEST_ENTRIES_MAX).collect();
+        if reply || !wants.is_empty() {
+            // Its answer comes as `Sync`; take it even if `to` is not a member here yet.
+            if self.sync_peers.len() >= SYNC_PEERS_MAX && !self.sync_peers.contains_key(&to) {
+                if let Some(k) = self.sync_peers.keys().next().copied() {
+                    self.sync_peers.remove(&k);
+                }
+            }
+            let until = now + 4 * self.cfg.probe_timeout_ms;
+            self.sync_peers.insert(to, until);
+        }
+        self.send(
+            to,
+            Message::Digest {
+                entries,
+                wants,
+                reply,
+            },
+        );
+    }
+
+    /// Our signed identity of `id` (or our own), if we hold it alive or suspect.
+    fn live_identity(&self, id: &NodeId) -> Option<Arc<SignedMember>> {
+        if *id == self.me {
+            return Some(self.local_member.clone());
+        }
+        self.members
+            .get(id)
+            .filter(|e| matches!(e.state(), MemberState::Alive | MemberState::Suspect))
+            .map(|e| e.signed.clone())
+    }
+
+    /// A peer's digest: send it what it lacks or holds older, ask for what we lack.
+    fn on_digest(
+        &mut self,
+        from: NodeId,
+        entries: Vec<(NodeId, u64)>,
+        wants: Vec<NodeId>,
+        reply: bool,
+        now: Millis,
+    ) {
+        let member = self.is_member(&from);
+        let mut newer: BTreeMap<NodeId, Arc<SignedMember>> = BTreeMap::new();
+        // A stranger gets only our own identity (it needs it to admit us); a member gets
+        // every identity it asked for or holds older: at most two digests' worth.
+        for id in wants.iter().filter(|id| member || **id == self.me) {
+            if let Some(m) = self.live_identity(id) {
+                newer.insert(*id, m);
+            }
+        }
+        let mut wanted = Vec::new();
+        for (id, inc) in &entries {
+            if self.revoked.contains(id) {
+                continue;
+            }
+            let held = if *id == self.me {
+                Some(self.incarnation())
+            } else {
+                self.members.get(id).map(|e| e.info.incarnation)
+            };
+            match held {
+                Some(h) if h > *inc && member => {
+                    if let Some(m) = self.live_identity(id) {
+                        newer.insert(*id, m);
+                    }
+                }
+                Some(h) if h >= *inc => {}
+                // Unknown here (a pending identity still waits for its record), or older.
+                _ if self.pending.contains_key(id) => {}
+                _ => wanted.push(*id),
+            }
+        }
+        if !newer.is_empty() {
+            self.send_sync(from, newer.into_values().collect());
+        }
+        if reply {
+            self.send_digest(from, false, wanted, now);
+        } else if !wanted.is_empty() {
+            // The last leg: only wants, which never produce wants in return.
+            if self.sync_peers.len() < SYNC_PEERS_MAX || self.sync_peers.contains_key(&from) {
+                self.sync_peers
+                    .insert(from, now + 4 * self.cfg.probe_timeout_ms);
+            }
+            self.send(
+                from,
+                Message::Digest {
+                    entries: Vec::new(),
+                    wants: wanted,
+                    reply: false,
+                },
+            );
         }
     }
 

@@ -16,6 +16,10 @@ pub const UPDATES_PER_MESSAGE_MAX: usize = 64;
 pub const IHAVE_ENTRIES_MAX: usize = 256;
 /// Most records in one pull response.
 pub const PULL_RECORDS_MAX: usize = 64;
+/// Most member identities in one push-pull `Sync` frame.
+pub const SYNC_MEMBERS_MAX: usize = 1024;
+/// Most entries (and most wants) in one membership digest.
+pub const DIGEST_ENTRIES_MAX: usize = 256;
 
 /// A gossip message. The sender is the transport-authenticated peer, never a field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +105,19 @@ pub enum Message {
         /// The revocations.
         list: Vec<Arc<SignedRevocation>>,
     },
+    /// Membership anti-entropy (push-pull by digest). The receiver answers with `Sync`
+    /// carrying its identities that are newer than `entries` or named in `wants`; with
+    /// `reply` it also sends its own digest (without `reply`), so both sides catch up in at
+    /// most four messages. Appended last, like `Revocations`.
+    Digest {
+        /// `(member, incarnation)` the sender holds alive or suspect (itself first).
+        entries: Vec<(NodeId, u64)>,
+        /// Members the sender lacks, or holds at an older incarnation, from the peer's
+        /// digest.
+        wants: Vec<NodeId>,
+        /// Answer with a digest of your own.
+        reply: bool,
+    },
 }
 
 impl Message {
@@ -121,6 +138,7 @@ impl Message {
             Message::Pull { .. } => "pull",
             Message::PullResp { .. } => "pull_resp",
             Message::Revocations { .. } => "revocations",
+            Message::Digest { .. } => "digest",
         }
     }
 
@@ -138,6 +156,10 @@ impl Message {
             Message::Pull { ids, .. } => ids.len() <= PULL_RECORDS_MAX,
             Message::Revocations { list } => {
                 list.len() <= crate::revocations::REVOCATIONS_PER_MESSAGE_MAX
+            }
+            Message::Sync { members } => members.len() <= SYNC_MEMBERS_MAX,
+            Message::Digest { entries, wants, .. } => {
+                entries.len() <= DIGEST_ENTRIES_MAX && wants.len() <= DIGEST_ENTRIES_MAX
             }
             _ => true,
         };

@@ -74,6 +74,16 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<u32>(), vec(node_id(), 0..16)).prop_map(|(req, ids)| Message::Pull { req, ids }),
         (any::<u32>(), vec(envelope(), 0..4))
             .prop_map(|(req, records)| Message::PullResp { req, records }),
+        (
+            vec((node_id(), any::<u64>()), 0..16),
+            vec(node_id(), 0..8),
+            any::<bool>()
+        )
+            .prop_map(|(entries, wants, reply)| Message::Digest {
+                entries,
+                wants,
+                reply
+            }),
     ]
 }
 

@@ -5,14 +5,19 @@
 //! - `POST /a2a`: A2A JSON-RPC (`SendMessage`, `SendStreamingMessage`; v0.3 `message/send`,
 //!   `message/stream`). The capability is named in message metadata `agentmesh.skill` (the
 //!   extension [`crate::a2a::SKILL_EXTENSION_URI`]); the call is routed through the mesh with
-//!   every policy, breaker, retry and deadline of a `POST /v1/call`. A stream answers with one
-//!   SSE event carrying the final message.
+//!   every policy, breaker, retry and deadline of a `POST /v1/call`. A stream request asks the
+//!   mesh for a streamed answer: if the routed agent streams, the client gets a `task`, one
+//!   `artifactUpdate` per piece as it arrives, and a final `statusUpdate`
+//!   ([`crate::a2a_stream`]); otherwise one SSE event carrying the final message.
 //! - `PUT /v1/a2a/agent`: registers this node's agent from its Agent Card,
 //!   `{"card_url": …}` or `{"card": {…}}`, with optional `skills` overrides and
 //!   `max_concurrency` (see [`crate::a2a_bridge`]).
 
 use crate::a2a::{self, Inbound, SkillOverride};
 use crate::a2a_bridge::{self, Bridge};
+use crate::a2a_stream::{
+    SseParser, StreamEvent, StreamReply, STREAM_CONTENT_TYPE, STREAM_EVENTS_MAX,
+};
 use crate::contract::{CallError, CallRequest};
 use crate::runtime::MeshHandle;
 use axum::body::{Body, Bytes};
@@ -23,7 +28,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
@@ -97,27 +102,111 @@ async fn post_rpc(State(st): State<A2aState>, body: Body) -> Response {
         Ok(i) => i,
         Err((id, code, msg)) => return rpc_response(a2a::rpc_err(&id, code, &msg, None)),
     };
-    let reply = match call_mesh(&st, &inbound).await {
+    let answer = match route(&st, &inbound).await {
+        Ok(resp) if inbound.streaming && is_stream(&resp) => return stream_reply(inbound, resp),
+        Ok(resp) => collect(resp).await,
+        Err(e) => Err(e),
+    };
+    let reply = match answer {
         Ok(answer) => a2a::rpc_ok(&inbound.id, a2a::reply_result(&answer, &inbound)),
         Err((code, msg, data)) => a2a::rpc_err(&inbound.id, code, &msg, data),
     };
     if inbound.streaming {
-        // One event: the final message (or the error).
-        let event = format!("data: {reply}\n\n");
-        let mut r = Response::new(Body::from(event));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/event-stream"),
-        );
-        return r;
+        // The routed agent did not stream: one event, the final message (or the error).
+        return sse_response(Body::from(format!("data: {reply}\n\n")));
     }
     rpc_response(reply)
 }
 
+fn is_stream(resp: &crate::contract::CallResponse) -> bool {
+    resp.status < 400
+        && resp
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with(STREAM_CONTENT_TYPE))
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(STREAM_CONTENT_TYPE),
+    );
+    r
+}
+
+/// What [`stream_reply`] carries between the mesh stream's chunks.
+struct Relay {
+    body: crate::contract::ResponseBody,
+    parser: SseParser,
+    reply: StreamReply,
+    id: serde_json::Value,
+    ready: VecDeque<serde_json::Value>,
+    events: usize,
+    ended: bool,
+}
+
+/// Answers a streaming request with A2A events built from the mesh stream as it arrives: the
+/// task first, an artifact update per piece, a final status ([`crate::a2a_stream`]).
+fn stream_reply(inbound: Inbound, resp: crate::contract::CallResponse) -> Response {
+    let reply = StreamReply::new(inbound.version, inbound.context_id.clone());
+    let first = reply.start();
+    let st = Relay {
+        body: resp.body,
+        parser: SseParser::default(),
+        reply,
+        id: inbound.id,
+        ready: VecDeque::from([first]),
+        events: 0,
+        ended: false,
+    };
+    let events = futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(result) = st.ready.pop_front() {
+                let frame = format!("data: {}\n\n", a2a::rpc_ok(&st.id, result));
+                return Some((Ok::<_, std::io::Error>(Bytes::from(frame)), st));
+            }
+            if st.ended {
+                return None;
+            }
+            let mesh_events = match st.body.next().await {
+                Some(Ok(chunk)) => st.parser.push(&chunk).map_err(|e| e.to_string()),
+                Some(Err(e)) => Err(format!("the mesh stream broke: {e}")),
+                None => Err("the mesh stream ended without a final event".into()),
+            };
+            match mesh_events {
+                Ok(datas) => {
+                    for d in datas {
+                        st.events += 1;
+                        let ev = serde_json::from_str::<StreamEvent>(&d).unwrap_or_else(|e| {
+                            StreamEvent::Error(format!("bad mesh stream event: {e}"))
+                        });
+                        let ev = if st.events > STREAM_EVENTS_MAX {
+                            StreamEvent::Error(format!("more than {STREAM_EVENTS_MAX} events"))
+                        } else {
+                            ev
+                        };
+                        st.ended = ev.is_last();
+                        st.ready.extend(st.reply.on_event(ev));
+                        if st.ended {
+                            break;
+                        }
+                    }
+                }
+                Err(why) => {
+                    st.ended = true;
+                    st.ready.push_back(st.reply.broken(&why));
+                }
+            }
+        }
+    });
+    sse_response(Body::from_stream(events))
+}
+
 type RpcFailure = (i64, String, Option<serde_json::Value>);
 
-/// Routes the inbound message through the mesh and returns the answer as JSON.
-async fn call_mesh(st: &A2aState, i: &Inbound) -> Result<serde_json::Value, RpcFailure> {
+/// Routes the inbound message through the mesh (asking for a stream if the client did).
+async fn route(st: &A2aState, i: &Inbound) -> Result<crate::contract::CallResponse, RpcFailure> {
     let capability = match &i.skill {
         Some(s) => s.clone(),
         None => {
@@ -144,6 +233,7 @@ async fn call_mesh(st: &A2aState, i: &Inbound) -> Result<serde_json::Value, RpcF
         policy: i.policy.clone(),
         prefer: i.prefer.clone(),
         content_type: Some("application/json".into()),
+        accept: i.streaming.then(|| STREAM_CONTENT_TYPE.to_string()),
         body: Bytes::from(body),
         ..CallRequest::default()
     };
@@ -156,7 +246,11 @@ async fn call_mesh(st: &A2aState, i: &Inbound) -> Result<serde_json::Value, RpcF
         let data = serde_json::to_value(&e).ok();
         (code, format!("mesh call failed: {}", e.message), data)
     };
-    let resp = st.mesh.call(req).await.map_err(mesh_err)?;
+    st.mesh.call(req).await.map_err(mesh_err)
+}
+
+/// Reads a routed answer to its end and returns it as JSON.
+async fn collect(resp: crate::contract::CallResponse) -> Result<serde_json::Value, RpcFailure> {
     let mut out = Vec::new();
     let mut s = resp.body;
     while let Some(chunk) = s.next().await {

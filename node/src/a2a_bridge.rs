@@ -1,7 +1,9 @@
 //! The node's side of an A2A agent: learns its skills from its Agent Card, registers them as
 //! the node's capabilities, and forwards inbound mesh calls to it as A2A JSON-RPC
 //! (`SendMessage`, or `SendStreamingMessage` when the card says it streams; v0.3's
-//! `message/send` / `message/stream` for v0.3 cards).
+//! `message/send` / `message/stream` for v0.3 cards). When the caller accepts
+//! `text/event-stream` and the agent streams, its events are passed on as they arrive
+//! ([`crate::a2a_stream`]); otherwise the node collects them into one answer.
 //!
 //! The forwarding is a small HTTP server on `127.0.0.1:0`, registered as the agent's handler:
 //! the callee path of the node stays unchanged (`POST {handler}/{capability}`), and this
@@ -21,6 +23,7 @@
 //! ```
 
 use crate::a2a::{self, Answer, CardInfo, SkillOverride, Version};
+use crate::a2a_stream::{self, Forwarding, SseParser, StreamEvent, STREAM_CONTENT_TYPE};
 use crate::agent_client::{H_DEADLINE, H_ERROR};
 use crate::contract::{AgentRegistration, CallError, ErrorCode};
 use crate::runtime::MeshHandle;
@@ -32,7 +35,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +47,6 @@ pub const FORWARD_DEADLINE_MS_DEFAULT: u64 = 30_000;
 pub const CONFIG_FETCH_ATTEMPTS_MAX: u32 = 30;
 /// Pause between those attempts.
 pub const CONFIG_FETCH_RETRY: Duration = Duration::from_secs(2);
-/// Largest SSE event buffered while parsing a stream, in bytes.
-pub const SSE_EVENT_BYTES_MAX: usize = a2a::RPC_BYTES_MAX;
 
 fn default_max_concurrency() -> u32 {
     64
@@ -293,40 +294,103 @@ async fn forward(
         b = b.header(a2a::VERSION_HEADER, "1.0");
     }
     if t.streaming {
-        b = b.header("accept", "text/event-stream");
+        b = b.header("accept", STREAM_CONTENT_TYPE);
     }
-    let outcome = async {
-        let resp = b.send().await?;
-        let sse = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if sse {
-            Ok::<Answer, reqwest::Error>(read_sse(resp).await)
-        } else {
-            let bytes = read_capped(resp, a2a::RPC_BYTES_MAX).await;
-            Ok(match bytes {
-                Ok(b) => one_reply(&b, &mut Vec::new()),
-                Err(e) => Answer::Failed(e),
-            })
+    // The caller wants the answer as it comes: pass the agent's events on one by one.
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok());
+    let pass_on = t.streaming && a2a_stream::wants_stream(accept);
+    let resp = match b.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return fail(
+                StatusCode::GATEWAY_TIMEOUT,
+                Some("deadline_exceeded"),
+                "the A2A agent did not answer in time".into(),
+            )
+        }
+        Err(e) => return fail(StatusCode::BAD_GATEWAY, None, format!("A2A agent: {e}")),
+    };
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(STREAM_CONTENT_TYPE));
+    if sse && pass_on {
+        return stream_on(resp);
+    }
+    let answer = if sse {
+        read_sse(resp).await
+    } else {
+        match read_capped(resp, a2a::RPC_BYTES_MAX).await {
+            Ok(b) => one_reply(&b, &mut Vec::new()),
+            Err(e) => Answer::Failed(e),
         }
     };
-    match outcome.await {
-        Ok(Answer::Done(v)) => (StatusCode::OK, Json(v)).into_response(),
-        Ok(Answer::Failed(m)) => fail(StatusCode::BAD_GATEWAY, None, m),
-        Ok(Answer::Pending) => fail(
+    match answer {
+        Answer::Done(v) => (StatusCode::OK, Json(v)).into_response(),
+        Answer::Failed(m) => fail(StatusCode::BAD_GATEWAY, None, m),
+        Answer::Pending => fail(
             StatusCode::BAD_GATEWAY,
             None,
             "A2A answer ended before a final result".into(),
         ),
-        Err(e) if e.is_timeout() => fail(
-            StatusCode::GATEWAY_TIMEOUT,
-            Some("deadline_exceeded"),
-            "the A2A agent did not answer in time".into(),
-        ),
-        Err(e) => fail(StatusCode::BAD_GATEWAY, None, format!("A2A agent: {e}")),
     }
+}
+
+/// What [`stream_on`] carries between the agent's chunks.
+struct StreamOn {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    parser: SseParser,
+    fwd: Forwarding,
+    ready: VecDeque<StreamEvent>,
+    ended: bool,
+}
+
+/// Answers with a mesh stream ([`crate::a2a_stream`]): each of the agent's SSE events is
+/// interpreted and sent on as soon as it is complete, until a last event.
+fn stream_on(resp: reqwest::Response) -> Response {
+    let st = StreamOn {
+        body: resp.bytes_stream().boxed(),
+        parser: SseParser::default(),
+        fwd: Forwarding::default(),
+        ready: VecDeque::new(),
+        ended: false,
+    };
+    let events = futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if st.ended {
+                return None;
+            }
+            if let Some(ev) = st.ready.pop_front() {
+                st.ended = ev.is_last();
+                return Some((Ok::<_, std::io::Error>(Bytes::from(ev.to_sse())), st));
+            }
+            let next = match st.body.next().await {
+                Some(Ok(chunk)) => match st.parser.push(&chunk) {
+                    Ok(datas) => {
+                        st.ready.extend(datas.iter().filter_map(|d| st.fwd.step(d)));
+                        continue;
+                    }
+                    Err(e) => st.fwd.fail(e.to_string()),
+                },
+                Some(Err(e)) if e.is_timeout() => st
+                    .fwd
+                    .fail("deadline passed while the A2A agent streamed".into()),
+                Some(Err(e)) => st.fwd.fail(format!("A2A stream broke: {e}")),
+                None => st.fwd.finish(),
+            };
+            match next {
+                Some(ev) => st.ready.push_back(ev),
+                None => return None,
+            }
+        }
+    });
+    let mut r = Response::new(axum::body::Body::from_stream(events));
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(STREAM_CONTENT_TYPE),
+    );
+    r
 }
 
 /// A JSON-RPC response (or one SSE event's data): its result interpreted, or its error.
@@ -344,31 +408,18 @@ fn one_reply(bytes: &[u8], collected: &mut Vec<serde_json::Value>) -> Answer {
 /// Reads a `text/event-stream` of JSON-RPC responses until a final answer.
 async fn read_sse(resp: reqwest::Response) -> Answer {
     let mut collected = Vec::new();
-    let mut buf: Vec<u8> = Vec::new();
+    let mut parser = SseParser::default();
     let mut s = resp.bytes_stream();
     while let Some(chunk) = s.next().await {
         let Ok(chunk) = chunk else {
             return Answer::Failed("A2A stream broke".into());
         };
-        // CRs only ever end lines (JSON escapes its own), so dropping them normalises CRLF.
-        buf.extend(chunk.iter().copied().filter(|&b| b != b'\r'));
-        if buf.len() > SSE_EVENT_BYTES_MAX {
-            return Answer::Failed(format!("A2A event larger than {SSE_EVENT_BYTES_MAX} bytes"));
-        }
-        // Complete events end with a blank line; split on bytes so a UTF-8 character cut
-        // between chunks stays whole in the remainder.
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            let event = String::from_utf8_lossy(&event);
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim_start)
-                .collect();
-            if data.is_empty() {
-                continue;
-            }
-            match one_reply(data.join("\n").as_bytes(), &mut collected) {
+        let datas = match parser.push(&chunk) {
+            Ok(d) => d,
+            Err(e) => return Answer::Failed(e.to_string()),
+        };
+        for data in datas {
+            match one_reply(data.as_bytes(), &mut collected) {
                 Answer::Pending => {}
                 done => return done,
             }

@@ -66,6 +66,8 @@ pub struct AgentRequest {
     pub tracestate: Option<String>,
     /// Call-chain token for onward calls.
     pub chain: Option<String>,
+    /// What the caller accepts back (`accept` header).
+    pub accept: Option<String>,
 }
 
 /// Sends the request. A status below 500 comes back as the live response (body still
@@ -102,6 +104,9 @@ pub async fn send(
     }
     if let Some(c) = &req.chain {
         b = b.header(H_CHAIN, c);
+    }
+    if let Some(a) = &req.accept {
+        b = b.header("accept", a);
     }
     let resp = b.body(req.body).send().await.map_err(map_err)?;
     let status = resp.status().as_u16();

@@ -349,6 +349,11 @@ fn apply_headers(req: &mut CallRequest, headers: &HeaderMap) -> Result<(), CallE
     {
         req.content_type = Some(ct.to_string());
     }
+    // Only a stream request is passed on (normalised, so the header stays within its limit).
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if crate::a2a_stream::wants_stream(accept) {
+        req.accept = Some(crate::a2a_stream::STREAM_CONTENT_TYPE.to_string());
+    }
     Ok(())
 }
 

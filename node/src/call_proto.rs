@@ -75,6 +75,8 @@ pub struct CallHeader {
     pub content_type: Option<String>,
     /// Sign a vote over the complete answer ([`RespFrame::Vote`] before `End`).
     pub want_vote: bool,
+    /// What the caller accepts back (passed to the agent as its `accept` header).
+    pub accept: Option<String>,
 }
 
 /// The response head: status and load feedback.
@@ -209,6 +211,7 @@ impl CallHeader {
         opt_len(&self.tracestate, TRACE_LEN_MAX, "tracestate")?;
         opt_len(&self.caller_agent, NAME_LEN_MAX, "caller_agent")?;
         opt_len(&self.content_type, NAME_LEN_MAX, "content_type")?;
+        opt_len(&self.accept, NAME_LEN_MAX, "accept")?;
         if self.caller_roles.len() > ROLES_MAX
             || self.caller_roles.iter().any(|r| r.len() > NAME_LEN_MAX)
         {
@@ -384,6 +387,7 @@ mod tests {
                         caller_roles: roles,
                         content_type: Some("application/json".into()),
                         want_vote: false,
+                        accept: Some("text/event-stream".into()),
                     }
                 },
             )
@@ -513,6 +517,7 @@ mod tests {
             caller_roles: vec![],
             content_type: None,
             want_vote: true,
+            accept: None,
         };
         assert!(matches!(h.encode(), Err(ProtoError::Limit("capability"))));
         let raw = postcard::to_stdvec(&h).unwrap();

@@ -465,6 +465,7 @@ pub fn agent_request(
         traceparent: header.traceparent.clone(),
         tracestate: header.tracestate.clone(),
         chain: Some(crate::chain::encode(&header.chain)),
+        accept: header.accept.clone(),
     }
 }
 

@@ -65,6 +65,7 @@ pub async fn call_local(
         traceparent: a.header.traceparent.clone(),
         tracestate: a.header.tracestate.clone(),
         chain: Some(crate::chain::encode(&a.header.chain)),
+        accept: a.header.accept.clone(),
     };
     let resp = agent.invoke(req).await?;
     let status = resp.status().as_u16();

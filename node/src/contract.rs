@@ -48,6 +48,9 @@ pub struct CallRequest {
     pub tracestate: Option<String>,
     /// Content type of the body.
     pub content_type: Option<String>,
+    /// What the caller accepts back (`text/event-stream` asks an A2A agent's node to stream
+    /// the answer as it comes; see [`crate::a2a_stream`]).
+    pub accept: Option<String>,
     /// Request body.
     pub body: bytes::Bytes,
     /// Complexity hint (`x-mesh-complexity`): `high` goes to experts, `low` to the cheapest

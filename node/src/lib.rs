@@ -5,6 +5,7 @@
 pub mod a2a;
 pub mod a2a_api;
 pub mod a2a_bridge;
+pub mod a2a_stream;
 pub mod adaptive;
 pub mod admission;
 pub mod agent_client;

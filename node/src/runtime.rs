@@ -681,6 +681,7 @@ impl MeshHandle {
             caller_roles: self.0.sec.roles(),
             content_type: req.content_type.clone(),
             want_vote: req.want_vote,
+            accept: req.accept.clone(),
         };
         if settings.hedging.enabled && cands.len() > 1 {
             return self

@@ -11,11 +11,11 @@ import uuid
 import pytest
 from a2a.client import ClientConfig, create_client
 from a2a.helpers import get_stream_response_text
-from a2a.types import Message, Part, Role, SendMessageRequest
+from a2a.types import Message, Part, Role, SendMessageRequest, TaskState
 
 from agentmesh import Client, MeshError
 
-from a2a_names import CAPABILITY, SKILL
+from a2a_names import CAPABILITY, SKILL, STREAM_CAPABILITY, STREAM_SKILL
 from cluster import wait_until
 
 
@@ -43,8 +43,8 @@ def test_sdk_agent_registers_through_its_card(mesh):
         skills={SKILL: {"capability": CAPABILITY, "proficiency": "expert", "cost": 0.2}},
     )
     assert out["agent"] == "sdk-translator"
-    assert out["capabilities"] == [CAPABILITY]
-    assert out["skills"] == {CAPABILITY: SKILL}
+    assert out["capabilities"] == [CAPABILITY, STREAM_CAPABILITY]
+    assert out["skills"] == {CAPABILITY: SKILL, STREAM_CAPABILITY: STREAM_SKILL}
     # The whole mesh learns it by gossip.
     c3 = Client(mesh.nodes[2]["api"], token="")
     wait_until(
@@ -90,6 +90,60 @@ def test_sdk_client_calls_a2a_skill_through_the_mesh(mesh, streaming):
     test_sdk_agent_registers_through_its_card(mesh)
     text = asyncio.run(sdk_call(mesh.nodes[2]["api"], "hello", CAPABILITY, streaming))
     assert text == "translated: hello"
+
+
+async def sdk_stream_with_gate(base_url: str, gate) -> "tuple[list, list]":
+    """Streams `narrate` through the mesh with the SDK client. The agent sends its first chunk,
+    then holds until the gate file exists; the gate is opened only once the first chunk has
+    reached this client, so the story ends "the end" only if chunks arrive as they are sent
+    (a buffered stream would deliver nothing until the agent gave up: "the gate never opened")."""
+    client = await create_client(base_url, client_config=ClientConfig(streaming=True))
+    kinds, chunks = [], []
+    try:
+        async for ev in client.send_message(sdk_message(str(gate), STREAM_CAPABILITY)):
+            kind = next(k for k in ("task", "message", "status_update", "artifact_update") if ev.HasField(k))
+            kinds.append(kind)
+            if kind == "artifact_update":
+                chunks.append(get_stream_response_text(ev))
+                if len(chunks) == 1:
+                    assert not gate.exists(), "the agent is still working when chunk 1 arrives"
+                    gate.touch()
+            if kind == "status_update":
+                kinds.append(TaskState.Name(ev.status_update.status.state))
+    finally:
+        await client.close()
+    return kinds, chunks
+
+
+def test_sdk_streaming_client_gets_chunks_as_the_agent_sends_them(mesh, tmp_path):
+    test_sdk_agent_registers_through_its_card(mesh)
+    gate = tmp_path / "gate"
+    kinds, chunks = asyncio.run(sdk_stream_with_gate(mesh.nodes[2]["api"], gate))
+    assert chunks == ["once upon a time, ", "the end"], chunks
+    assert kinds[0] == "task" and kinds[-1] == "TASK_STATE_COMPLETED", kinds
+
+
+def test_mesh_stream_reaches_a_plain_client_incrementally(mesh, tmp_path):
+    test_sdk_agent_registers_through_its_card(mesh)
+    gate = tmp_path / "gate"
+    c1 = Client(mesh.nodes[0]["api"], token="")
+    events = []
+    for ev in c1.stream(STREAM_CAPABILITY, {"text": str(gate)}, deadline=20):
+        events.append(ev)
+        if len(events) == 1:
+            assert not gate.exists()
+            gate.touch()
+    assert events == [
+        {"chunk": {"text": "once upon a time, "}},
+        {"chunk": {"text": "the end"}},
+        {"done": None},
+    ], events
+
+
+def test_stream_of_a_non_streaming_agent_is_one_answer(mesh):
+    c3 = Client(mesh.nodes[2]["api"], token="")
+    events = list(c3.stream("echo", {"x": 1}, deadline=10))
+    assert len(events) == 1 and events[0]["done"]["capability"] == "echo", events
 
 
 def test_sdk_client_calls_a_plain_http_agent_through_the_mesh(mesh):

@@ -27,6 +27,9 @@ pub fn valid_window() -> (u64, u64) {
     (now_s - 3600, now_s + 86_400)
 }
 
+/// A message filter for [`Net::drop_if`].
+pub type DropFn = Box<dyn Fn(u64, usize, usize, &Message) -> bool>;
+
 /// The harness: nodes, the clock, in-flight messages and what each node emitted.
 pub struct Net {
     /// Virtual time in ms.
@@ -51,6 +54,8 @@ pub struct Net {
     pub dropped: u64,
     /// Messages delivered.
     pub delivered: u64,
+    /// Drops a message when it returns true: `(now, from, to, message)` (a lossy link).
+    pub drop_if: Option<DropFn>,
     index: BTreeMap<NodeId, usize>,
     queue: BTreeMap<(u64, u64), (usize, usize, Message)>,
     next_msg: u64,
@@ -84,6 +89,7 @@ impl Net {
             stopped: BTreeSet::new(),
             dropped: 0,
             delivered: 0,
+            drop_if: None,
             index: BTreeMap::new(),
             queue: BTreeMap::new(),
             next_msg: 0,
@@ -129,6 +135,27 @@ impl Net {
         i
     }
 
+    /// Node `i` crashes and starts again at once with the same key and record template but
+    /// no state (kill -9 and restart): a new incarnation, an empty view. Not joined yet.
+    pub fn restart(&mut self, i: usize) {
+        let seed = self.rng.next_u64();
+        let old = self.nodes[i].local_record().clone();
+        let mut rec = NodeRecord::new(old.node_id);
+        rec.cert = old.cert.clone();
+        rec.agent = old.agent.clone();
+        let addrs = vec![format!("/ip4/10.0.0.{}/udp/4000/quic-v1", i + 1)];
+        self.nodes[i] = Gossip::new(
+            self.cfg.clone(),
+            self.keys[i].clone(),
+            addrs,
+            rec,
+            seed,
+            self.now,
+        )
+        .expect("valid node");
+        self.queue.retain(|_, (from, to, _)| *from != i && *to != i);
+    }
+
     /// Every node but `seed` joins through node `seed`; outputs are queued.
     pub fn join_all_through(&mut self, seed: usize) {
         for i in 0..self.nodes.len() {
@@ -167,7 +194,11 @@ impl Net {
                 self.dropped += 1;
                 continue;
             };
-            if self.cut(i, j) {
+            let lost = self
+                .drop_if
+                .as_ref()
+                .is_some_and(|f| f(self.now, i, j, &msg));
+            if self.cut(i, j) || lost {
                 self.dropped += 1;
                 continue;
             }

@@ -21,6 +21,7 @@ from .client import (
     quorum,
     register,
     run_workflow,
+    stream,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "quorum",
     "register",
     "run_workflow",
+    "stream",
 ]

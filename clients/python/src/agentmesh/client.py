@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 #: The node API used when neither ``api=`` nor ``$AGENTMESH_API`` is given.
 API_DEFAULT = "http://127.0.0.1:7600"
@@ -20,6 +20,8 @@ DEADLINE_SLACK_S = 5.0
 REQUEST_TIMEOUT_S = 35.0
 #: Largest response body read, in bytes (the node's own call body limit is smaller).
 RESPONSE_BYTES_MAX = 64 * 1024 * 1024
+#: Largest line of a streamed answer read, in bytes (the node bounds its events too).
+STREAM_LINE_BYTES_MAX = 1024 * 1024
 
 Deadline = Union[float, int, timedelta, None]
 Capabilities = Sequence[Union[str, Mapping[str, Any]]]
@@ -195,6 +197,57 @@ class Client:
             reg["max_concurrency"] = max_concurrency
         return self._json("PUT", "/v1/agent", reg)
 
+    def stream(
+        self,
+        capability: str,
+        payload: Any,
+        *,
+        policy: Optional[str] = None,
+        deadline: Deadline = None,
+    ) -> Iterator[Dict[str, Any]]:
+        """Calls ``capability`` asking for the answer as it comes (``accept:
+        text/event-stream``). Yields mesh stream events as they arrive: ``{"chunk": body}``,
+        then ``{"done": body_or_None}`` or ``{"error": message}``. An agent that does not stream
+        yields one ``{"done": answer}``. Failures before the stream starts raise
+        :class:`MeshError`."""
+        h = {"accept": "text/event-stream"}
+        ms = _deadline_ms(deadline)
+        if ms is not None:
+            h["x-mesh-deadline-ms"] = str(ms)
+        if policy:
+            h["x-mesh-policy"] = policy
+        if self.token:
+            h["authorization"] = f"Bearer {self.token}"
+        h["content-type"] = "application/json"
+        timeout = REQUEST_TIMEOUT_S if ms is None else ms / 1000 + DEADLINE_SLACK_S
+        path = "/v1/call/" + urllib.parse.quote(capability, safe="")
+        req = urllib.request.Request(self.api + path, data=_encode(payload), headers=h, method="POST")
+        try:
+            r = urllib.request.urlopen(req, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            raise self._error(e.code, e.read(RESPONSE_BYTES_MAX)) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise MeshError("unreachable", f"POST {self.api}{path}: {getattr(e, 'reason', e)}") from None
+        with r:
+            if not r.headers.get("content-type", "").startswith("text/event-stream"):
+                data = r.read(RESPONSE_BYTES_MAX)
+                yield {"done": json.loads(data) if data else None}
+                return
+            data_lines: List[str] = []
+            while True:
+                line = r.readline(STREAM_LINE_BYTES_MAX)
+                if not line:
+                    return
+                text = line.decode().rstrip("\r\n")
+                if text.startswith("data:"):
+                    data_lines.append(text[5:].lstrip(" "))
+                elif not text and data_lines:
+                    event = json.loads("\n".join(data_lines))
+                    data_lines = []
+                    yield event
+                    if "chunk" not in event:
+                        return
+
     def call_raw(
         self,
         capability: str,
@@ -344,6 +397,13 @@ def quorum(
 ) -> Dict[str, Any]:
     """:meth:`Client.quorum` on the default client."""
     return default_client().quorum(capability, payload, n=n, f=f, key=key, deadline=deadline)
+
+
+def stream(
+    capability: str, payload: Any, *, policy: Optional[str] = None, deadline: Deadline = None
+) -> Iterator[Dict[str, Any]]:
+    """:meth:`Client.stream` on the default client."""
+    return default_client().stream(capability, payload, policy=policy, deadline=deadline)
 
 
 def run_workflow(name: str, input: Any, deadline: Deadline = None) -> Dict[str, Any]:
