@@ -32,8 +32,10 @@ fn summarize((mut us, wall_s): (Vec<f64>, f64)) -> serde_json::Value {
 
 async fn bench_libp2p(n: usize, inflight: usize) -> anyhow::Result<(Vec<f64>, f64)> {
     let listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".to_string()];
-    let (server, _sev) = transport::start(&Keypair::from_secret([1; 32]), &listen, false).await?;
-    let (client, _cev) = transport::start(&Keypair::from_secret([2; 32]), &listen, false).await?;
+    let (server, _sev) =
+        transport::start(&Keypair::from_secret([1; 32]), &listen, 0, false).await?;
+    let (client, _cev) =
+        transport::start(&Keypair::from_secret([2; 32]), &listen, 0, false).await?;
     let mut incoming = server
         .control
         .clone()
