@@ -4,11 +4,6 @@
 use clap::Parser;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc malloc: glibc's malloc and free were ~14 % of a node's samples on
-/// the call path (perf, bench-dataplane at 64 in flight).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Async worker threads when `TOKIO_WORKER_THREADS` is not set.
 const DEFAULT_WORKER_THREADS: usize = 1;
 
