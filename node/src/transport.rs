@@ -1,5 +1,5 @@
 //! The one libp2p `Swarm`: QUIC (quic-v1 over tokio, TLS 1.3 from the node key), identify,
-//! optional mDNS, and `libp2p-stream` for our three protocols.
+//! optional mDNS, and `libp2p-stream` for our protocols (admission, gossip, calls, audit queries).
 //!
 //! The swarm runs in its own task. Everything else talks to it through [`SwarmCmd`]s and a
 //! cloned [`libp2p_stream::Control`]; it reports connections as [`TransportEvent`]s. This
@@ -21,6 +21,8 @@ pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/goss
 pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::admission::ADMIT_PROTOCOL);
 /// The call protocol.
 pub const CALL_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::call_proto::CALL_PROTOCOL);
+/// The mesh-wide audit query protocol.
+pub const AUDIT_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::audit_proto::AUDIT_PROTOCOL);
 /// Identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/agentmesh/1.0.0";
 /// Commands queued to the swarm task.
