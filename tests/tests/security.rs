@@ -415,3 +415,83 @@ async fn audit_query_mesh_reads_other_logs_where_policy_allows() {
     let series = r#"agentmesh_rbac_denied_total{caller_role="worker",capability="mesh.audit"}"#;
     assert!(prom(&mesh, &worker, series).await >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiring_certificate_warns_and_a_renewal_is_picked_up_without_restart() {
+    let mut mesh = Mesh::new().unwrap();
+    // The harness signs certificates for one day: inside the warning window.
+    let n = mesh.start_node(NodeOpts::caps(&["x.cap"])).await.unwrap();
+    let (_, s) = mesh.get(&n, "/v1/security").await.unwrap();
+    assert!(s["cert_expires_in_s"].as_u64().unwrap() <= 86_400, "{s}");
+    assert_eq!(s["roles"], serde_json::json!(["agent"]));
+    wait_until("the expiry warning", CONVERGE, || async {
+        Ok(n.log().contains("certificate expires soon").then_some(()))
+    })
+    .await
+    .unwrap();
+    let pid = n.proc_index;
+    // `admit` never overwrites; an operator writes the renewal beside it and renames it in.
+    let renewed = n.dir.join("node.cert.new");
+    run_cli(&[
+        "admit",
+        "--root",
+        mesh.root_key().to_str().unwrap(),
+        "--node-pub",
+        &n.id,
+        "--roles",
+        "renewed",
+        "--ttl",
+        "30d",
+        "--out",
+        renewed.to_str().unwrap(),
+    ])
+    .unwrap();
+    std::fs::rename(&renewed, n.dir.join("node.cert")).unwrap();
+    let s = wait_until("the renewed certificate in force", CONVERGE, || async {
+        let (_, s) = mesh.get(&n, "/v1/security").await?;
+        Ok((s["roles"] == serde_json::json!(["renewed"])).then_some(s))
+    })
+    .await
+    .unwrap();
+    assert!(
+        s["cert_expires_in_s"].as_u64().unwrap() > 29 * 86_400,
+        "{s}"
+    );
+    assert!(n.log().contains("renewed admission certificate picked up"));
+    assert!(
+        mesh.procs.try_exit(pid).unwrap().is_none(),
+        "the node was not restarted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_audit_entries_survive_kill9() {
+    let mut mesh = Mesh::new().unwrap();
+    let callee = mesh.start_node(NodeOpts::caps(&["y.cap"])).await.unwrap();
+    // fsync = "always": a call is answered only once its outbound entry is on disk.
+    let o = secured(&mesh, &["x.cap"], "agent", false);
+    let caller = mesh.start_node(o).await.unwrap();
+    offers(&mesh, &caller, &["y.cap"]).await;
+    let calls = 20;
+    for _ in 0..calls {
+        let r = mesh.call(&caller, "y.cap", "{}", &[]).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    mesh.procs.kill9(caller.proc_index).unwrap();
+    let dir = caller.dir.join("audit");
+    let dir = dir.to_str().unwrap();
+    run_cli(&["audit", "verify", "--dir", dir]).unwrap();
+    let out = run_cli(&[
+        "audit",
+        "query",
+        "--dir",
+        dir,
+        "--capability",
+        "y.cap",
+        "--json",
+    ])
+    .unwrap();
+    let outbound = out.lines().filter(|l| l.contains("\"outbound\"")).count();
+    assert_eq!(outbound, calls, "{out}");
+    drop(callee);
+}
