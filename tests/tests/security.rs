@@ -495,3 +495,106 @@ async fn acknowledged_audit_entries_survive_kill9() {
     assert_eq!(outbound, calls, "{out}");
     drop(callee);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn root_signed_policy_spreads_by_gossip_and_is_enforced() {
+    let mut mesh = Mesh::new().unwrap();
+    let proc_node = mesh
+        .start_node(secured(&mesh, &["proc.run"], "processing", false))
+        .await
+        .unwrap();
+    let admin = mesh
+        .start_node(secured(&mesh, &["admin.reset"], "admin", false))
+        .await
+        .unwrap();
+    let analysis = mesh
+        .start_node(secured(&mesh, &["report.run"], "analysis", false))
+        .await
+        .unwrap();
+    offers(&mesh, &proc_node, &["admin.reset", "report.run"]).await;
+    // No policy anywhere yet: everything is allowed.
+    let r = mesh
+        .call(&proc_node, "admin.reset", "{}", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let signed = mesh.path().join("policy.hex");
+    let file = mesh.path().join("policy.toml");
+    run_cli(&[
+        "policy",
+        "sign",
+        "--root",
+        mesh.root_key().to_str().unwrap(),
+        "--file",
+        file.to_str().unwrap(),
+        "--out",
+        signed.to_str().unwrap(),
+    ])
+    .unwrap();
+    // Pushed to one node only; the others adopt it from its record.
+    run_cli(&[
+        "policy",
+        "push",
+        signed.to_str().unwrap(),
+        "--api",
+        &analysis.api,
+    ])
+    .unwrap();
+    for n in [&proc_node, &admin, &analysis] {
+        wait_until("every node runs policy version 1", CONVERGE, || async {
+            let (_, s) = mesh.get(n, "/v1/security").await?;
+            let v = &s["policy"];
+            Ok((v["version"] == 1 && v["distributed"] == true).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    let r = mesh
+        .call(&proc_node, "admin.reset", "{}", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "processing → admin is denied once the policy arrived"
+    );
+    let r = mesh
+        .call(&proc_node, "report.run", "{}", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "processing → analysis stays allowed");
+    // A forged policy (signed by another key) is refused and changes nothing.
+    let other = mesh.path().join("other-root");
+    run_cli(&[
+        "mesh",
+        "init",
+        "--dir",
+        other.to_str().unwrap(),
+        "--mesh-id",
+        "it-mesh",
+    ])
+    .unwrap();
+    let forged = mesh.path().join("forged.hex");
+    std::fs::write(&file, POLICY.replace("version = 1", "version = 2")).unwrap();
+    run_cli(&[
+        "policy",
+        "sign",
+        "--root",
+        other.join("root.key").to_str().unwrap(),
+        "--file",
+        file.to_str().unwrap(),
+        "--out",
+        forged.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(run_cli(&[
+        "policy",
+        "push",
+        forged.to_str().unwrap(),
+        "--api",
+        &admin.api
+    ])
+    .is_err());
+    let (_, s) = mesh.get(&admin, "/v1/security").await.unwrap();
+    assert_eq!(s["policy"]["version"], 1, "{s}");
+}
