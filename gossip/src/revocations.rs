@@ -69,6 +69,11 @@ impl Revocations {
             .collect()
     }
 
+    /// Every revocation held, by revoked node id.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<SignedRevocation>> {
+        self.held.values().map(|(r, _)| r)
+    }
+
     /// The revoked node ids.
     pub fn ids(&self) -> impl Iterator<Item = &NodeId> {
         self.held.keys()

@@ -1777,6 +1777,11 @@ impl Gossip {
         self.revoked.ids().copied().collect()
     }
 
+    /// The verified revocations held so far (for the driver to persist).
+    pub fn revocations(&self) -> Vec<Arc<SignedRevocation>> {
+        self.revoked.all().cloned().collect()
+    }
+
     /// Verifies revocations (root signature and mesh; nothing else is trusted), applies the
     /// new ones and pushes them on. A forged one costs the sender score; a known one is a
     /// no-op, so replays change nothing. Open meshes have no root and ignore revocations.

@@ -336,6 +336,19 @@ fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, AdmitError> {
     postcard::from_bytes(b).map_err(|e| AdmitError::Decode(e.to_string()))
 }
 
+/// Decodes a peer's hello (the server side's first frame). Nothing is verified here; see
+/// [`AdmissionTable::verify`].
+pub fn decode_hello(bytes: &[u8]) -> Result<AdmitHello, AdmitError> {
+    crate::frame::check_len(bytes.len(), ADMIT_FRAME_BYTES_MAX)?;
+    decode(bytes)
+}
+
+/// Decodes the verdict a peer sent back.
+pub fn decode_verdict(bytes: &[u8]) -> Result<AdmitVerdict, AdmitError> {
+    crate::frame::check_len(bytes.len(), ADMIT_FRAME_BYTES_MAX)?;
+    decode(bytes)
+}
+
 /// Client side on a fresh stream: present our hello and read the verdict.
 pub async fn present<S>(stream: &mut S, hello: &AdmitHello) -> Result<AdmitVerdict, AdmitError>
 where
@@ -348,7 +361,7 @@ where
         .await
         .map_err(crate::frame::FrameError::from)?;
     let bytes = read_frame(stream, ADMIT_FRAME_BYTES_MAX).await?;
-    let v: AdmitVerdict = decode(&bytes)?;
+    let v = decode_verdict(&bytes)?;
     Ok(match v {
         AdmitVerdict::Rejected { reason } => AdmitVerdict::Rejected {
             reason: crate::call_proto::truncate(&reason, REASON_LEN_MAX),
@@ -369,7 +382,7 @@ where
 {
     use futures::AsyncWriteExt;
     let bytes = read_frame(stream, ADMIT_FRAME_BYTES_MAX).await?;
-    let decision = match decode::<AdmitHello>(&bytes) {
+    let decision = match decode_hello(&bytes) {
         Ok(hello) => table.verify(&hello, presenter, now_unix_s),
         Err(e) => Err(e.to_string()),
     };

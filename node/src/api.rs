@@ -34,6 +34,13 @@ pub const DEADLINE_MS_MAX: u64 = 10 * 60 * 1000;
 pub const ROUTING_HINT_LEN_MAX: usize = 128;
 /// Longest `tracestate` forwarded, in bytes (W3C allows 512).
 pub const TRACESTATE_LEN_MAX: usize = 512;
+/// Most request headers accepted (hyper's own parser stops at 100); more get 431.
+pub const API_HEADERS_MAX: usize = 64;
+/// Most bytes of all header names and values of one request together; more get 431.
+pub const API_HEADER_BYTES_MAX: usize = 16 * 1024;
+/// Largest request body on any route, in bytes (a backstop: each route reads with its own,
+/// smaller or equal, named limit and answers 413 past it).
+pub const API_REQUEST_BODY_BYTES_MAX: usize = CALL_BODY_BYTES_MAX;
 
 /// Header prefix of attribute constraints (`x-mesh-attr-region: eu`); keys arrive lowercased.
 pub const ATTR_HEADER_PREFIX: &str = "x-mesh-attr-";
@@ -55,6 +62,7 @@ pub const ERROR_HEADER: &str = crate::agent_client::H_ERROR;
 
 #[path = "api_security.rs"]
 mod api_security;
+pub use api_security::parse_audit_query;
 
 /// The OpenAPI 3.1 document served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -144,7 +152,33 @@ pub fn router(mesh: MeshHandle, token: Option<String>) -> Router {
             state.clone(),
             require_token,
         ))
+        .layer(axum::middleware::from_fn(limit_headers))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            API_REQUEST_BODY_BYTES_MAX,
+        ))
         .with_state(state)
+}
+
+/// Refuses requests past [`API_HEADERS_MAX`] headers or [`API_HEADER_BYTES_MAX`] header bytes
+/// with 431, before any handler (or the token check) sees them.
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if h.len() > API_HEADERS_MAX || bytes > API_HEADER_BYTES_MAX {
+        return ApiError {
+            status: Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            err: CallError::bad_field(
+                "headers",
+                format!(
+                    "{} headers of {bytes} bytes exceed {API_HEADERS_MAX} headers or \
+                     {API_HEADER_BYTES_MAX} bytes",
+                    h.len()
+                ),
+            ),
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> Response {
@@ -742,6 +776,98 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "a node without seeds is ready at once");
+        server.abort();
+        mesh.shutdown(Duration::from_millis(100)).await;
+    }
+
+    /// Oversized bodies, too many or too large headers, malformed JSON and bad signed
+    /// envelopes get a 4xx with a JSON error, and change nothing the API shows.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_input_gets_4xx_and_changes_nothing() {
+        let key = agentmesh_crypto::Keypair::generate(&mut rand::rngs::OsRng);
+        let mesh = MeshHandle::start(crate::runtime::RuntimeConfig::new(key))
+            .await
+            .unwrap();
+        let app = router(mesh.clone(), None);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(l, app).await });
+        let http = reqwest::Client::new();
+        let state = || async {
+            let a: serde_json::Value = http
+                .get(format!("{base}/v1/agent"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .map(|b| serde_json::from_slice(&b).unwrap())
+                .unwrap();
+            let s: serde_json::Value = http
+                .get(format!("{base}/v1/security"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .map(|b| serde_json::from_slice(&b).unwrap())
+                .unwrap();
+            (
+                a["registration"].clone(),
+                s["revoked"].clone(),
+                s["policy"].clone(),
+            )
+        };
+        let before = state().await;
+        assert!(before.0.is_null(), "no agent yet: {before:?}");
+        let ok_reg =
+            r#"{"name":"a","handler":"http://127.0.0.1:9","capabilities":[{"name":"x.y"}]}"#;
+        let huge = format!("{{\"name\":\"{}\"}}", "a".repeat(API_BODY_BYTES_MAX));
+        let bad_json = "{\"name\": \"a\", ";
+        let expect = |status: u16| {
+            move |r: reqwest::Response| {
+                assert_eq!(r.status().as_u16(), status, "{r:?}");
+                assert!(r
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.to_str().unwrap().contains("json")));
+            }
+        };
+        let put = |b: String| http.put(format!("{base}/v1/agent")).body(b).send();
+        expect(413)(put(huge).await.unwrap());
+        expect(400)(put(bad_json.into()).await.unwrap());
+        expect(400)(put(ok_reg.replace("x.y", "Bad Name")).await.unwrap());
+        let revoke = http
+            .post(format!("{base}/v1/revocations"))
+            .body("zz")
+            .send();
+        expect(400)(revoke.await.unwrap());
+        let policy = http.post(format!("{base}/v1/policy")).body("00ff").send();
+        expect(400)(policy.await.unwrap());
+        let call = http
+            .post(format!("{base}/v1/call/x.y"))
+            .body(vec![0u8; CALL_BODY_BYTES_MAX + 1])
+            .send();
+        expect(413)(call.await.unwrap());
+        let mut many = http.get(format!("{base}/v1/members"));
+        for i in 0..=API_HEADERS_MAX {
+            many = many.header(format!("x-pad-{i}"), "1");
+        }
+        expect(431)(many.send().await.unwrap());
+        let long = http
+            .get(format!("{base}/v1/members"))
+            .header("x-pad", "v".repeat(API_HEADER_BYTES_MAX + 1));
+        expect(431)(long.send().await.unwrap());
+        expect(400)(
+            http.get(format!("{base}/v1/audit?bogus=1"))
+                .send()
+                .await
+                .unwrap(),
+        );
+        assert_eq!(state().await, before, "bad input changed the node");
+        // The same route still takes good input.
+        expect(200)(put(ok_reg.into()).await.unwrap());
+        assert_eq!(state().await.0["name"], "a");
         server.abort();
         mesh.shutdown(Duration::from_millis(100)).await;
     }

@@ -2,7 +2,7 @@
 //! root-signed policy and audit queries.
 
 use super::{bad, read_body, ApiError, ApiState};
-use crate::audit::{query_files, AuditQuery};
+use crate::audit::AuditQuery;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -86,26 +86,37 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `GET /v1/audit?...`: entries of this node's audit log matching the query.
+/// `GET /v1/audit?...`: entries of this node's audit log matching the query; with
+/// `mesh=true`, also those of every other live member that allows this node `mesh.audit`
+/// (`{node_id, entries, nodes: [{node_id, entries, truncated} | {node_id, code, error}]}`).
 pub async fn get_audit(
     State(st): State<ApiState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let q = parse_audit_query(query.as_deref().unwrap_or(""))?;
-    let Some(cfg) = st.mesh.audit_config() else {
-        return Err(bad("audit", "this node has no [audit] log configured"));
-    };
-    st.mesh.flush_audit().await;
-    let dir = cfg.dir.clone();
-    let entries = tokio::task::spawn_blocking(move || {
-        crate::audit::log_files(&dir).and_then(|f| query_files(&f, &q))
-    })
-    .await
-    .map_err(|e| bad("audit", e.to_string()))?
-    .map_err(|e| bad("audit", e.to_string()))?;
-    Ok(Json(serde_json::json!({
-        "node_id": st.mesh.node_id().to_string(),
-        "entries": entries,
-    }))
-    .into_response())
+    let raw = query.as_deref().unwrap_or("");
+    let q = parse_audit_query(raw)?;
+    let mesh = raw
+        .split('&')
+        .any(|p| p == "mesh=true" || p == "mesh=1" || p == "mesh");
+    let me = st.mesh.node_id().to_string();
+    let entries = st.mesh.audit_local(q.clone()).await?;
+    if !mesh {
+        return Ok(Json(serde_json::json!({ "node_id": me, "entries": entries })).into_response());
+    }
+    let mut nodes = vec![serde_json::json!({ "node_id": me, "entries": entries })];
+    for a in st.mesh.audit_mesh(&q).await {
+        nodes.push(match a.result {
+            Ok((entries, truncated)) => serde_json::json!({
+                "node_id": a.node_id.to_string(),
+                "entries": entries,
+                "truncated": truncated,
+            }),
+            Err(e) => serde_json::json!({
+                "node_id": a.node_id.to_string(),
+                "code": e.code,
+                "error": e.message,
+            }),
+        });
+    }
+    Ok(Json(serde_json::json!({ "node_id": me, "nodes": nodes })).into_response())
 }

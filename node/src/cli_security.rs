@@ -94,7 +94,8 @@ pub struct QueryArgs {
     /// Ask the node (--api) instead of reading files.
     #[arg(long)]
     pub api_only: bool,
-    /// Ask every node of the mesh through --api (subject to their policy).
+    /// Ask every live member through the node at --api (over `/agentmesh/audit/1`); each
+    /// answers only if its policy allows this node's roles `mesh.audit`.
     #[arg(long)]
     pub mesh: bool,
     /// The node to ask with --mesh / --api-only.
@@ -323,7 +324,14 @@ async fn query(a: QueryArgs) -> CmdResult {
         for n in nodes {
             let from = n["node_id"].as_str().unwrap_or("").to_string();
             if let Some(e) = n.get("error").and_then(|e| e.as_str()) {
-                eprintln!("{}: {e}", clip(&from, 60));
+                let code = n["code"].as_str().unwrap_or("error");
+                eprintln!("{}: {code}: {e}", clip(&from, 60));
+            }
+            if n["truncated"] == true {
+                eprintln!(
+                    "{}: more entries matched than one answer holds",
+                    clip(&from, 60)
+                );
             }
             for e in n["entries"].as_array().cloned().unwrap_or_default() {
                 if let Ok(r) = serde_json::from_value::<CallRecord>(e) {

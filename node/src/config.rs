@@ -452,6 +452,7 @@ impl NodeConfig {
                 },
                 audit: self.file.audit.clone(),
                 cert_file: n.cert_file.clone(),
+                revocations_file: Some(n.state_dir.join(crate::security::REVOCATIONS_FILE)),
             },
         })
     }

@@ -89,6 +89,8 @@ pub struct Snapshot {
     pub members: Vec<MemberView>,
     /// Nodes revoked by the mesh root (as heard so far).
     pub revoked: Vec<NodeId>,
+    /// The verified root-signed revocations behind `revoked`.
+    pub revocations: Vec<Arc<agentmesh_crypto::SignedRevocation>>,
 }
 
 /// The latest snapshot, shared with readers.
@@ -250,6 +252,7 @@ impl Driver {
         let snap = Arc::new(Snapshot {
             members: self.gossip.members(),
             revoked: self.gossip.revoked_ids(),
+            revocations: self.gossip.revocations(),
         });
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snap;
     }

@@ -12,6 +12,7 @@ pub mod agent_client;
 pub mod api;
 pub mod api_workflow;
 pub mod audit;
+pub mod audit_proto;
 pub mod breaker;
 pub mod call_endpoint;
 pub mod call_proto;

@@ -11,6 +11,10 @@
 //! - `breaker_state{target_node,target_agent}`: 0 closed, 1 half open, 2 open (this node's view);
 //! - `gossip_members{state}`, `gossip_messages_total{direction}`, `gossip_bytes_total{direction}`,
 //!   `gossip_suspicions_total`, `gossip_refutations_total`;
+//! - `rbac_allowed_total`, `rbac_denied_total{caller_role,capability}` (caller pre-check and
+//!   callee check), `rbac_denied_inbound_total`, `rbac_audit_only_denied_total`;
+//!   `admission_refused_total` (connections refused at admission), `revoked_nodes`;
+//!   `audit_entries_total`, `audit_dropped_total`, `audit_checkpoints_total`;
 //! - `build_info{version,profile}` = 1.
 //!
 //! **Label cardinality is bounded.** Agent names and capabilities come from the mesh, so a
@@ -129,6 +133,38 @@ pub struct BreakerLabels {
     pub target_agent: String,
 }
 
+/// Labels of the RBAC denial counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// The caller's certified roles, sorted and joined with `,` (`none` without roles).
+    pub caller_role: String,
+    /// Capability (or pseudo-capability such as `mesh.audit`).
+    pub capability: String,
+}
+
+/// Security totals read at scrape time (RBAC, admission, audit log).
+#[derive(Debug, Clone, Default)]
+pub struct SecurityScrape {
+    /// Calls the policy allowed.
+    pub rbac_allowed: u64,
+    /// `(caller roles, capability, denials)` series.
+    pub rbac_denied: Vec<(String, String, u64)>,
+    /// Inbound calls this node refused as callee.
+    pub rbac_denied_inbound: u64,
+    /// Calls that would have been denied (audit_only mode).
+    pub rbac_audit_only_denied: u64,
+    /// Connections refused at admission.
+    pub admission_refused: u64,
+    /// Nodes revoked by the mesh root, as this node knows.
+    pub revoked_nodes: u64,
+    /// Audit entries written.
+    pub audit_entries: u64,
+    /// Audit entries dropped (queue full or writer failed).
+    pub audit_dropped: u64,
+    /// Signed audit checkpoints written.
+    pub audit_checkpoints: u64,
+}
+
 /// Labels of `build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -159,6 +195,8 @@ pub struct ScrapeState {
     pub gossip: agentmesh_gossip::Stats,
     /// `(node id, agent, state 0/1/2)` of each breaker this node holds.
     pub breakers: Vec<(String, String, i64)>,
+    /// Security totals.
+    pub security: SecurityScrape,
 }
 
 /// The node's metric families and their cardinality guards.
@@ -179,6 +217,15 @@ pub struct Metrics {
     gossip_bytes: Family<DirLabels, Counter>,
     suspicions: Counter,
     refutations: Counter,
+    rbac_allowed: Counter,
+    rbac_denied: Family<DeniedLabels, Counter>,
+    rbac_denied_inbound: Counter,
+    rbac_audit_only_denied: Counter,
+    admission_refused: Counter,
+    revoked_nodes: Gauge,
+    audit_entries: Counter,
+    audit_dropped: Counter,
+    audit_checkpoints: Counter,
     pairs: Mutex<HashSet<(String, String, String)>>,
     caps: Mutex<HashSet<String>>,
 }
@@ -218,6 +265,15 @@ impl Metrics {
             gossip_bytes: Family::default(),
             suspicions: Counter::default(),
             refutations: Counter::default(),
+            rbac_allowed: Counter::default(),
+            rbac_denied: Family::default(),
+            rbac_denied_inbound: Counter::default(),
+            rbac_audit_only_denied: Counter::default(),
+            admission_refused: Counter::default(),
+            revoked_nodes: Gauge::default(),
+            audit_entries: Counter::default(),
+            audit_dropped: Counter::default(),
+            audit_checkpoints: Counter::default(),
             pairs: Mutex::new(HashSet::new()),
             caps: Mutex::new(HashSet::new()),
         };
@@ -283,6 +339,7 @@ impl Metrics {
             "Suspicions about this node that it refuted",
             m.refutations.clone(),
         );
+        m.register_security(&mut registry);
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -297,6 +354,72 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "Build information", build);
         Metrics { registry, ..m }
+    }
+
+    fn register_security(&self, registry: &mut Registry) {
+        registry.register(
+            "rbac_allowed",
+            "Calls the RBAC policy allowed",
+            self.rbac_allowed.clone(),
+        );
+        registry.register(
+            "rbac_denied",
+            "Calls the RBAC policy denied (caller pre-check and callee check), by caller role",
+            self.rbac_denied.clone(),
+        );
+        registry.register(
+            "rbac_denied_inbound",
+            "Inbound calls this node denied as callee",
+            self.rbac_denied_inbound.clone(),
+        );
+        registry.register(
+            "rbac_audit_only_denied",
+            "Calls that would have been denied (audit_only mode)",
+            self.rbac_audit_only_denied.clone(),
+        );
+        registry.register(
+            "admission_refused",
+            "Connections refused at admission (no, foreign, expired or revoked certificate)",
+            self.admission_refused.clone(),
+        );
+        registry.register(
+            "revoked_nodes",
+            "Nodes revoked by the mesh root, as this node knows",
+            self.revoked_nodes.clone(),
+        );
+        registry.register(
+            "audit_entries",
+            "Audit log entries written",
+            self.audit_entries.clone(),
+        );
+        registry.register(
+            "audit_dropped",
+            "Audit log entries dropped (queue full or writer failed)",
+            self.audit_dropped.clone(),
+        );
+        registry.register(
+            "audit_checkpoints",
+            "Signed audit checkpoints written",
+            self.audit_checkpoints.clone(),
+        );
+    }
+
+    fn apply_security(&self, s: &SecurityScrape) {
+        set_counter(&self.rbac_allowed, s.rbac_allowed);
+        for (role, cap, n) in &s.rbac_denied {
+            let labels = DeniedLabels {
+                caller_role: label(role),
+                capability: label(cap),
+            };
+            set_counter(&self.rbac_denied.get_or_create(&labels), *n);
+        }
+        set_counter(&self.rbac_denied_inbound, s.rbac_denied_inbound);
+        set_counter(&self.rbac_audit_only_denied, s.rbac_audit_only_denied);
+        set_counter(&self.admission_refused, s.admission_refused);
+        self.revoked_nodes.set(s.revoked_nodes as i64);
+        set_counter(&self.audit_entries, s.audit_entries);
+        set_counter(&self.audit_dropped, s.audit_dropped);
+        set_counter(&self.audit_checkpoints, s.audit_checkpoints);
     }
 
     /// The `(source, target, capability)` labels to use: themselves while under
@@ -424,6 +547,7 @@ impl Metrics {
         set_counter(&self.gossip_bytes.get_or_create(&dir("out")), g.bytes_out);
         set_counter(&self.suspicions, g.suspicions);
         set_counter(&self.refutations, g.refutations);
+        self.apply_security(&s.security);
         // Breakers come and go with members: rebuild the family each scrape.
         self.breaker.clear();
         for (i, (node, agent, state)) in s.breakers.iter().enumerate() {
@@ -532,6 +656,12 @@ mod tests {
                 ..Default::default()
             },
             breakers: vec![("n1".into(), "a1".into(), 2)],
+            security: SecurityScrape {
+                rbac_denied: vec![("processing".into(), "admin.reset".into(), 4)],
+                admission_refused: 2,
+                audit_entries: 9,
+                ..Default::default()
+            },
         };
         let text = m.encode(&s);
         assert_eq!(
@@ -555,5 +685,10 @@ mod tests {
             ),
             Some(2.0)
         );
+        let denied =
+            r#"agentmesh_rbac_denied_total{caller_role="processing",capability="admin.reset"}"#;
+        assert_eq!(value(&text, denied), Some(4.0), "{text}");
+        assert_eq!(value(&text, "agentmesh_admission_refused_total"), Some(2.0));
+        assert_eq!(value(&text, "agentmesh_audit_entries_total"), Some(9.0));
     }
 }

@@ -38,8 +38,11 @@ pub const RULES_MAX: usize = 256;
 pub const PATTERNS_MAX: usize = 32;
 /// Longest pattern, in bytes.
 pub const PATTERN_LEN_MAX: usize = 128;
-/// The pseudo-capability an `audit query --mesh` request is checked against.
-pub const AUDIT_QUERY_CAPABILITY: &str = "agentmesh.audit.query";
+/// The pseudo-capability an `audit query --mesh` request is checked against: a policy must
+/// allow the querier's roles `mesh.audit` on a member for it to answer.
+pub const AUDIT_QUERY_CAPABILITY: &str = "mesh.audit";
+/// Most `(caller role, capability)` series of the denial counter; the rest count as `other`.
+pub const DENIED_SERIES_MAX: usize = 256;
 
 /// Whether denials are enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -330,6 +333,38 @@ pub struct RbacCounters {
     pub audit_only_denied_total: AtomicU64,
     /// `agentmesh_rbac_denied_inbound_total`: inbound calls refused by this node as callee.
     pub denied_inbound_total: AtomicU64,
+    /// Denials by `(caller roles, capability)`, at most [`DENIED_SERIES_MAX`] series.
+    pub denied_by: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
+}
+
+impl RbacCounters {
+    /// Counts a denial under its caller roles (joined with `,`; `none` without roles) and
+    /// capability, or under `other` once [`DENIED_SERIES_MAX`] series exist.
+    fn count_denied(&self, caller: &[String], capability: &str) {
+        let role = if caller.is_empty() {
+            "none".to_string()
+        } else {
+            let mut r = caller.to_vec();
+            r.sort();
+            r.join(",")
+        };
+        let mut m = self.denied_by.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (role, capability.to_string());
+        let key = if m.contains_key(&key) || m.len() < DENIED_SERIES_MAX {
+            key
+        } else {
+            ("other".into(), "other".into())
+        };
+        *m.entry(key).or_default() += 1;
+    }
+
+    /// `(caller roles, capability, denials)` of every series.
+    pub fn denied_series(&self) -> Vec<(String, String, u64)> {
+        let m = self.denied_by.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .map(|((r, c), n)| (r.clone(), c.clone(), *n))
+            .collect()
+    }
 }
 
 /// The policy in force on this node, replaceable at run time (file reload or gossip).
@@ -395,6 +430,7 @@ impl Rbac {
                 if inbound {
                     c.denied_inbound_total.fetch_add(1, Ordering::Relaxed);
                 }
+                c.count_denied(caller, capability);
                 c.denied_total.fetch_add(1, Ordering::Relaxed)
             }
             _ => {

@@ -54,8 +54,11 @@ struct AttemptDone<'a> {
     span: tracing::Span,
     attempt_no: u32,
 }
+#[path = "runtime_audit.rs"]
+mod runtime_audit;
 #[path = "runtime_security.rs"]
 mod runtime_security;
+pub use runtime_audit::{NodeAudit, AUDIT_ANSWER_TIMEOUT};
 
 /// Largest deadline accepted.
 pub const DEADLINE_MAX_MS: u64 = 10 * 60 * 1000;
@@ -325,6 +328,7 @@ impl MeshHandle {
             sec: sec.clone(),
         });
         let handle = MeshHandle(inner);
+        handle.reapply_persisted_revocations().await;
         let hello = AdmitHello {
             cert: cfg.cert.clone(),
         };
@@ -332,6 +336,9 @@ impl MeshHandle {
         let admit_in = control
             .accept(ADMIT_PROTOCOL)
             .map_err(|e| anyhow::anyhow!("admit protocol: {e}"))?;
+        let audit_in = control
+            .accept(transport::AUDIT_PROTOCOL)
+            .map_err(|e| anyhow::anyhow!("audit protocol: {e}"))?;
         let mut tasks = vec![
             tokio::spawn(handle.clone().connection_events(events, hello, cfg.mdns)),
             tokio::spawn(handle.clone().admit_inbound(admit_in)),
@@ -351,6 +358,7 @@ impl MeshHandle {
             tokio::spawn(handle.clone().publish_load()),
             tokio::spawn(handle.clone().publish_traffic()),
             tokio::spawn(handle.clone().security_loop()),
+            tokio::spawn(handle.clone().audit_accept_loop(audit_in)),
         ];
         if !cfg.seeds.is_empty() {
             let seeds: Vec<String> = cfg.seeds.iter().take(SEEDS_MAX).cloned().collect();
@@ -1480,6 +1488,7 @@ impl MeshHandle {
                     (b.node_id, b.agent, v)
                 })
                 .collect(),
+            security: self.security_scrape(),
         };
         self.0.metrics.encode(&state)
     }

@@ -25,9 +25,14 @@ impl MeshHandle {
         loop {
             tick.tick().await;
             let snap = snapshot(&self.0.gossip);
-            for id in &snap.revoked {
-                if self.0.sec.mark_revoked(*id) {
-                    self.cut_off(*id);
+            for r in &snap.revocations {
+                // The gossip state machine verified it before holding it.
+                let Ok(body) = r.0.decode_unverified() else {
+                    continue;
+                };
+                if self.0.sec.mark_revoked(body.node_id) {
+                    self.persist(r);
+                    self.cut_off(body.node_id);
                 }
             }
             self.adopt_gossiped_policy(&snap, &mut bad_policies).await;
@@ -38,6 +43,27 @@ impl MeshHandle {
                 self.0.sec.check_cert_expiry(now_ms() / 1000);
             }
             n += 1;
+        }
+    }
+
+    /// Re-applies the revocations kept on disk: refuse and disconnect the revoked nodes, and
+    /// hand the revocations to gossip so they spread again. Called once at start.
+    pub(super) async fn reapply_persisted_revocations(&self) {
+        for r in self.0.sec.persisted_revocations() {
+            if let Ok(body) = r.0.decode_unverified() {
+                self.cut_off(body.node_id);
+            }
+            let _ = self
+                .0
+                .driver
+                .send(DriverCmd::Revoke(Arc::new(r.clone())))
+                .await;
+        }
+    }
+
+    fn persist(&self, r: &SignedRevocation) {
+        if let Err(e) = self.0.sec.persist_revocation(r) {
+            tracing::warn!(error = %e, "could not persist a revocation; it holds until restart");
         }
     }
 
@@ -137,6 +163,7 @@ impl MeshHandle {
     pub async fn revoke(&self, r: SignedRevocation) -> Result<NodeId, CallError> {
         let id = self.0.sec.verify_revocation(&r)?;
         if self.0.sec.mark_revoked(id) {
+            self.persist(&r);
             self.cut_off(id);
         }
         self.0
@@ -169,6 +196,23 @@ impl MeshHandle {
     /// Security counters as `(metric name, value)` for `/metrics`.
     pub fn security_metrics(&self) -> Vec<(&'static str, u64)> {
         self.0.sec.metrics()
+    }
+
+    /// Security totals for `/metrics`.
+    pub(super) fn security_scrape(&self) -> crate::metrics::SecurityScrape {
+        let named: BTreeMap<&str, u64> = self.0.sec.metrics().into_iter().collect();
+        let get = |k: &str| named.get(k).copied().unwrap_or(0);
+        crate::metrics::SecurityScrape {
+            rbac_allowed: get("agentmesh_rbac_allowed_total"),
+            rbac_denied: self.0.sec.rbac.counters.denied_series(),
+            rbac_denied_inbound: get("agentmesh_rbac_denied_inbound_total"),
+            rbac_audit_only_denied: get("agentmesh_rbac_audit_only_denied_total"),
+            admission_refused: self.admission_rejections(),
+            revoked_nodes: get("agentmesh_revoked_nodes"),
+            audit_entries: get("agentmesh_audit_entries_total"),
+            audit_dropped: get("agentmesh_audit_dropped_total"),
+            audit_checkpoints: get("agentmesh_audit_checkpoints_total"),
+        }
     }
 
     /// The audit log settings, if the log is on.

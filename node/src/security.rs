@@ -25,6 +25,12 @@ pub const SIGNED_POLICY_BYTES_MAX: usize = crate::rbac::POLICY_BYTES_MAX + 512;
 pub const CERT_EXPIRY_WARN_S: u64 = 7 * 86_400;
 /// Most revoked node ids mirrored from gossip.
 pub const REVOKED_MAX: usize = agentmesh_gossip::revocations::REVOCATIONS_MAX;
+/// File in the node's state directory holding the revocations it applied, one hex-encoded
+/// root-signed revocation per line; re-verified and re-applied at start.
+pub const REVOCATIONS_FILE: &str = "revocations.hex";
+/// Largest revocations file read, in bytes (checked before reading it).
+pub const REVOCATIONS_FILE_BYTES_MAX: usize =
+    REVOKED_MAX * (2 * agentmesh_crypto::revocation::REVOCATION_LEN_MAX + 1);
 
 /// Security settings of the runtime (built by `config.rs` from `[rbac]` and `[audit]`).
 #[derive(Debug, Clone, Default)]
@@ -35,6 +41,9 @@ pub struct SecurityConfig {
     pub audit: Option<AuditConfig>,
     /// The certificate file, re-read to pick up a renewal without a restart.
     pub cert_file: Option<PathBuf>,
+    /// Where applied revocations are kept across restarts ([`REVOCATIONS_FILE`] in the state
+    /// directory); None keeps them in memory only.
+    pub revocations_file: Option<PathBuf>,
 }
 
 /// What a root-signed policy carries.
@@ -104,6 +113,10 @@ pub struct Security {
     roles: RwLock<Vec<String>>,
     cert: RwLock<Option<SignedCert>>,
     signed_policy: RwLock<Option<Vec<u8>>>,
+    /// Revocations read from [`SecurityConfig::revocations_file`] at start.
+    persisted: Vec<SignedRevocation>,
+    /// Serialises appends to the revocations file.
+    file_lock: std::sync::Mutex<()>,
     /// Root and mesh id (None in open meshes).
     pub mesh: Option<(NodeId, String)>,
     /// The config this was built from.
@@ -128,10 +141,20 @@ impl Security {
             .and_then(|c| c.claimed().ok())
             .map(|c| c.roles)
             .unwrap_or_default();
+        let persisted = match (&cfg.revocations_file, &mesh) {
+            (Some(f), Some((root, mesh_id))) => load_revocations(f, root, mesh_id)?,
+            _ => Vec::new(),
+        };
+        let revoked: BTreeSet<NodeId> = persisted
+            .iter()
+            .filter_map(|r| r.0.decode_unverified().ok().map(|r| r.node_id))
+            .collect();
         Ok(Security {
             rbac: Rbac::new(cfg.policy.clone()),
             audit,
-            revoked: RwLock::new(BTreeSet::new()),
+            revoked: RwLock::new(revoked),
+            persisted,
+            file_lock: std::sync::Mutex::new(()),
             roles: RwLock::new(roles),
             cert: RwLock::new(cert),
             signed_policy: RwLock::new(None),
@@ -173,6 +196,27 @@ impl Security {
     pub fn mark_revoked(&self, id: NodeId) -> bool {
         let mut r = write(&self.revoked);
         r.len() < REVOKED_MAX && r.insert(id)
+    }
+
+    /// Revocations loaded from disk at start (verified), to re-apply and re-spread.
+    pub fn persisted_revocations(&self) -> &[SignedRevocation] {
+        &self.persisted
+    }
+
+    /// Appends a verified revocation to the revocations file (fsynced), so a restarted node
+    /// still refuses the revoked node before it hears gossip again.
+    pub fn persist_revocation(&self, r: &SignedRevocation) -> std::io::Result<()> {
+        use std::io::Write;
+        let Some(path) = &self.cfg.revocations_file else {
+            return Ok(());
+        };
+        let _g = self.file_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{}", hex::encode(r.to_bytes()))?;
+        f.sync_data()
     }
 
     /// Revoked ids.
@@ -355,6 +399,54 @@ impl Security {
     }
 }
 
+/// Reads and verifies a revocations file. A missing file is empty; a file over
+/// [`REVOCATIONS_FILE_BYTES_MAX`] is an error; a line that does not decode or verify (root,
+/// mesh) is skipped with a warning, so a damaged line cannot unrevoke the others.
+pub fn load_revocations(
+    path: &std::path::Path,
+    root: &NodeId,
+    mesh_id: &str,
+) -> std::io::Result<Vec<SignedRevocation>> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    if len > REVOCATIONS_FILE_BYTES_MAX as u64 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{}: exceeds {REVOCATIONS_FILE_BYTES_MAX} bytes",
+                path.display()
+            ),
+        ));
+    }
+    let text = std::fs::read_to_string(path)?;
+    let mut out: Vec<SignedRevocation> = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let parsed = hex::decode(line.trim())
+            .map_err(|e| e.to_string())
+            .and_then(|b| SignedRevocation::from_bytes(&b).map_err(|e| e.to_string()))
+            .and_then(|r| {
+                r.verify(root, mesh_id)
+                    .map(|_| r)
+                    .map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(r) if out.len() < REVOKED_MAX && !out.contains(&r) => out.push(r),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(file = %path.display(), line = i + 1, error = %e, "skipping a revocation line")
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -399,5 +491,46 @@ mod tests {
         let v1 = sign_policy(&root, "m", &text.replace("version = 2", "version = 1")).unwrap();
         assert_eq!(s.adopt_policy(&v1), Ok(None));
         assert_eq!(s.rbac.version(), 2);
+    }
+
+    #[test]
+    fn revocations_survive_a_restart_and_bad_lines_are_skipped() {
+        use agentmesh_crypto::Revocation;
+        let root = Keypair::from_secret([1; 32]);
+        let other = Keypair::from_secret([2; 32]);
+        let victim = Keypair::from_secret([3; 32]).node_id();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SecurityConfig {
+            revocations_file: Some(dir.path().join(REVOCATIONS_FILE)),
+            ..Default::default()
+        };
+        let mesh = Some((root.node_id(), "m".to_string()));
+        let rev = |by: &Keypair, mesh_id: &str| {
+            Revocation {
+                mesh_id: mesh_id.into(),
+                node_id: victim,
+                issued_at: 1,
+                reason: "test".into(),
+            }
+            .sign(by)
+        };
+        let s = Security::new(cfg.clone(), &root, None, mesh.clone()).unwrap();
+        assert!(!s.is_revoked(&victim));
+        s.persist_revocation(&rev(&root, "m")).unwrap();
+        // Forged, foreign-mesh and garbage lines must not count.
+        s.persist_revocation(&rev(&other, "m")).unwrap();
+        s.persist_revocation(&rev(&root, "other")).unwrap();
+        let f = cfg.revocations_file.clone().unwrap();
+        let mut text = std::fs::read_to_string(&f).unwrap();
+        text.push_str("zz-not-hex\n");
+        std::fs::write(&f, text).unwrap();
+        let again = Security::new(cfg.clone(), &root, None, mesh.clone()).unwrap();
+        assert!(again.is_revoked(&victim));
+        assert_eq!(again.persisted_revocations(), &[rev(&root, "m")]);
+        // Only forged lines: nothing is revoked.
+        std::fs::write(&f, hex::encode(rev(&other, "m").to_bytes())).unwrap();
+        let forged = Security::new(cfg, &root, None, mesh).unwrap();
+        assert!(!forged.is_revoked(&victim));
+        assert!(forged.persisted_revocations().is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! The one libp2p `Swarm`: QUIC (quic-v1 over tokio, TLS 1.3 from the node key), identify,
-//! optional mDNS, and `libp2p-stream` for gossip and admission; plus the call plane's quinn
-//! endpoint ([`crate::call_endpoint`]), which shares the node's TLS identity.
+//! optional mDNS, and `libp2p-stream` for admission, gossip and audit queries; plus the call
+//! plane's quinn endpoint ([`crate::call_endpoint`]), which shares the node's TLS identity.
 //!
 //! The swarm runs in its own task. Everything else talks to it through [`SwarmCmd`]s and a
 //! cloned [`libp2p_stream::Control`]; it reports connections as [`TransportEvent`]s. This
@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/gossip/1");
 /// The admission protocol.
 pub const ADMIT_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::admission::ADMIT_PROTOCOL);
+/// The mesh-wide audit query protocol.
+pub const AUDIT_PROTOCOL: StreamProtocol = StreamProtocol::new(crate::audit_proto::AUDIT_PROTOCOL);
 /// Identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/agentmesh/1.0.0";
 /// Commands queued to the swarm task.

@@ -438,28 +438,7 @@ impl Mesh {
         toml.push('\n');
         toml.push_str(&opts.extra_toml);
         std::fs::write(dir.join("node.toml"), toml)?;
-        let log = std::fs::File::create(dir.join("node.log"))?;
-        let child = Command::new(agentmesh_bin())
-            .args(["node", "--config"])
-            .arg(dir.join("node.toml"))
-            .env("RUST_LOG", "info,agentmesh_node=debug")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let proc_index = self.procs.push(&format!("node{i}"), child);
-        let state_file = dir.join("state").join("node.json");
-        let api = wait_until(&format!("node{i} state file"), NODE_START_TIMEOUT, || {
-            let p = state_file.clone();
-            async move {
-                let Ok(text) = std::fs::read_to_string(&p) else {
-                    return Ok(None);
-                };
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                Ok(v["api"].as_str().map(str::to_string))
-            }
-        })
-        .await
-        .with_context(|| format!("node{i} log:\n{}", read(&dir.join("node.log"))))?;
+        let (proc_index, api) = self.spawn_node(&format!("node{i}"), &dir).await?;
         let node = Node {
             dir,
             addr: format!("/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{id}"),
@@ -471,6 +450,61 @@ impl Mesh {
         };
         self.nodes.push(node.clone());
         Ok(node)
+    }
+
+    /// Runs `agentmesh node` on the config in `dir` (appending to its `node.log`) and waits
+    /// for its state file; returns the process index and the API base URL.
+    async fn spawn_node(&mut self, name: &str, dir: &Path) -> Result<(usize, String)> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))?;
+        let child = Command::new(agentmesh_bin())
+            .args(["node", "--config"])
+            .arg(dir.join("node.toml"))
+            .env("RUST_LOG", "info,agentmesh_node=debug")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let proc_index = self.procs.push(name, child);
+        let state_file = dir.join("state").join("node.json");
+        let api = wait_until(&format!("{name} state file"), NODE_START_TIMEOUT, || {
+            let p = state_file.clone();
+            async move {
+                let Ok(text) = std::fs::read_to_string(&p) else {
+                    return Ok(None);
+                };
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                Ok(v["api"].as_str().map(str::to_string))
+            }
+        })
+        .await
+        .with_context(|| format!("{name} log:\n{}", read(&dir.join("node.log"))))?;
+        Ok((proc_index, api))
+    }
+
+    /// Kills a node with SIGKILL and starts it again on the same directory (key, certificate,
+    /// config, state); its demo agent keeps running. Returns the node with its new API URL.
+    pub async fn restart_node(&mut self, node: &Node) -> Result<Node> {
+        self.procs.kill9(node.proc_index)?;
+        // A killed node leaves its state file behind; the new one must write its own.
+        let _ = std::fs::remove_file(node.dir.join("state").join("node.json"));
+        let name = node
+            .dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("node")
+            .to_string();
+        let (proc_index, api) = self.spawn_node(&name, &node.dir).await?;
+        let n = Node {
+            proc_index,
+            api,
+            ..node.clone()
+        };
+        if let Some(slot) = self.nodes.iter_mut().find(|m| m.id == n.id) {
+            *slot = n.clone();
+        }
+        Ok(n)
     }
 
     /// The mesh root key file.
