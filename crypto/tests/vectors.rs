@@ -58,7 +58,12 @@ const OK: &str = "ok";
 const MESH: &str = "vector-mesh";
 
 fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+    // The run-time value: cargo may reuse a test binary built in another checkout of the
+    // same workspace (a shared target dir), whose compile-time path is gone.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("tests/vectors")
 }
 
 fn context_from_label(label: &str) -> Context {

@@ -61,7 +61,7 @@ fn build_bin() -> Result<PathBuf> {
         cmd.arg("--release");
     }
     let out = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(manifest_dir())
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo build")?;
@@ -81,6 +81,14 @@ fn build_bin() -> Result<PathBuf> {
     bail!("cargo build printed no executable for agentmesh")
 }
 
+/// This crate's directory at run time. cargo may reuse a test binary built in another checkout
+/// of the workspace (a shared target dir), whose compile-time `env!` path no longer exists.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// Copies the freshly built binary to a path owned by this checkout. Several checkouts (git
 /// worktrees) may share one `CARGO_TARGET_DIR`, and each build re-links the shared
 /// `debug/agentmesh`; a private copy keeps a long test run on the binary it built. The copy is
@@ -88,7 +96,7 @@ fn build_bin() -> Result<PathBuf> {
 fn private_copy(exe: &Path) -> Result<PathBuf> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    env!("CARGO_MANIFEST_DIR").hash(&mut h);
+    manifest_dir().hash(&mut h);
     let dir = exe
         .parent()
         .context("executable has no parent")?

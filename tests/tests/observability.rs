@@ -92,7 +92,7 @@ fn expected_matrix() -> BTreeMap<(String, String), u64> {
 fn artifact_dir() -> Result<PathBuf> {
     let dir = match std::env::var_os("AGENTMESH_ARTIFACTS") {
         Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-artifacts"),
+        None => agentmesh_tests::manifest_dir().join("../target/ci-artifacts"),
     };
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -25,8 +25,7 @@ async fn post(
 }
 
 fn example() -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/workflows/support-pipeline.toml");
+    let p = agentmesh_tests::manifest_dir().join("../examples/workflows/support-pipeline.toml");
     std::fs::read_to_string(p).unwrap()
 }
 
