@@ -236,6 +236,22 @@ impl AdmissionTable {
         self.wait(peer, timeout, |s| &s.theirs).await
     }
 
+    /// The certificate roles of an inbound caller, waiting up to [`ADMIT_TIMEOUT`] for its
+    /// admission; `forbidden` if it was refused or never admitted.
+    pub async fn caller_roles(
+        &self,
+        caller: &NodeId,
+    ) -> Result<Vec<String>, crate::contract::CallError> {
+        self.wait_theirs(caller, ADMIT_TIMEOUT)
+            .await
+            .map_err(|reason| {
+                crate::contract::CallError::new(
+                    crate::contract::ErrorCode::Forbidden,
+                    format!("caller not admitted: {reason}"),
+                )
+            })
+    }
+
     /// Waits until both sides admitted each other, up to `timeout`.
     pub async fn wait_mutual(&self, peer: &NodeId, timeout: Duration) -> Result<(), String> {
         self.wait(peer, timeout, |s| &s.ours).await?;

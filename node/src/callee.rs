@@ -1,7 +1,7 @@
 //! The callee side of `/agentmesh/call/1`: accept inbound call streams from admitted peers,
 //! enforce the local in-flight limit, forward to the local agent and stream its answer back.
 
-use crate::admission::{AdmissionMode, AdmissionTable, ADMIT_TIMEOUT};
+use crate::admission::{AdmissionMode, AdmissionTable};
 use crate::agent_client::{self, AgentRequest};
 use crate::call_proto::{
     read_body, read_header, write_resp, CallHeader, RespFrame, ResponseHead, WireError,
@@ -259,16 +259,7 @@ impl Callee {
         note: &mut InboundNote,
         audit: &mut crate::audit::CallRecord,
     ) -> Result<(), CallError> {
-        let roles = self
-            .admission
-            .wait_theirs(&from, ADMIT_TIMEOUT)
-            .await
-            .map_err(|reason| {
-                CallError::new(
-                    ErrorCode::Forbidden,
-                    format!("caller not admitted: {reason}"),
-                )
-            })?;
+        let roles = self.admission.caller_roles(&from).await?;
         let header = tokio::time::timeout(HEADER_READ_TIMEOUT, read_header(r))
             .await
             .map_err(|_| CallError::new(ErrorCode::BadRequest, "call header timed out"))?

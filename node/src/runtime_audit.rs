@@ -238,17 +238,7 @@ impl MeshHandle {
         r: &mut R,
         audit: &mut CallRecord,
     ) -> Result<AuditAnswer, CallError> {
-        let roles = self
-            .0
-            .admission
-            .wait_theirs(&from, ADMIT_TIMEOUT)
-            .await
-            .map_err(|reason| {
-                CallError::new(
-                    ErrorCode::Forbidden,
-                    format!("caller not admitted: {reason}"),
-                )
-            })?;
+        let roles = self.0.admission.caller_roles(&from).await?;
         let req = tokio::time::timeout(AUDIT_REQUEST_TIMEOUT, read_request(r))
             .await
             .map_err(|_| CallError::new(ErrorCode::BadRequest, "audit request timed out"))?
