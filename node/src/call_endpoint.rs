@@ -179,12 +179,14 @@ impl CallEndpoint {
         let conn = {
             let _one = gate.lock().await;
             match self.live(&node, addr) {
-                Some(c) => c,
-                None => self.connect(node, addr).await?,
+                Some(c) => Ok(c),
+                None => self.connect(node, addr).await,
             }
         };
+        // Removed on failure too, so the map holds only connects in progress.
         lock(&self.connecting).remove(&node);
-        conn.open_bi()
+        conn?
+            .open_bi()
             .await
             .map_err(|e| CallPlaneError::Stream(e.to_string()))
     }
