@@ -115,7 +115,7 @@ pub enum RespFrame {
     /// The head; comes first unless the call fails before the agent answers.
     Head(ResponseHead),
     /// A body chunk (at most [`CHUNK_BYTES_MAX`]).
-    Data(Vec<u8>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The body is complete.
     End,
     /// The call failed; no more frames follow.
@@ -429,6 +429,16 @@ mod tests {
         fn resp_round_trip(f in resp_strategy()) {
             let bytes = f.encode().unwrap();
             prop_assert_eq!(RespFrame::decode(&bytes).unwrap(), f);
+        }
+
+        /// A body chunk encodes as one byte string, and that is byte for byte what the earlier
+        /// element-by-element encoding of `Vec<u8>` was, so nodes of both kinds interoperate.
+        #[test]
+        fn data_frame_wire_format_is_unchanged(d in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            #[derive(Serialize)]
+            enum Old { _Head, Data(Vec<u8>) }
+            let new = RespFrame::Data(d.clone()).encode().unwrap();
+            prop_assert_eq!(&new, &postcard::to_stdvec(&Old::Data(d)).unwrap());
         }
 
         #[test]

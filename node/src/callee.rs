@@ -31,7 +31,7 @@ pub struct LocalAgent {
     reg: RwLock<Option<AgentRegistration>>,
     in_flight: Arc<AtomicU32>,
     draining: AtomicBool,
-    client: reqwest::Client,
+    client: agent_client::AgentPool,
     /// Calls refused because the agent was at `max_concurrency`.
     pub overloaded_total: AtomicU64,
 }
@@ -53,7 +53,7 @@ impl LocalAgent {
             reg: RwLock::new(reg),
             in_flight: Arc::new(AtomicU32::new(0)),
             draining: AtomicBool::new(false),
-            client: agent_client::client(),
+            client: agent_client::pool(),
             overloaded_total: AtomicU64::new(0),
         }
     }
@@ -120,7 +120,10 @@ impl LocalAgent {
     }
 
     /// Sends a request to the agent (see [`agent_client::send`]).
-    pub async fn invoke(&self, req: AgentRequest) -> Result<reqwest::Response, CallError> {
+    pub async fn invoke(
+        &self,
+        req: AgentRequest,
+    ) -> Result<agent_client::AgentResponse, CallError> {
         agent_client::send(&self.client, req).await
     }
 }
@@ -330,7 +333,7 @@ impl Callee {
                 let res = res.map_err(|_| deadline_err()).and_then(|r| r);
                 match &res {
                     Ok(resp) => {
-                        let s = resp.status().as_u16();
+                        let s = resp.status();
                         crate::telemetry::finish(&handoff, crate::metrics::status_outcome(s), Some(s));
                     }
                     Err(e) => crate::telemetry::finish(&handoff, &crate::metrics::error_outcome(e), e.status),
@@ -345,11 +348,11 @@ impl Callee {
             }
         };
         drop(handoff);
-        note.status = Some(resp.status().as_u16());
-        audit.status = Some(resp.status().as_u16());
+        note.status = Some(resp.status());
+        audit.status = Some(resp.status());
         let head = RespFrame::Head(ResponseHead {
-            status: resp.status().as_u16(),
-            content_type: agent_client::content_type(&resp),
+            status: resp.status(),
+            content_type: resp.content_type(),
             agent: reg.name.clone(),
             in_flight: self.agent.in_flight(),
             max_concurrency: reg.max_concurrency,
@@ -359,7 +362,7 @@ impl Callee {
         let small = resp
             .content_length()
             .is_some_and(|n| n <= SMALL_ANSWER_BYTES_MAX as u64);
-        let mut body = resp.bytes_stream();
+        let mut body = resp.into_stream();
         let mut held = small.then(Vec::new);
         let mut pending_head = Some(head);
         if let Some(h) = pending_head.take_if(|_| !small) {
@@ -373,7 +376,7 @@ impl Callee {
                 .map_err(|_| deadline_err())?;
             let chunk = match next {
                 None => break,
-                Some(Err(e)) => return Err(agent_client::map_err(e)),
+                Some(Err(e)) => return Err(e),
                 Some(Ok(chunk)) => chunk,
             };
             if let Some(a) = answer.as_mut() {

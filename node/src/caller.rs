@@ -2,7 +2,7 @@
 //! `/agentmesh/call/1`, with the answer streamed back as a [`ResponseBody`].
 
 use crate::admission::{AdmissionTable, ADMIT_TIMEOUT};
-use crate::agent_client::{self, AgentRequest};
+use crate::agent_client::AgentRequest;
 use crate::call_endpoint::{advertised_port, CallPlaneError};
 use crate::call_proto::{read_resp, write_body, write_header, CallHeader, RespFrame};
 use crate::callee::{hex_id, LocalAgent};
@@ -68,13 +68,13 @@ pub async fn call_local(
         accept: a.header.accept.clone(),
     };
     let resp = agent.invoke(req).await?;
-    let status = resp.status().as_u16();
-    let content_type = agent_client::content_type(&resp);
+    let status = resp.status();
+    let content_type = resp.content_type();
     let body = resp
-        .bytes_stream()
+        .into_stream()
         .map(move |r| {
             let _held = &guard;
-            r.map_err(std::io::Error::other)
+            r.map_err(|e| std::io::Error::other(e.message))
         })
         .boxed();
     Ok(Answer {
