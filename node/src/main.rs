@@ -4,6 +4,11 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: glibc's malloc and free were 12-15 % of a node's samples
+/// on the call path (perf, 64 in flight); see ARCHITECTURE.md for the A/B.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Async worker threads when `TOKIO_WORKER_THREADS` is not set.
 const DEFAULT_WORKER_THREADS: usize = 1;
 
