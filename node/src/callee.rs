@@ -28,7 +28,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// the router when the local agent is the chosen candidate.
 #[derive(Debug)]
 pub struct LocalAgent {
-    reg: RwLock<Option<AgentRegistration>>,
+    // Shared, so a call reads it without copying its capability list.
+    reg: RwLock<Option<Arc<AgentRegistration>>>,
     in_flight: Arc<AtomicU32>,
     draining: AtomicBool,
     client: agent_client::AgentPool,
@@ -50,7 +51,7 @@ impl LocalAgent {
     /// A local agent slot, initially with `reg`.
     pub fn new(reg: Option<AgentRegistration>) -> Self {
         LocalAgent {
-            reg: RwLock::new(reg),
+            reg: RwLock::new(reg.map(Arc::new)),
             in_flight: Arc::new(AtomicU32::new(0)),
             draining: AtomicBool::new(false),
             client: agent_client::pool(),
@@ -59,13 +60,22 @@ impl LocalAgent {
     }
 
     /// The current registration.
-    pub fn registration(&self) -> Option<AgentRegistration> {
+    pub fn registration(&self) -> Option<Arc<AgentRegistration>> {
         self.reg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The registered agent's name.
+    pub fn name(&self) -> Option<String> {
+        self.reg
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.name.clone())
     }
 
     /// Replaces the registration.
     pub fn set_registration(&self, reg: Option<AgentRegistration>) {
-        *self.reg.write().unwrap_or_else(|p| p.into_inner()) = reg;
+        *self.reg.write().unwrap_or_else(|p| p.into_inner()) = reg.map(Arc::new);
     }
 
     /// Calls in flight to the local agent now.
@@ -109,7 +119,7 @@ impl LocalAgent {
     }
 
     /// The registration if it offers `capability`, else `no_capability`.
-    pub fn offering(&self, capability: &str) -> Result<AgentRegistration, CallError> {
+    pub fn offering(&self, capability: &str) -> Result<Arc<AgentRegistration>, CallError> {
         match self.registration() {
             Some(r) if r.capabilities.iter().any(|c| c.name == capability) => Ok(r),
             _ => Err(CallError::new(
@@ -272,8 +282,7 @@ impl Callee {
         note.source_agent = header.caller_agent.clone();
         note.local_agent = self
             .agent
-            .registration()
-            .map(|r| r.name)
+            .name()
             .unwrap_or_else(|| crate::metrics::NONE_LABEL.into());
         let span = crate::telemetry::server_span(&header, &from, &self.node_id, &note.local_agent);
         note.span = Some(span.clone());
@@ -287,7 +296,7 @@ impl Callee {
         audit.capability = header.capability.clone();
         audit.trace_id = crate::audit::trace_id(header.traceparent.as_deref());
         audit.callee_node = self.sec.mesh_node_id();
-        audit.callee_agent = self.agent.registration().map(|r| r.name);
+        audit.callee_agent = self.agent.name();
         // The authoritative RBAC check: roles from the verified certificate only.
         match self.sec.check_inbound(&from, &roles, &header.capability) {
             Ok(d) => {

@@ -487,7 +487,7 @@ impl MeshHandle {
 
     /// The local agent's registration, if one is registered.
     pub fn agent_registration(&self) -> Option<AgentRegistration> {
-        self.0.agent.registration()
+        self.0.agent.registration().map(|r| (*r).clone())
     }
 
     /// Registers or replaces the local agent and publishes it in this node's record.
@@ -516,6 +516,9 @@ impl MeshHandle {
     pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
         // One call id for the call, its audit entry and (for quorum) every voter.
         let call_id: [u8; 16] = req.call_id.unwrap_or_else(rand::random);
+        if !self.0.sec.audits() {
+            return self.call_observed(req, call_id).await;
+        }
         let started = tokio::time::Instant::now();
         let time_ms = crate::audit::now_unix_ms();
         let rec = crate::audit::CallRecord {
@@ -523,7 +526,7 @@ impl MeshHandle {
             side: Some(crate::audit::Side::Outbound),
             call_id: callee::hex_id(&call_id),
             caller_node: crate::transport::id_text(&self.0.node_id).to_string(),
-            caller_agent: self.0.agent.registration().map(|r| r.name),
+            caller_agent: self.0.agent.name(),
             capability: req.capability.clone(),
             trace_id: crate::audit::trace_id(req.traceparent.as_deref()),
             body_sha256: self.0.sec.body_hash(&req.body),
@@ -545,8 +548,7 @@ impl MeshHandle {
         let source = self
             .0
             .agent
-            .registration()
-            .map(|r| r.name)
+            .name()
             .unwrap_or_else(|| crate::metrics::NONE_LABEL.into());
         let mut note = crate::obs_api::CallNote {
             route: crate::telemetry::route_span(crate::telemetry::CallContext {
@@ -559,12 +561,13 @@ impl MeshHandle {
             source,
             target: None,
         };
-        let result = self.call_inner(req.clone(), call_id, &mut note).await;
+        let capability = req.capability.clone();
+        let result = self.call_inner(req, call_id, &mut note).await;
         crate::obs_api::observe_call(
             &self.0.metrics,
             &self.0.traffic,
             &note,
-            &req.capability,
+            &capability,
             &result,
             started.elapsed(),
         );
@@ -585,7 +588,7 @@ impl MeshHandle {
         }
         validate_call(&req)?;
         let spec = spec_now(&self.0.res.spec);
-        let settings = spec.for_capability(&req.capability).clone();
+        let settings = spec.for_capability(&req.capability);
         let incoming = match req.chain.as_deref() {
             Some(t) => crate::chain::decode(t)?,
             None => Vec::new(),
@@ -612,13 +615,13 @@ impl MeshHandle {
         )?;
         let _outbound = OutboundGuard::new(self.0.outbound.clone());
         match self
-            .call_routed(&req, &settings, chain, deadline, call_id, note)
+            .call_routed(&req, settings, chain, deadline, call_id, note)
             .await
         {
             Err(e) if e.code == ErrorCode::CircuitOpen && settings.fallback.is_some() => {
                 let fallback = settings.fallback.clone().unwrap_or_default();
                 tracing::info!(capability = %req.capability, %fallback, "every breaker open; calling the fallback capability");
-                let fb_settings = spec.for_capability(&fallback).clone();
+                let fb_settings = spec.for_capability(&fallback);
                 let chain = crate::chain::extend(
                     incoming,
                     self.0.node_id,
@@ -629,7 +632,7 @@ impl MeshHandle {
                 fb_req.capability = fallback.clone();
                 fb_req.prefer = None;
                 let mut resp = self
-                    .call_routed(&fb_req, &fb_settings, chain, deadline, call_id, note)
+                    .call_routed(&fb_req, fb_settings, chain, deadline, call_id, note)
                     .await?;
                 resp.policy = format!("{}; fallback from {}", resp.policy, req.capability);
                 Ok(resp)
@@ -685,7 +688,7 @@ impl MeshHandle {
             traceparent: req.traceparent.clone(),
             tracestate: req.tracestate.clone(),
             caller_node: self.0.node_id,
-            caller_agent: self.0.agent.registration().map(|r| r.name),
+            caller_agent: self.0.agent.name(),
             caller_roles: self.0.sec.roles(),
             content_type: req.content_type.clone(),
             want_vote: req.want_vote,

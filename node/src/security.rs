@@ -310,7 +310,12 @@ impl Security {
         }
     }
 
-    /// Appends an audit entry if the log is on.
+    /// Whether an audit log is on (callers skip building entries when it is not).
+    pub fn audits(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// Appends `rec` to the audit log, if one is configured.
     pub async fn audit(&self, rec: CallRecord) {
         if let Some(a) = &self.audit {
             a.record(rec).await;
