@@ -9,18 +9,16 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Async worker threads when `TOKIO_WORKER_THREADS` is not set.
-const DEFAULT_WORKER_THREADS: usize = 1;
-
 fn main() -> ExitCode {
     let cli = agentmesh_node::cli::Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // One worker unless TOKIO_WORKER_THREADS says otherwise: on the 2-core bench machine a
-    // single worker cut the routed p50 by ~20 % (fewer cross-thread wake-ups), as Linkerd's
-    // proxy also defaults to one core. Gossip runs on its own thread either way.
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(DEFAULT_WORKER_THREADS);
-    }
+    // One thread runs the node's async work unless TOKIO_WORKER_THREADS asks for a pool:
+    // tokio's current-thread scheduler spent 15-20 % less CPU per routed call at 64 in flight
+    // than a one-worker multi-thread pool (ARCHITECTURE.md). Gossip has its own thread either way.
+    let mut builder = if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -35,7 +33,11 @@ fn main() -> ExitCode {
         let section = agentmesh_node::telemetry::section_for(&cli);
         agentmesh_node::telemetry::init(section.as_ref())
     };
-    let code = runtime.block_on(agentmesh_node::cli::run(cli));
-    telemetry.shutdown();
-    code
+    runtime.block_on(async move {
+        let code = agentmesh_node::cli::run(cli).await;
+        // The last flush needs the runtime's tasks (the gRPC connection), so it runs beside
+        // them rather than after the runtime has stopped.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        code
+    })
 }
