@@ -34,6 +34,11 @@ pub const CALL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CALL_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Time to set up a call connection (handshake included).
 pub const CALL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Ack-eliciting packets a peer may receive before it must ACK at once (the QUIC ACK-frequency
+/// extension; both ends are agentmesh). quinn's default (1) makes a two-packet answer cost an
+/// ACK-only packet back and a wake-up of the callee for it; otherwise the ACK rides on the
+/// caller's next packet or leaves after the max ACK delay.
+pub const CALL_ACK_ELICITING_THRESHOLD: u32 = 2;
 
 /// Why a call stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +90,9 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(CALL_IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(CALL_ACK_ELICITING_THRESHOLD.into());
+    t.ack_frequency_config(Some(acks));
     Arc::new(t)
 }
 
