@@ -7,8 +7,8 @@
 //! once (default 1), each in-flight slot on its own stream, all on the one connection.
 
 use agentmesh_crypto::Keypair;
-use agentmesh_node::frame::{read_frame, write_frame};
-use agentmesh_node::transport;
+use agentmesh_node::net::frame::{read_frame, write_frame};
+use agentmesh_node::net::transport;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::StreamProtocol;
 use std::sync::Arc;

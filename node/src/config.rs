@@ -36,27 +36,14 @@
 //! ```
 
 use crate::contract::AgentRegistration;
-use crate::runtime::{AdmissionMode, GossipProfile, RuntimeConfig};
-use agentmesh_crypto::{NodeId, SignedCert};
-use agentmesh_gossip::record::{Priority, ATTRIBUTES_MAX, CAPABILITIES_MAX};
+use agentmesh_crypto::NodeId;
+use agentmesh_gossip::record::Priority;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Largest config file read, in bytes.
 pub const CONFIG_BYTES_MAX: usize = 256 * 1024;
-/// Longest agent name, in bytes.
-pub const AGENT_NAME_LEN_MAX: usize = 128;
-/// Longest handler URL, in bytes.
-pub const HANDLER_URL_LEN_MAX: usize = 2048;
-/// Longest capability name, in bytes.
-pub const CAPABILITY_NAME_LEN_MAX: usize = 128;
-/// Longest attribute key or value, in bytes.
-pub const ATTR_LEN_MAX: usize = 256;
-/// Most values in one list attribute.
-pub const ATTR_VALUES_MAX: usize = 64;
-/// Largest `max_concurrency` accepted.
-pub const MAX_CONCURRENCY_MAX: u32 = 65_536;
 /// Most seeds and most listen addresses.
 pub const ADDRS_MAX: usize = 64;
 /// Longest API token, in bytes.
@@ -65,8 +52,6 @@ pub const API_TOKEN_LEN_MAX: usize = 512;
 pub const API_TOKEN_LEN_MIN: usize = 16;
 /// Longest drain timeout accepted, in ms.
 pub const DRAIN_TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
-/// Largest certificate file read, in bytes (hex of at most `CERT_LEN_MAX` bytes, plus slack).
-pub const CERT_FILE_BYTES_MAX: usize = 2 * agentmesh_crypto::cert::CERT_LEN_MAX + 64;
 
 /// The default address of the local API.
 pub const API_LISTEN_DEFAULT: &str = "127.0.0.1:7600";
@@ -81,23 +66,6 @@ pub struct ConfigError {
     pub field: String,
     /// What is wrong and what would be valid.
     pub message: String,
-}
-
-/// An invalid field of an agent registration, shared by `node.toml` and `PUT /v1/agent`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    /// The field at fault, e.g. `capabilities[2].name`.
-    pub field: String,
-    /// What is wrong and what would be valid.
-    pub message: String,
-}
-
-fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        message: message.into(),
-    }
 }
 
 /// Gossip timing profile.
@@ -136,28 +104,28 @@ pub struct FileConfig {
     /// `[agent]`, optional static registration.
     pub agent: Option<AgentRegistration>,
     /// `[defaults]`: routing and resilience settings for every capability
-    /// (see [`crate::mesh_config`]).
+    /// (see [`crate::routing::settings`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<toml::Table>,
     /// `[a2a]`: the agent is an A2A agent, learnt from its Agent Card
-    /// (see [`crate::a2a_bridge`]).
+    /// (see [`crate::a2a::bridge`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub a2a: Option<crate::a2a_bridge::A2aSection>,
+    pub a2a: Option<crate::a2a::bridge::A2aSection>,
     /// `[capability."name"]`: per-capability overrides of `[defaults]`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub capability: std::collections::BTreeMap<String, toml::Table>,
     /// `[workflows]`: workflow files served by `POST /v1/workflows/{name}/run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflows: Option<WorkflowsSection>,
-    /// `[telemetry]`: OTLP trace export (see [`crate::telemetry`]).
+    /// `[telemetry]`: OTLP trace export (see [`crate::obs::telemetry`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub telemetry: Option<crate::telemetry::TelemetrySection>,
-    /// `[rbac]`: the RBAC policy file (see [`crate::rbac`]).
+    pub telemetry: Option<crate::obs::telemetry::TelemetrySection>,
+    /// `[rbac]`: the RBAC policy file (see [`crate::security::rbac`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbac: Option<RbacSection>,
-    /// `[audit]`: the audit log (see [`crate::audit`]).
+    /// `[audit]`: the audit log (see [`crate::security::audit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit: Option<crate::audit::AuditConfig>,
+    pub audit: Option<crate::security::audit::AuditConfig>,
 }
 
 /// `[workflows]`.
@@ -260,7 +228,7 @@ pub struct NodeConfig {
     /// Root and mesh id when admission is enforced.
     pub enforced: Option<(NodeId, String)>,
     /// The validated routing and resilience settings.
-    pub mesh: crate::mesh_config::MeshConfig,
+    pub mesh: crate::routing::settings::MeshConfig,
 }
 
 impl NodeConfig {
@@ -341,14 +309,17 @@ impl NodeConfig {
         let enforced =
             check_mesh(&file.mesh, file.node.cert_file.is_some()).map_err(|(f, m)| err(f, m))?;
         if let Some(agent) = &file.agent {
-            validate_agent(agent).map_err(|e| err(&format!("agent.{}", e.field), e.message))?;
+            crate::contract::validate_registration(agent)
+                .map_err(|e| err(&format!("agent.{}", e.field), e.message))?;
         }
         if let Some(t) = &file.telemetry {
             t.validate().map_err(|(f, m)| err(f, m))?;
         }
-        let mesh =
-            crate::mesh_config::MeshConfig::from_tables(file.defaults.as_ref(), &file.capability)
-                .map_err(|e| err(&e.key, e.message))?;
+        let mesh = crate::routing::settings::MeshConfig::from_tables(
+            file.defaults.as_ref(),
+            &file.capability,
+        )
+        .map_err(|e| err(&e.key, e.message))?;
         Ok(NodeConfig {
             path: PathBuf::from(file_name),
             file,
@@ -374,86 +345,6 @@ impl NodeConfig {
             file: self.path.display().to_string(),
             field: field.to_string(),
             message: message.replace("api.insecure_bind = true", "--api-insecure-bind"),
-        })
-    }
-
-    /// Reads the key and certificate files and builds the runtime's configuration.
-    /// `extra_seeds` (from `--join`) are added to the file's seeds.
-    pub fn to_runtime(&self, extra_seeds: &[String]) -> Result<RuntimeConfig, ConfigError> {
-        let file_name = self.path.display().to_string();
-        let err = |field: &str, message: String| ConfigError {
-            file: file_name.clone(),
-            field: field.to_string(),
-            message,
-        };
-        check_addrs("--join", extra_seeds).map_err(|(f, m)| err(&f, m))?;
-        let n = &self.file.node;
-        let key = agentmesh_crypto::keyfile::load(&n.key_file)
-            .map_err(|e| err("node.key_file", e.to_string()))?;
-        let cert = match &n.cert_file {
-            Some(p) => Some(load_cert_file(p).map_err(|e| err("node.cert_file", e))?),
-            None => None,
-        };
-        if let (Some(c), Some((_, mesh_id))) = (&cert, &self.enforced) {
-            let claimed = c
-                .claimed()
-                .map_err(|e| err("node.cert_file", e.to_string()))?;
-            if claimed.node_id != key.node_id() {
-                return Err(err(
-                    "node.cert_file",
-                    format!(
-                        "certificate is for node {}, but node.key_file is node {}",
-                        claimed.node_id,
-                        key.node_id()
-                    ),
-                ));
-            }
-            if &claimed.mesh_id != mesh_id {
-                return Err(err(
-                    "node.cert_file",
-                    format!(
-                        "certificate is for mesh {:?}, but mesh.mesh_id is {mesh_id:?}",
-                        claimed.mesh_id
-                    ),
-                ));
-            }
-        }
-        let admission = match &self.enforced {
-            Some((root, mesh_id)) => AdmissionMode::Enforced {
-                root: *root,
-                mesh_id: mesh_id.clone(),
-            },
-            None => AdmissionMode::Open,
-        };
-        let mut seeds = n.seeds.clone();
-        seeds.extend(extra_seeds.iter().cloned());
-        Ok(RuntimeConfig {
-            key,
-            cert,
-            admission,
-            listen: n.listen.clone(),
-            call_port: n.call_port,
-            seeds,
-            mdns: n.mdns,
-            profile: match n.gossip_profile {
-                ProfileName::Lan => GossipProfile::Lan,
-                ProfileName::Wan => GossipProfile::Wan,
-            },
-            agent: self.file.agent.clone(),
-            priority: n.priority,
-            mesh: self.mesh.clone(),
-            security: crate::security::SecurityConfig {
-                policy: match &self.file.rbac {
-                    Some(r) => Some(
-                        crate::rbac::Policy::load(&r.policy_file)
-                            .map_err(|e| err("rbac.policy_file", e.to_string()))?,
-                    ),
-                    None => None,
-                },
-                audit: self.file.audit.clone(),
-                cert_file: n.cert_file.clone(),
-                revocations_file: Some(n.state_dir.join(crate::security::REVOCATIONS_FILE)),
-            },
         })
     }
 }
@@ -525,7 +416,7 @@ pub fn check_api_bind(addr: &SocketAddr, api: &ApiSection) -> Result<(), (&'stat
     Ok(())
 }
 
-fn check_addrs(field: &str, addrs: &[String]) -> Result<(), (String, String)> {
+pub(crate) fn check_addrs(field: &str, addrs: &[String]) -> Result<(), (String, String)> {
     if addrs.len() > ADDRS_MAX {
         return Err((field.to_string(), format!("at most {ADDRS_MAX} addresses")));
     }
@@ -583,152 +474,11 @@ fn check_mesh(
     }
 }
 
-/// True for a valid capability name: 1 to [`CAPABILITY_NAME_LEN_MAX`] bytes of `[a-z0-9_.-]`.
-pub fn is_capability_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= CAPABILITY_NAME_LEN_MAX
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
-}
-
-/// Checks an agent registration against the named limits. Shared by the config file and
-/// `PUT /v1/agent`, so both accept exactly the same registrations.
-pub fn validate_agent(reg: &AgentRegistration) -> Result<(), FieldError> {
-    if reg.name.trim().is_empty() || reg.name.len() > AGENT_NAME_LEN_MAX {
-        return Err(field_err(
-            "name",
-            format!("must be 1 to {AGENT_NAME_LEN_MAX} bytes, not blank"),
-        ));
-    }
-    if reg.name.chars().any(char::is_control) {
-        return Err(field_err("name", "must not contain control characters"));
-    }
-    check_handler(&reg.handler)?;
-    if reg.max_concurrency == 0 || reg.max_concurrency > MAX_CONCURRENCY_MAX {
-        return Err(field_err(
-            "max_concurrency",
-            format!("must be 1 to {MAX_CONCURRENCY_MAX}"),
-        ));
-    }
-    if reg.capabilities.len() > CAPABILITIES_MAX {
-        return Err(field_err(
-            "capabilities",
-            format!("at most {CAPABILITIES_MAX} capabilities"),
-        ));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, c) in reg.capabilities.iter().enumerate() {
-        let at = |f: &str| format!("capabilities[{i}].{f}");
-        if !is_capability_name(&c.name) {
-            return Err(field_err(
-                at("name"),
-                format!(
-                    "{:?} is not a capability name: 1 to {CAPABILITY_NAME_LEN_MAX} characters \
-                     of [a-z0-9_.-]",
-                    c.name
-                ),
-            ));
-        }
-        if !seen.insert(c.name.as_str()) {
-            return Err(field_err(
-                at("name"),
-                format!("{:?} is listed twice", c.name),
-            ));
-        }
-        if !c.cost.is_finite() || c.cost < 0.0 {
-            return Err(field_err(at("cost"), "must be a finite number ≥ 0"));
-        }
-        if c.attributes.len() > ATTRIBUTES_MAX {
-            return Err(field_err(
-                at("attributes"),
-                format!("at most {ATTRIBUTES_MAX} attributes"),
-            ));
-        }
-        for (k, v) in &c.attributes {
-            check_attr(k, v).map_err(|m| field_err(format!("{}.{k}", at("attributes")), m))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_handler(handler: &str) -> Result<(), FieldError> {
-    if handler.len() > HANDLER_URL_LEN_MAX {
-        return Err(field_err(
-            "handler",
-            format!("at most {HANDLER_URL_LEN_MAX} bytes"),
-        ));
-    }
-    let url = reqwest::Url::parse(handler).map_err(|e| {
-        field_err(
-            "handler",
-            format!("{handler:?} is not a URL ({e}); expected e.g. \"http://127.0.0.1:8080\""),
-        )
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(field_err(
-            "handler",
-            format!("{handler:?} must be an http:// or https:// URL with a host"),
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(field_err(
-            "handler",
-            "must not have a query or fragment: calls go to {handler}/{capability}",
-        ));
-    }
-    Ok(())
-}
-
-fn check_attr(k: &str, v: &agentmesh_gossip::record::AttrValue) -> Result<(), String> {
-    use agentmesh_gossip::record::AttrValue;
-    if k.is_empty() || k.len() > ATTR_LEN_MAX {
-        return Err(format!("attribute keys are 1 to {ATTR_LEN_MAX} bytes"));
-    }
-    let values: Vec<&String> = match v {
-        AttrValue::One(s) => vec![s],
-        AttrValue::Many(vs) => vs.iter().collect(),
-    };
-    if values.len() > ATTR_VALUES_MAX {
-        return Err(format!("at most {ATTR_VALUES_MAX} values"));
-    }
-    if values.iter().any(|s| s.len() > ATTR_LEN_MAX) {
-        return Err(format!("values are at most {ATTR_LEN_MAX} bytes"));
-    }
-    Ok(())
-}
-
-/// Writes an admission certificate as one line of hex (its postcard encoding), mode 0644.
-/// Refuses to overwrite an existing file.
-pub fn save_cert_file(path: &Path, cert: &SignedCert) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    writeln!(f, "{}", hex::encode(cert.to_bytes()))?;
-    f.sync_all()
-}
-
-/// Reads a certificate written by [`save_cert_file`]. Its size is checked before decoding;
-/// nothing is verified here (peers verify it against the root).
-pub fn load_cert_file(path: &Path) -> Result<SignedCert, String> {
-    let name = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("{name}: {e}"))?;
-    if meta.len() > CERT_FILE_BYTES_MAX as u64 {
-        return Err(format!(
-            "{name}: {} bytes, limit is {CERT_FILE_BYTES_MAX}",
-            meta.len()
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
-    let bytes = hex::decode(text.trim())
-        .map_err(|_| format!("{name}: not a certificate file (expected one line of hex)"))?;
-    SignedCert::from_bytes(&bytes).map_err(|e| format!("{name}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::names::{is_capability_name, CAPABILITY_NAME_LEN_MAX};
+    use crate::security::certs::{load_cert_file, save_cert_file};
 
     const ROOT: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
 

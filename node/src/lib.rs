@@ -1,49 +1,28 @@
-//! The agentmesh node library: QUIC transport, admission, gossip driver, call protocol,
-//! routing and the runtime that composes them; plus the local API and CLI.
+//! The agentmesh node: the driver around the sans-IO gossip core, and the product.
+//!
+//! Folders follow a call and the planes around it (ARCHITECTURE.md has the map). From the
+//! bottom up, each folder uses only the ones above it in this list:
+//! `contract` (shared types and rules) → `net` (QUIC transport, call plane, framing) →
+//! `obs` (metrics, traces, traffic) → `security` (admission, RBAC, audit, vote signing) →
+//! `membership` (the gossip driver) → `agent` (the local agent over HTTP) → `resilience`
+//! (breakers, retries, hedging, limits, shedding, loop refusal) → `routing` (candidates,
+//! policies, settings) → `call` (the outbound pipeline, caller, callee) → `runtime` (composes
+//! one node) → `quorum`, `workflow`, `a2a` → `config` (`node.toml`) → `api` → `cli`.
 #![forbid(unsafe_code)]
 
 pub mod a2a;
-pub mod a2a_api;
-pub mod a2a_bridge;
-pub mod a2a_stream;
-pub mod adaptive;
-pub mod admission;
-pub mod agent_client;
+pub mod agent;
 pub mod api;
-pub mod api_workflow;
-pub mod audit;
-pub mod audit_proto;
-pub mod breaker;
-pub mod call_endpoint;
-pub mod call_proto;
-pub mod callee;
-pub mod caller;
-pub mod chain;
+pub mod call;
 pub mod cli;
-pub mod cli_config;
-pub mod cli_security;
-pub mod cli_top;
-pub mod cli_workflow;
 pub mod config;
 pub mod contract;
-pub mod demo_agent;
-pub mod frame;
-pub mod gossip_driver;
-pub mod hedge;
-pub mod mesh_config;
-pub mod mesh_view;
-pub mod metrics;
-pub mod obs_api;
-pub mod policy;
+pub mod membership;
+pub mod net;
+pub mod obs;
 pub mod quorum;
-pub mod rbac;
 pub mod resilience;
-pub mod retry;
-pub mod router;
+pub mod routing;
 pub mod runtime;
 pub mod security;
-pub mod shed;
-pub mod telemetry;
-pub mod traffic;
-pub mod transport;
 pub mod workflow;

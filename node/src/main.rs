@@ -30,8 +30,8 @@ fn main() -> ExitCode {
     // OTLP when configured. The gRPC exporter needs the runtime, hence `enter`.
     let telemetry = {
         let _rt = runtime.enter();
-        let section = agentmesh_node::telemetry::section_for(&cli);
-        agentmesh_node::telemetry::init(section.as_ref())
+        let section = agentmesh_node::cli::telemetry_section(&cli);
+        agentmesh_node::obs::telemetry::init(section.as_ref())
     };
     runtime.block_on(async move {
         let code = agentmesh_node::cli::run(cli).await;

@@ -2,10 +2,10 @@
 //! budget, the adaptive limit and the hedging window. Arbitrary event sequences never break
 //! their invariants.
 
-use agentmesh_node::adaptive::{AdaptiveConfig, AimdLimiter, Sample};
-use agentmesh_node::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
-use agentmesh_node::hedge::{HedgingConfig, LatencyWindow, HEDGE_WINDOW_SAMPLES};
-use agentmesh_node::retry::{RetryBudget, RetryConfig};
+use agentmesh_node::resilience::adaptive::{AdaptiveConfig, AimdLimiter, Sample};
+use agentmesh_node::resilience::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
+use agentmesh_node::resilience::hedge::{HedgingConfig, LatencyWindow, HEDGE_WINDOW_SAMPLES};
+use agentmesh_node::resilience::retry::{RetryBudget, RetryConfig};
 use proptest::prelude::*;
 use rand::SeedableRng;
 
@@ -112,7 +112,7 @@ proptest! {
         prop_assert!(w.len() <= HEDGE_WINDOW_SAMPLES);
         let d = w.delay_ms(&cfg);
         prop_assert!(d >= cfg.min_delay_ms);
-        if w.len() >= agentmesh_node::hedge::HEDGE_MIN_SAMPLES {
+        if w.len() >= agentmesh_node::resilience::hedge::HEDGE_MIN_SAMPLES {
             let max = xs.iter().rev().take(HEDGE_WINDOW_SAMPLES).fold(0.0f64, |a, b| a.max(*b));
             prop_assert!(d as f64 <= max.ceil().max(cfg.min_delay_ms as f64));
         } else {

@@ -576,7 +576,7 @@ impl Mesh {
                     not_after: now - 3600,
                 }
                 .sign(&root)?;
-                agentmesh_node::config::save_cert_file(path, &cert)?;
+                agentmesh_node::security::certs::save_cert_file(path, &cert)?;
             }
         }
         Ok(())

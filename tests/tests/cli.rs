@@ -37,7 +37,7 @@ fn keygen_mesh_init_admit_produce_loadable_files() {
     assert_eq!(v["mesh_id"], "m1");
     assert_eq!(v["root_pub"], root.as_str());
     assert_eq!(v["roles"], serde_json::json!(["a", "b"]));
-    let cert = agentmesh_node::config::load_cert_file(&dir.path().join("n.cert")).unwrap();
+    let cert = agentmesh_node::security::certs::load_cert_file(&dir.path().join("n.cert")).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

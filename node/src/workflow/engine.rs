@@ -5,8 +5,9 @@
 
 use super::spec::{ForkJoin, Join, Kind, Loop, OnError, Step, Workflow};
 use super::spec::{FANOUT_MAX, WORKFLOW_DEADLINE_MS_DEFAULT};
+use crate::call::body::collect_body;
+use crate::contract::jmes::jmes;
 use crate::contract::{CallError, CallRequest, ErrorCode, BODY_BYTES_MAX};
-use crate::quorum::{collect_body, jmes};
 use crate::runtime::MeshHandle;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};

@@ -285,7 +285,7 @@ impl Checker<'_> {
     }
 
     fn capability(&self, step: &str, field: &str, c: &str) -> Result<(), WorkflowError> {
-        if crate::config::is_capability_name(c) {
+        if crate::contract::names::is_capability_name(c) {
             return Ok(());
         }
         Err(self.err(
@@ -297,7 +297,8 @@ impl Checker<'_> {
 
     fn policy(&self, step: &str, field: &str, p: &Option<String>) -> Result<(), WorkflowError> {
         if let Some(p) = p {
-            crate::policy::PolicyName::parse(p).map_err(|e| self.err(step, field, e.message))?;
+            crate::routing::policies::PolicyName::parse(p)
+                .map_err(|e| self.err(step, field, e.message))?;
         }
         Ok(())
     }
@@ -352,13 +353,13 @@ impl Checker<'_> {
         self.opt_expr(id, "when", &s.when)?;
         self.policy(id, "policy", &s.policy)?;
         for (k, e) in &s.attrs {
-            if k.is_empty() || k.len() > crate::config::ATTR_LEN_MAX {
+            if k.is_empty() || k.len() > crate::contract::names::ATTR_LEN_MAX {
                 return Err(self.err(
                     id,
                     "attrs",
                     format!(
                         "attribute names are 1 to {} bytes",
-                        crate::config::ATTR_LEN_MAX
+                        crate::contract::names::ATTR_LEN_MAX
                     ),
                 ));
             }

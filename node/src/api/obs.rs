@@ -1,0 +1,41 @@
+//! The observability endpoints: `/metrics`, `/v1/mesh/matrix`, `/v1/mesh/summary` and the
+//! dashboard at `/ui`.
+
+use crate::runtime::MeshHandle;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// The dashboard page (HTML, CSS and script in one file; no external assets).
+pub const UI_HTML: &str = include_str!("ui.html");
+
+/// `GET /metrics`.
+pub fn metrics_response(mesh: &MeshHandle) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::obs::metrics::CONTENT_TYPE)],
+        mesh.metrics_text(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/mesh/matrix`.
+pub fn matrix_response(mesh: &MeshHandle) -> Response {
+    Json(mesh.mesh_matrix()).into_response()
+}
+
+/// `GET /v1/mesh/summary`.
+pub fn summary_response(mesh: &MeshHandle) -> Response {
+    Json(mesh.mesh_summary()).into_response()
+}
+
+/// `GET /ui`.
+pub fn ui_response() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        UI_HTML,
+    )
+        .into_response()
+}

@@ -1,0 +1,122 @@
+//! Security endpoints of the local API (a child module of `api`): status, revocations, the
+//! root-signed policy and audit queries.
+
+use super::{bad, read_body, ApiError, ApiState};
+use crate::security::audit::AuditQuery;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// Largest revocation or policy body (hex of the signed envelope), in bytes.
+pub const SIGNED_BODY_BYTES_MAX: usize = 2 * crate::security::SIGNED_POLICY_BYTES_MAX + 64;
+
+fn unhex(bytes: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| bad("body", "expected hex text"))?;
+    hex::decode(text.trim()).map_err(|_| bad("body", "expected hex text"))
+}
+
+/// `GET /v1/security`: roles, policy, audit log, revoked nodes and counters.
+pub async fn get_security(State(st): State<ApiState>) -> Response {
+    Json(st.mesh.security_report()).into_response()
+}
+
+/// `POST /v1/revocations`: body is the hex of a root-signed revocation.
+pub async fn post_revocation(State(st): State<ApiState>, body: Body) -> Result<Response, ApiError> {
+    let bytes = unhex(&read_body(body, SIGNED_BODY_BYTES_MAX).await?)?;
+    let r = agentmesh_crypto::SignedRevocation::from_bytes(&bytes)
+        .map_err(|e| bad("body", format!("revocation: {e}")))?;
+    let id = st.mesh.revoke(r).await?;
+    Ok(Json(serde_json::json!({ "revoked": id.to_string() })).into_response())
+}
+
+/// `POST /v1/policy`: body is the hex of a root-signed policy; adopted if newer.
+pub async fn post_policy(State(st): State<ApiState>, body: Body) -> Result<Response, ApiError> {
+    let bytes = unhex(&read_body(body, SIGNED_BODY_BYTES_MAX).await?)?;
+    let v = st.mesh.push_policy(&bytes).await?;
+    Ok(Json(serde_json::json!({ "adopted": v.is_some(), "version": v })).into_response())
+}
+
+/// Parses `capability, agent, node, decision, since_ms, until_ms, limit` from a query string.
+pub fn parse_audit_query(query: &str) -> Result<AuditQuery, ApiError> {
+    let mut q = AuditQuery::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        let num = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| bad(k, "expected a whole number"))
+        };
+        match k {
+            "capability" => q.capability = Some(v),
+            "agent" => q.agent = Some(v),
+            "node" => q.node = Some(v),
+            "decision" => q.decision = Some(v),
+            "since_ms" => q.since_ms = Some(num(&v)?),
+            "until_ms" => q.until_ms = Some(num(&v)?),
+            "limit" => q.limit = Some(num(&v)? as usize),
+            "mesh" => {}
+            _ => return Err(bad(k, "unknown audit query parameter")),
+        }
+    }
+    Ok(q)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /v1/audit?...`: entries of this node's audit log matching the query; with
+/// `mesh=true`, also those of every other live member that allows this node `mesh.audit`
+/// (`{node_id, entries, nodes: [{node_id, entries, truncated} | {node_id, code, error}]}`).
+pub async fn get_audit(
+    State(st): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let raw = query.as_deref().unwrap_or("");
+    let q = parse_audit_query(raw)?;
+    let mesh = raw
+        .split('&')
+        .any(|p| p == "mesh=true" || p == "mesh=1" || p == "mesh");
+    let me = st.mesh.node_id().to_string();
+    let entries = st.mesh.audit_local(q.clone()).await?;
+    if !mesh {
+        return Ok(Json(serde_json::json!({ "node_id": me, "entries": entries })).into_response());
+    }
+    let mut nodes = vec![serde_json::json!({ "node_id": me, "entries": entries })];
+    for a in st.mesh.audit_mesh(&q).await {
+        nodes.push(match a.result {
+            Ok((entries, truncated)) => serde_json::json!({
+                "node_id": a.node_id.to_string(),
+                "entries": entries,
+                "truncated": truncated,
+            }),
+            Err(e) => serde_json::json!({
+                "node_id": a.node_id.to_string(),
+                "code": e.code,
+                "error": e.message,
+            }),
+        });
+    }
+    Ok(Json(serde_json::json!({ "node_id": me, "nodes": nodes })).into_response())
+}

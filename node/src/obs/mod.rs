@@ -1,0 +1,7 @@
+//! Observability: Prometheus metrics, OpenTelemetry spans, the traffic matrix and the mesh
+//! view behind the dashboard.
+
+pub mod mesh_view;
+pub mod metrics;
+pub mod telemetry;
+pub mod traffic;

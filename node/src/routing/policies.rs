@@ -1,0 +1,1122 @@
+//! Routing policies over observed numbers: what this node measured itself (latency, success,
+//! in-flight) plus the load each callee reported on its last answer. Self-reported quality in
+//! gossip records is never used, so a lying agent cannot buy traffic.
+//!
+//! [`rank`] is pure: candidate views, the request's hints, the settings, a round-robin cursor
+//! and an RNG in; an ordered list with a reason per candidate out. [`Scoreboard`] keeps the
+//! observations (peak-EWMA latency, a sliding success window, a breaker per agent) on
+//! caller-supplied time.
+//!
+//! Order of the decision, each step explaining what it removed:
+//! 1. breakers: every candidate ejected → `circuit_open` (the caller applies the capability's
+//!    fallback); more than `panic_threshold` ejected → panic mode, ejection ignored (Envoy);
+//!    otherwise ejected candidates are dropped;
+//! 2. quality tiers on the observed success rate: the `prefer` tier if anyone is in it, else
+//!    `fallback`, else down to `floor`; nobody above the floor → `no_eligible_agent`;
+//! 3. complexity: `high` → experts with spare capacity, else experienced with spare capacity,
+//!    else experts and experienced anyway; `low` → the cost policy (cheapest competent agent);
+//! 4. preference (`x-mesh-prefer`): the pinned agent first if it survived 1–3, else the
+//!    default policy and a fallback reason for `x-mesh-prefer-fallback`;
+//! 5. the policy orders the rest.
+
+use crate::contract::{CallError, Complexity, ErrorCode};
+use crate::resilience::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
+use agentmesh_crypto::NodeId;
+use agentmesh_gossip::record::Proficiency;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// Time constant of the peak-EWMA decay, in ms.
+pub const PEAK_EWMA_DECAY_MS: f64 = 10_000.0;
+/// Latency a failed attempt counts as, at least, in ms: a fast failure counts as slow, so a
+/// failing agent does not attract traffic (linkerd2 #11669).
+pub const FAILURE_LATENCY_MS: f64 = 1_000.0;
+/// Outcomes kept per agent for the success rate.
+pub const QUALITY_WINDOW_CALLS_MAX: usize = 100;
+/// Outcomes older than this leave the success-rate window, in ms.
+pub const QUALITY_WINDOW_MS: u64 = 60_000;
+/// Agents with observations kept.
+pub const SCOREBOARD_PEERS_MAX: usize = 16_384;
+
+/// The routing policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// Rotate through the candidates.
+    RoundRobin,
+    /// Uniformly random (a baseline for benchmarks).
+    Random,
+    /// Power of two choices on in-flight calls (local count plus the callee's reported load).
+    LeastLoaded,
+    /// Power of two choices on peak-EWMA latency × (in flight + 1).
+    Latency,
+    /// The cheapest candidate that meets the quality tiers.
+    Cost,
+    /// The best observed success rate.
+    Quality,
+    /// The pinned agent (`x-mesh-prefer`), else the default policy.
+    Preference,
+}
+
+/// Every policy name, for error messages and docs.
+pub const POLICY_NAMES: &str =
+    "round_robin | random | least_loaded | latency | cost | quality | preference";
+
+impl PolicyName {
+    /// Parses a policy name.
+    pub fn parse(s: &str) -> Result<PolicyName, CallError> {
+        Ok(match s {
+            "round_robin" => PolicyName::RoundRobin,
+            "random" => PolicyName::Random,
+            "least_loaded" | "least_in_flight" => PolicyName::LeastLoaded,
+            "latency" => PolicyName::Latency,
+            "cost" => PolicyName::Cost,
+            "quality" => PolicyName::Quality,
+            "preference" => PolicyName::Preference,
+            other => {
+                return Err(CallError::bad_field(
+                    "policy",
+                    format!("unknown policy {other:?}: expected {POLICY_NAMES}"),
+                ))
+            }
+        })
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyName::RoundRobin => "round_robin",
+            PolicyName::Random => "random",
+            PolicyName::LeastLoaded => "least_loaded",
+            PolicyName::Latency => "latency",
+            PolicyName::Cost => "cost",
+            PolicyName::Quality => "quality",
+            PolicyName::Preference => "preference",
+        }
+    }
+}
+
+/// Quality tiers on the observed success rate (`[defaults.quality]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityTiers {
+    /// Preferred tier: candidates at or above it are used when any exist.
+    pub prefer: f64,
+    /// Fallback tier.
+    pub fallback: f64,
+    /// Never route below this.
+    pub floor: f64,
+    /// Calls observed before an agent's rate is judged (unjudged agents count as preferred).
+    pub min_calls: u32,
+}
+
+impl Default for QualityTiers {
+    fn default() -> Self {
+        QualityTiers {
+            prefer: 0.95,
+            fallback: 0.90,
+            floor: 0.70,
+            min_calls: 5,
+        }
+    }
+}
+
+impl QualityTiers {
+    /// Checks `0 ≤ floor ≤ fallback ≤ prefer ≤ 1`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.prefer) {
+            return Err(("prefer", "must be in [0, 1]".into()));
+        }
+        if !(0.0..=self.prefer).contains(&self.fallback) {
+            return Err(("fallback", "must be in [0, prefer]".into()));
+        }
+        if !(0.0..=self.fallback).contains(&self.floor) {
+            return Err(("floor", "must be in [0, fallback]".into()));
+        }
+        if self.min_calls as usize > QUALITY_WINDOW_CALLS_MAX {
+            return Err((
+                "min_calls",
+                format!("must be 0 to {QUALITY_WINDOW_CALLS_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the ranking knows about one candidate.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// Node id as text.
+    pub node: String,
+    /// Short node id as text.
+    pub node_short: String,
+    /// Agent name.
+    pub agent: String,
+    /// Declared proficiency for the capability.
+    pub proficiency: Proficiency,
+    /// Declared cost per call.
+    pub cost: f64,
+    /// Calls from here in flight to it.
+    pub in_flight: u32,
+    /// In-flight count the callee reported on its last answer.
+    pub reported_in_flight: u32,
+    /// Concurrency limit the callee reported (0: unknown).
+    pub reported_max: u32,
+    /// Observed peak-EWMA latency, ms.
+    pub latency_ms: Option<f64>,
+    /// Observed success rate in the window.
+    pub success_rate: Option<f64>,
+    /// Outcomes in the window.
+    pub calls: u32,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Whether the breaker would admit a call now.
+    pub admits: bool,
+}
+
+impl View {
+    fn load(&self) -> u32 {
+        self.in_flight.saturating_add(self.reported_in_flight)
+    }
+
+    fn at_capacity(&self) -> bool {
+        self.reported_max > 0 && self.load() >= self.reported_max
+    }
+
+    fn latency_score(&self) -> f64 {
+        self.latency_ms.unwrap_or(0.0) * (self.in_flight as f64 + 1.0)
+    }
+
+    fn matches(&self, pin: &str) -> bool {
+        self.agent == pin || self.node == pin || self.node_short == pin
+    }
+}
+
+/// The request's routing hints.
+#[derive(Debug, Clone, Default)]
+pub struct Ask<'a> {
+    /// Policy asked for (None: the capability's default).
+    pub policy: Option<PolicyName>,
+    /// Pinned agent name or node id.
+    pub prefer: Option<&'a str>,
+    /// Complexity hint.
+    pub complexity: Option<Complexity>,
+}
+
+/// The outcome of [`rank`].
+#[derive(Debug, Clone)]
+pub struct Ranking {
+    /// Indices into the views, best first; only these may be called.
+    pub order: Vec<usize>,
+    /// A reason per view (same index), ranked or not.
+    pub reasons: Vec<String>,
+    /// The policy that ordered the list.
+    pub policy: PolicyName,
+    /// Why the pinned agent was not used, when one was asked for.
+    pub prefer_fallback: Option<String>,
+    /// True when panic mode ignored ejection.
+    pub panic: bool,
+}
+
+/// The settings [`rank`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct RankConfig<'a> {
+    /// The capability's default policy.
+    pub default_policy: PolicyName,
+    /// Quality tiers.
+    pub tiers: &'a QualityTiers,
+    /// Panic threshold (fraction of ejected candidates above which ejection is ignored).
+    pub panic_threshold: f64,
+}
+
+/// Orders `views` for a call. Errors: `circuit_open` when every candidate is ejected (the
+/// caller applies the capability's fallback), `no_eligible_agent` when everyone is below the
+/// quality floor or there is nobody, `bad_request` for `preference` without a pin.
+pub fn rank<R: Rng>(
+    views: &[View],
+    ask: &Ask<'_>,
+    cfg: RankConfig<'_>,
+    cursor: u64,
+    rng: &mut R,
+) -> Result<Ranking, CallError> {
+    let mut reasons = vec![String::new(); views.len()];
+    if views.is_empty() {
+        return Err(CallError::new(
+            ErrorCode::NoEligibleAgent,
+            "no candidate to rank",
+        ));
+    }
+    // 1. Breakers.
+    let all: Vec<usize> = (0..views.len()).collect();
+    let ejected: Vec<usize> = all.iter().copied().filter(|&i| !views[i].admits).collect();
+    if ejected.len() == views.len() {
+        return Err(CallError::new(
+            ErrorCode::CircuitOpen,
+            format!(
+                "all {} candidate(s) have an open circuit breaker",
+                views.len()
+            ),
+        ));
+    }
+    let share = ejected.len() as f64 / views.len() as f64;
+    let panic = !ejected.is_empty() && share > cfg.panic_threshold;
+    let mut set: Vec<usize> = if panic {
+        all.clone()
+    } else {
+        for &i in &ejected {
+            reasons[i] = format!("ineligible: breaker {}", views[i].breaker.name());
+        }
+        all.iter().copied().filter(|&i| views[i].admits).collect()
+    };
+    // 2. Quality tiers.
+    set = apply_tiers(views, set, cfg.tiers, &mut reasons)?;
+    // 3. Complexity.
+    let mut policy = ask.policy.unwrap_or(cfg.default_policy);
+    match ask.complexity {
+        Some(Complexity::High) => set = by_expertise(views, set, &mut reasons),
+        Some(Complexity::Low) => policy = PolicyName::Cost,
+        None => {}
+    }
+    // 4. Preference.
+    let mut prefer_fallback = None;
+    let mut pinned = None;
+    if policy == PolicyName::Preference {
+        if ask.prefer.is_none() {
+            return Err(CallError::bad_field(
+                "policy",
+                "policy preference needs x-mesh-prefer (or ?prefer=)",
+            ));
+        }
+        policy = match cfg.default_policy {
+            PolicyName::Preference => PolicyName::RoundRobin,
+            p => p,
+        };
+    }
+    if let Some(pin) = ask.prefer {
+        match views.iter().position(|v| v.matches(pin)) {
+            Some(i) if set.contains(&i) => pinned = Some(i),
+            Some(i) => {
+                prefer_fallback = Some(format!(
+                    "preferred agent {pin} not eligible ({}); used policy {}",
+                    reasons[i].trim_start_matches("ineligible: "),
+                    policy.name()
+                ))
+            }
+            None => {
+                prefer_fallback = Some(format!(
+                    "preferred agent {pin} does not offer this capability here; used policy {}",
+                    policy.name()
+                ))
+            }
+        }
+    }
+    // 5. Policy.
+    let mut order = order_by(policy, views, &set, cursor, rng, &mut reasons);
+    if let Some(p) = pinned {
+        order.retain(|&i| i != p);
+        order.insert(0, p);
+        reasons[p] = "preferred by the caller (x-mesh-prefer)".into();
+    }
+    for &i in &order {
+        if panic && !views[i].admits {
+            reasons[i].push_str(&format!(
+                "; breaker {} ignored: panic mode, {:.0} % of candidates ejected (> {:.0} %)",
+                views[i].breaker.name(),
+                share * 100.0,
+                cfg.panic_threshold * 100.0
+            ));
+        } else if views[i].breaker == BreakerState::HalfOpen {
+            reasons[i].push_str("; half-open: probe call");
+        }
+    }
+    Ok(Ranking {
+        order,
+        reasons,
+        policy,
+        prefer_fallback,
+        panic,
+    })
+}
+
+fn judged_rate(v: &View, tiers: &QualityTiers) -> Option<f64> {
+    (v.calls >= tiers.min_calls.max(1))
+        .then_some(v.success_rate)
+        .flatten()
+}
+
+fn apply_tiers(
+    views: &[View],
+    set: Vec<usize>,
+    tiers: &QualityTiers,
+    reasons: &mut [String],
+) -> Result<Vec<usize>, CallError> {
+    let rate = |i: usize| judged_rate(&views[i], tiers).unwrap_or(1.0);
+    for (bar, name) in [
+        (tiers.prefer, "preferred"),
+        (tiers.fallback, "fallback"),
+        (tiers.floor, "floor"),
+    ] {
+        let keep: Vec<usize> = set.iter().copied().filter(|&i| rate(i) >= bar).collect();
+        if keep.is_empty() {
+            continue;
+        }
+        for &i in set.iter().filter(|i| !keep.contains(i)) {
+            reasons[i] = format!(
+                "ineligible: success rate {:.2} below the {name} tier {bar:.2}",
+                rate(i)
+            );
+        }
+        return Ok(keep);
+    }
+    for &i in &set {
+        reasons[i] = format!(
+            "ineligible: success rate {:.2} below the floor {:.2}",
+            rate(i),
+            tiers.floor
+        );
+    }
+    Err(CallError::new(
+        ErrorCode::NoEligibleAgent,
+        format!(
+            "every candidate's observed success rate is below the quality floor {:.2}",
+            tiers.floor
+        ),
+    ))
+}
+
+fn by_expertise(views: &[View], set: Vec<usize>, reasons: &mut [String]) -> Vec<usize> {
+    let with = |p: Proficiency, spare: bool| -> Vec<usize> {
+        set.iter()
+            .copied()
+            .filter(|&i| views[i].proficiency == p && (!spare || !views[i].at_capacity()))
+            .collect()
+    };
+    let experts = with(Proficiency::Expert, true);
+    let pick = if !experts.is_empty() {
+        experts
+    } else {
+        let experienced = with(Proficiency::Experienced, true);
+        if !experienced.is_empty() {
+            experienced
+        } else {
+            let mut any = with(Proficiency::Expert, false);
+            any.extend(with(Proficiency::Experienced, false));
+            if any.is_empty() {
+                set.clone()
+            } else {
+                any
+            }
+        }
+    };
+    for &i in set.iter().filter(|i| !pick.contains(i)) {
+        let v = &views[i];
+        reasons[i] = if v.proficiency == Proficiency::Expert {
+            "not picked: expert at capacity (complexity high)".into()
+        } else {
+            format!(
+                "not picked: {} for complexity high",
+                proficiency_name(v.proficiency)
+            )
+        };
+    }
+    pick
+}
+
+fn proficiency_name(p: Proficiency) -> &'static str {
+    match p {
+        Proficiency::Novice => "novice",
+        Proficiency::Experienced => "experienced",
+        Proficiency::Expert => "expert",
+    }
+}
+
+/// Power of two choices: two distinct random picks, the lower score wins; the rest follow by
+/// score. With one candidate it is simply first.
+fn p2c<R: Rng>(set: &[usize], score: impl Fn(usize) -> f64, rng: &mut R) -> Vec<usize> {
+    let mut rest: Vec<usize> = set.to_vec();
+    rest.sort_by(|a, b| score(*a).total_cmp(&score(*b)).then(a.cmp(b)));
+    if set.len() < 2 {
+        return rest;
+    }
+    let a = rng.gen_range(0..set.len());
+    let mut b = rng.gen_range(0..set.len() - 1);
+    if b >= a {
+        b += 1;
+    }
+    let (a, b) = (set[a], set[b]);
+    let win = if score(b) < score(a) { b } else { a };
+    rest.retain(|&i| i != win);
+    rest.insert(0, win);
+    rest
+}
+
+fn order_by<R: Rng>(
+    policy: PolicyName,
+    views: &[View],
+    set: &[usize],
+    cursor: u64,
+    rng: &mut R,
+    reasons: &mut [String],
+) -> Vec<usize> {
+    let mut order: Vec<usize> = set.to_vec();
+    match policy {
+        PolicyName::RoundRobin | PolicyName::Preference => {
+            let n = order.len().max(1);
+            order.rotate_left((cursor % n as u64) as usize);
+            for (pos, &i) in order.iter().enumerate() {
+                reasons[i] = format!("round-robin position {}", pos + 1);
+            }
+        }
+        PolicyName::Random => {
+            order.shuffle(rng);
+            for &i in &order {
+                reasons[i] = "random order".into();
+            }
+        }
+        PolicyName::LeastLoaded => {
+            order = p2c(set, |i| views[i].load() as f64, rng);
+            for &i in &order {
+                let v = &views[i];
+                reasons[i] = format!(
+                    "load {} ({} in flight from here + {} reported by the callee)",
+                    v.load(),
+                    v.in_flight,
+                    v.reported_in_flight
+                );
+            }
+        }
+        PolicyName::Latency => {
+            order = p2c(set, |i| views[i].latency_score(), rng);
+            for &i in &order {
+                let v = &views[i];
+                reasons[i] = match v.latency_ms {
+                    Some(l) => format!(
+                        "peak-EWMA {l:.1} ms × ({} in flight + 1) = {:.1}",
+                        v.in_flight,
+                        v.latency_score()
+                    ),
+                    None => "no latency observed yet (explored first)".into(),
+                };
+            }
+        }
+        PolicyName::Cost => {
+            order.sort_by(|a, b| {
+                views[*a]
+                    .cost
+                    .total_cmp(&views[*b].cost)
+                    .then(
+                        views[*a]
+                            .latency_score()
+                            .total_cmp(&views[*b].latency_score()),
+                    )
+                    .then(a.cmp(b))
+            });
+            for &i in &order {
+                reasons[i] = format!("cost {:.3} (meets the quality tiers)", views[i].cost);
+            }
+        }
+        PolicyName::Quality => {
+            let rate = |i: usize| views[i].success_rate.unwrap_or(1.0);
+            order.sort_by(|a, b| {
+                rate(*b)
+                    .total_cmp(&rate(*a))
+                    .then(
+                        views[*a]
+                            .latency_score()
+                            .total_cmp(&views[*b].latency_score()),
+                    )
+                    .then(a.cmp(b))
+            });
+            for &i in &order {
+                reasons[i] = match views[i].success_rate {
+                    Some(r) => format!("success rate {r:.3} over {} calls", views[i].calls),
+                    None => "no calls observed yet".into(),
+                };
+            }
+        }
+    }
+    order
+}
+
+/// Peak-EWMA latency (Finagle/tower): jumps up to a slower sample at once, decays toward
+/// faster ones with time constant [`PEAK_EWMA_DECAY_MS`].
+#[derive(Debug, Clone, Default)]
+pub struct PeakEwma {
+    value_ms: Option<f64>,
+    last_ms: u64,
+}
+
+impl PeakEwma {
+    /// Adds a sample.
+    pub fn observe(&mut self, now_ms: u64, rtt_ms: f64) {
+        let v = match self.value_ms {
+            None => rtt_ms,
+            Some(v) if rtt_ms > v => rtt_ms,
+            Some(v) => {
+                let dt = now_ms.saturating_sub(self.last_ms) as f64;
+                let w = (-dt / PEAK_EWMA_DECAY_MS).exp();
+                v * w + rtt_ms * (1.0 - w)
+            }
+        };
+        self.value_ms = Some(v);
+        self.last_ms = now_ms;
+    }
+
+    /// The current estimate.
+    pub fn get(&self) -> Option<f64> {
+        self.value_ms
+    }
+}
+
+/// Everything observed about one agent.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStats {
+    /// Latency estimate.
+    pub ewma: PeakEwma,
+    outcomes: VecDeque<(u64, bool)>,
+    /// Its breaker.
+    pub breaker: Breaker,
+    /// Its adaptive concurrency limit.
+    pub limiter: crate::resilience::adaptive::AimdLimiter,
+    touched_ms: u64,
+}
+
+impl PeerStats {
+    /// Success rate and outcome count in the window.
+    pub fn success(&mut self, now_ms: u64) -> (Option<f64>, u32) {
+        while self
+            .outcomes
+            .front()
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > QUALITY_WINDOW_MS)
+        {
+            self.outcomes.pop_front();
+        }
+        let n = self.outcomes.len();
+        if n == 0 {
+            return (None, 0);
+        }
+        let ok = self.outcomes.iter().filter(|(_, ok)| *ok).count();
+        (Some(ok as f64 / n as f64), n as u32)
+    }
+}
+
+/// Observations per agent (keyed by node: one agent per node). Bounded.
+#[derive(Debug, Default)]
+pub struct Scoreboard {
+    peers: HashMap<NodeId, PeerStats>,
+}
+
+impl Scoreboard {
+    /// Every breaker held and its state now (metrics, dashboard).
+    pub fn breakers(
+        &mut self,
+        now_ms: u64,
+    ) -> Vec<(NodeId, crate::resilience::breaker::BreakerState)> {
+        self.peers
+            .iter_mut()
+            .map(|(k, s)| (*k, s.breaker.state(now_ms)))
+            .collect()
+    }
+
+    /// The stats of `node`, created if absent (evicting the least recently used if full).
+    pub fn entry(&mut self, node: NodeId, now_ms: u64) -> &mut PeerStats {
+        if !self.peers.contains_key(&node) && self.peers.len() >= SCOREBOARD_PEERS_MAX {
+            if let Some(old) = self
+                .peers
+                .iter()
+                .min_by_key(|(_, s)| s.touched_ms)
+                .map(|(k, _)| *k)
+            {
+                self.peers.remove(&old);
+            }
+        }
+        let s = self.peers.entry(node).or_default();
+        s.touched_ms = now_ms;
+        s
+    }
+
+    /// Records an attempt's outcome: latency (a failure counts as at least
+    /// [`FAILURE_LATENCY_MS`]), success, and the breaker's verdict.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe<R: Rng>(
+        &mut self,
+        node: NodeId,
+        now_ms: u64,
+        rtt_ms: f64,
+        ok: bool,
+        permit: Permit,
+        breaker: &BreakerConfig,
+        rng: &mut R,
+    ) {
+        let s = self.entry(node, now_ms);
+        let sample = if ok {
+            rtt_ms
+        } else {
+            rtt_ms.max(FAILURE_LATENCY_MS)
+        };
+        s.ewma.observe(now_ms, sample);
+        s.outcomes.push_back((now_ms, ok));
+        while s.outcomes.len() > QUALITY_WINDOW_CALLS_MAX {
+            s.outcomes.pop_front();
+        }
+        s.breaker.on_result(now_ms, permit, ok, breaker, rng);
+    }
+
+    /// Counts a failure in `node`'s success window without touching its breaker or latency:
+    /// the agent answered, but a quorum found the answer wrong.
+    pub fn penalize(&mut self, node: NodeId, now_ms: u64) {
+        let s = self.entry(node, now_ms);
+        s.outcomes.push_back((now_ms, false));
+        while s.outcomes.len() > QUALITY_WINDOW_CALLS_MAX {
+            s.outcomes.pop_front();
+        }
+    }
+
+    /// Agents observed.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True if nothing was observed.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn v(agent: &str) -> View {
+        View {
+            node: format!("node-{agent}"),
+            node_short: agent.to_string(),
+            agent: agent.into(),
+            proficiency: Proficiency::Experienced,
+            cost: 1.0,
+            in_flight: 0,
+            reported_in_flight: 0,
+            reported_max: 0,
+            latency_ms: None,
+            success_rate: None,
+            calls: 0,
+            breaker: BreakerState::Closed,
+            admits: true,
+        }
+    }
+
+    fn lat(agent: &str, ms: f64) -> View {
+        View {
+            latency_ms: Some(ms),
+            ..v(agent)
+        }
+    }
+
+    fn rate(agent: &str, r: f64, calls: u32) -> View {
+        View {
+            success_rate: Some(r),
+            calls,
+            ..v(agent)
+        }
+    }
+
+    fn open(agent: &str) -> View {
+        View {
+            breaker: BreakerState::Open,
+            admits: false,
+            ..v(agent)
+        }
+    }
+
+    fn cfg(tiers: &QualityTiers) -> RankConfig<'_> {
+        RankConfig {
+            default_policy: PolicyName::RoundRobin,
+            tiers,
+            panic_threshold: 0.5,
+        }
+    }
+
+    fn first(views: &[View], ask: &Ask<'_>, seed: u64) -> Result<String, ErrorCode> {
+        let tiers = QualityTiers::default();
+        let mut rng = StdRng::seed_from_u64(seed);
+        rank(views, ask, cfg(&tiers), 0, &mut rng)
+            .map(|r| views[r.order[0]].agent.clone())
+            .map_err(|e| e.code)
+    }
+
+    fn ask(policy: PolicyName) -> Ask<'static> {
+        Ask {
+            policy: Some(policy),
+            ..Ask::default()
+        }
+    }
+
+    /// (case, views, ask, first pick or error), deterministic cases only.
+    #[test]
+    fn selection_table() {
+        use PolicyName::*;
+        let cheap = |a: &str, c: f64| View { cost: c, ..v(a) };
+        let prof = |a: &str, p: Proficiency, load: u32, max: u32| View {
+            proficiency: p,
+            reported_in_flight: load,
+            reported_max: max,
+            ..v(a)
+        };
+        type Case = (
+            &'static str,
+            Vec<View>,
+            Ask<'static>,
+            Result<&'static str, ErrorCode>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "round robin at cursor 0",
+                vec![v("a"), v("b")],
+                ask(RoundRobin),
+                Ok("a"),
+            ),
+            (
+                "cost picks the cheapest",
+                vec![cheap("a", 3.0), cheap("b", 0.5), cheap("c", 1.0)],
+                ask(Cost),
+                Ok("b"),
+            ),
+            (
+                "cost skips the cheapest below the preferred tier",
+                vec![
+                    View {
+                        cost: 0.1,
+                        ..rate("a", 0.80, 50)
+                    },
+                    View {
+                        cost: 2.0,
+                        ..rate("b", 0.99, 50)
+                    },
+                ],
+                ask(Cost),
+                Ok("b"),
+            ),
+            (
+                "fallback tier when nobody is preferred",
+                vec![rate("a", 0.92, 50), rate("b", 0.75, 50)],
+                ask(Quality),
+                Ok("a"),
+            ),
+            (
+                "floor tier when nobody reaches fallback",
+                vec![rate("a", 0.72, 50), rate("b", 0.5, 50)],
+                ask(RoundRobin),
+                Ok("a"),
+            ),
+            (
+                "never below the floor",
+                vec![rate("a", 0.6, 50), rate("b", 0.5, 50)],
+                ask(RoundRobin),
+                Err(ErrorCode::NoEligibleAgent),
+            ),
+            (
+                "too few calls to judge counts as preferred",
+                vec![rate("a", 0.0, 2), rate("b", 0.99, 50)],
+                ask(RoundRobin),
+                Ok("a"),
+            ),
+            (
+                "quality picks the best rate",
+                vec![rate("a", 0.96, 50), rate("b", 1.0, 50), rate("c", 0.97, 50)],
+                ask(Quality),
+                Ok("b"),
+            ),
+            (
+                "open breaker is skipped",
+                vec![open("a"), v("b"), v("c")],
+                ask(RoundRobin),
+                Ok("b"),
+            ),
+            (
+                "all open is circuit_open",
+                vec![open("a"), open("b")],
+                ask(RoundRobin),
+                Err(ErrorCode::CircuitOpen),
+            ),
+            (
+                "panic mode: 2 of 3 ejected > 50 %, ejection ignored",
+                vec![open("a"), open("b"), v("c")],
+                ask(RoundRobin),
+                Ok("a"),
+            ),
+            (
+                "complexity high goes to the expert",
+                vec![
+                    prof("a", Proficiency::Experienced, 0, 4),
+                    prof("b", Proficiency::Expert, 0, 4),
+                ],
+                Ask {
+                    complexity: Some(Complexity::High),
+                    ..ask(RoundRobin)
+                },
+                Ok("b"),
+            ),
+            (
+                "expert at capacity: experienced",
+                vec![
+                    prof("n", Proficiency::Novice, 0, 4),
+                    prof("b", Proficiency::Expert, 4, 4),
+                    prof("a", Proficiency::Experienced, 1, 4),
+                ],
+                Ask {
+                    complexity: Some(Complexity::High),
+                    ..ask(RoundRobin)
+                },
+                Ok("a"),
+            ),
+            (
+                "everyone at capacity: the expert anyway",
+                vec![
+                    prof("a", Proficiency::Experienced, 4, 4),
+                    prof("b", Proficiency::Expert, 4, 4),
+                ],
+                Ask {
+                    complexity: Some(Complexity::High),
+                    ..ask(RoundRobin)
+                },
+                Ok("b"), // experts first, then experienced
+            ),
+            (
+                "complexity low: cheapest competent",
+                vec![
+                    cheap("a", 2.0),
+                    View {
+                        cost: 0.1,
+                        ..rate("b", 0.5, 50)
+                    },
+                    cheap("c", 1.0),
+                ],
+                Ask {
+                    complexity: Some(Complexity::Low),
+                    ..ask(Latency)
+                },
+                Ok("c"),
+            ),
+            (
+                "prefer pins an eligible agent",
+                vec![v("a"), v("b")],
+                Ask {
+                    prefer: Some("b"),
+                    ..ask(RoundRobin)
+                },
+                Ok("b"),
+            ),
+            (
+                "prefer by short node id",
+                vec![v("a"), v("b")],
+                Ask {
+                    prefer: Some("node-b"),
+                    ..ask(RoundRobin)
+                },
+                Ok("b"),
+            ),
+            (
+                "prefer an open breaker: falls back",
+                vec![v("a"), open("b"), v("c")],
+                Ask {
+                    prefer: Some("b"),
+                    ..ask(RoundRobin)
+                },
+                Ok("a"),
+            ),
+            (
+                "preference policy without a pin",
+                vec![v("a")],
+                ask(Preference),
+                Err(ErrorCode::BadRequest),
+            ),
+        ];
+        for (name, views, a, want) in cases {
+            let got = first(&views, &a, 1);
+            assert_eq!(got, want.map(str::to_string), "{name}");
+        }
+    }
+
+    #[test]
+    fn prefer_fallback_is_explained() {
+        let tiers = QualityTiers::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let views = [v("a"), open("b"), v("c")];
+        let a = Ask {
+            prefer: Some("b"),
+            ..ask(PolicyName::Cost)
+        };
+        let r = rank(&views, &a, cfg(&tiers), 0, &mut rng).unwrap();
+        let why = r.prefer_fallback.unwrap();
+        assert!(
+            why.contains("breaker open") && why.contains("cost"),
+            "{why}"
+        );
+        let a = Ask {
+            prefer: Some("zed"),
+            ..ask(PolicyName::Cost)
+        };
+        let r = rank(&views, &a, cfg(&tiers), 0, &mut rng).unwrap();
+        assert!(r.prefer_fallback.unwrap().contains("does not offer"));
+        let a = Ask {
+            prefer: Some("a"),
+            ..ask(PolicyName::Cost)
+        };
+        assert!(rank(&views, &a, cfg(&tiers), 0, &mut rng)
+            .unwrap()
+            .prefer_fallback
+            .is_none());
+    }
+
+    /// P2C never picks the worst of several, and picks the best most often.
+    #[test]
+    fn power_of_two_choices_properties() {
+        for (policy, views) in [
+            (
+                PolicyName::Latency,
+                vec![lat("fast", 5.0), lat("mid", 20.0), lat("slow", 50.0)],
+            ),
+            (
+                PolicyName::LeastLoaded,
+                vec![
+                    View {
+                        in_flight: 0,
+                        reported_in_flight: 1,
+                        ..v("fast")
+                    },
+                    View {
+                        in_flight: 3,
+                        ..v("mid")
+                    },
+                    View {
+                        in_flight: 2,
+                        reported_in_flight: 7,
+                        ..v("slow")
+                    },
+                ],
+            ),
+        ] {
+            let mut counts: HashMap<String, u32> = HashMap::new();
+            for seed in 0..600 {
+                *counts
+                    .entry(first(&views, &ask(policy), seed).unwrap())
+                    .or_default() += 1;
+            }
+            assert_eq!(counts.get("slow"), None, "{policy:?}: {counts:?}");
+            assert!(counts["fast"] > counts["mid"], "{policy:?}: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn latency_counts_in_flight() {
+        // Equal latency: the one with calls in flight loses every pairing.
+        let views = [
+            lat("a", 10.0),
+            View {
+                in_flight: 5,
+                ..lat("b", 10.0)
+            },
+        ];
+        for seed in 0..50 {
+            assert_eq!(first(&views, &ask(PolicyName::Latency), seed).unwrap(), "a");
+        }
+    }
+
+    #[test]
+    fn round_robin_rotates_with_the_cursor() {
+        let tiers = QualityTiers::default();
+        let views = [v("a"), v("b"), v("c")];
+        let mut rng = StdRng::seed_from_u64(1);
+        let picks: Vec<String> = (0..4)
+            .map(|c| {
+                let r = rank(
+                    &views,
+                    &ask(PolicyName::RoundRobin),
+                    cfg(&tiers),
+                    c,
+                    &mut rng,
+                );
+                views[r.unwrap().order[0]].agent.clone()
+            })
+            .collect();
+        assert_eq!(picks, ["a", "b", "c", "a"]);
+    }
+
+    #[test]
+    fn panic_threshold_one_disables_panic() {
+        let tiers = QualityTiers::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let views = [open("a"), open("b"), v("c")];
+        let c = RankConfig {
+            panic_threshold: 1.0,
+            ..cfg(&tiers)
+        };
+        let r = rank(&views, &ask(PolicyName::RoundRobin), c, 0, &mut rng).unwrap();
+        assert_eq!(r.order, vec![2]);
+        assert!(!r.panic);
+        assert!(r.reasons[0].contains("breaker open"));
+        let r = rank(
+            &views,
+            &ask(PolicyName::RoundRobin),
+            cfg(&tiers),
+            0,
+            &mut rng,
+        )
+        .unwrap();
+        assert!(r.panic && r.order.len() == 3, "{r:?}");
+        assert!(r.reasons[0].contains("panic mode"), "{}", r.reasons[0]);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let mut e = PeakEwma::default();
+        e.observe(0, 10.0);
+        e.observe(1, 100.0);
+        assert_eq!(e.get(), Some(100.0));
+        e.observe(10_000, 10.0);
+        let v = e.get().unwrap();
+        assert!((40.0..50.0).contains(&v), "one time constant later: {v}");
+        for t in 1..=10 {
+            e.observe(10_000 + t * 10_000, 10.0);
+        }
+        assert!(e.get().unwrap() < 11.0);
+    }
+
+    #[test]
+    fn failures_count_as_slow_and_trip_the_breaker() {
+        let mut sb = Scoreboard::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let node = agentmesh_crypto::Keypair::from_secret([1; 32]).node_id();
+        let bc = BreakerConfig {
+            min_calls: 4,
+            ..BreakerConfig::default()
+        };
+        for t in 0..4 {
+            sb.observe(node, t, 1.0, false, Permit::Normal, &bc, &mut rng);
+        }
+        let s = sb.entry(node, 4);
+        assert!(s.ewma.get().unwrap() >= FAILURE_LATENCY_MS);
+        assert_eq!(s.success(4), (Some(0.0), 4));
+        assert_eq!(s.breaker.state(4), BreakerState::Open);
+        // The success window forgets after QUALITY_WINDOW_MS.
+        assert_eq!(s.success(4 + QUALITY_WINDOW_MS + 1), (None, 0));
+    }
+
+    #[test]
+    fn tiers_validate() {
+        QualityTiers::default().validate().unwrap();
+        let bad = QualityTiers {
+            floor: 0.95,
+            ..QualityTiers::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "floor");
+        assert!(PolicyName::parse("fastest").is_err());
+        for n in POLICY_NAMES.split(" | ") {
+            assert_eq!(PolicyName::parse(n).unwrap().name(), n);
+        }
+    }
+}

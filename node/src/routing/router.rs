@@ -1,0 +1,236 @@
+//! Who offers a capability and who is eligible for a call, plus the load observed per node.
+//! Ordering the eligible candidates is `policy.rs`'s job (through `resilience.rs`).
+
+use crate::contract::CallRequest;
+use agentmesh_crypto::NodeId;
+use agentmesh_gossip::record::{Capability, Health, NodeRecord};
+use agentmesh_gossip::{MemberState, MemberView};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Most nodes with load observations kept.
+pub const ROUTER_PEERS_MAX: usize = 16_384;
+pub use crate::contract::Candidate;
+
+/// Load observed for one node.
+#[derive(Debug, Default, Clone, Copy)]
+struct Load {
+    /// Calls from here in flight to it now.
+    in_flight: u32,
+    /// What it reported on its last answer.
+    reported_in_flight: u32,
+    reported_max: u32,
+}
+
+/// Router state: the load observed per node.
+#[derive(Debug, Default)]
+pub struct Router {
+    load: Arc<Mutex<HashMap<NodeId, Load>>>,
+}
+
+/// Holds one observed in-flight call to a node; releases on drop.
+#[derive(Debug)]
+pub struct LoadGuard {
+    node: NodeId,
+    load: Arc<Mutex<HashMap<NodeId, Load>>>,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut m = lock(&self.load);
+        if let Some(l) = m.get_mut(&self.node) {
+            l.in_flight = l.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a capability entry does or does not fit the request's constraints.
+fn ineligible_reason(c: &Capability, rec: &NodeRecord, req: &CallRequest) -> Option<String> {
+    if rec.health == Health::Draining {
+        return Some("node is draining".into());
+    }
+    if let Some(min) = req.min_proficiency {
+        if c.proficiency < min {
+            return Some(format!(
+                "proficiency {:?} is below the minimum {:?}",
+                c.proficiency, min
+            ));
+        }
+    }
+    for (k, v) in &req.attrs {
+        match c.attributes.get(k) {
+            None => return Some(format!("no attribute {k}")),
+            Some(a) if !a.matches(v) => {
+                return Some(format!("attribute {k} does not include {v:?}"))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Every alive member offering `capability`, eligible or not: `(candidate, why not)`.
+pub fn offers(
+    members: &[MemberView],
+    me: NodeId,
+    req: &CallRequest,
+) -> Vec<(Candidate, Option<String>)> {
+    let mut out = Vec::new();
+    for m in members {
+        if m.state != MemberState::Alive {
+            continue;
+        }
+        let Some(rec) = m.record.as_ref() else {
+            continue;
+        };
+        let Some(agent) = rec.agent.as_ref() else {
+            continue;
+        };
+        let Some(cap) = agent.capabilities.iter().find(|c| c.name == req.capability) else {
+            continue;
+        };
+        let why = ineligible_reason(cap, rec, req);
+        out.push((
+            Candidate {
+                node_id: m.node_id,
+                agent: agent.name.clone(),
+                capability: cap.clone(),
+                addrs: m.addrs.clone(),
+                local: m.node_id == me,
+                record: rec.clone(),
+            },
+            why,
+        ));
+    }
+    out.sort_by_key(|a| a.0.node_id);
+    out
+}
+
+impl Router {
+    /// A router with no observations.
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    /// Counts a call to `node` as in flight until the guard drops.
+    pub fn start_call(&self, node: NodeId) -> LoadGuard {
+        let mut m = lock(&self.load);
+        if !m.contains_key(&node) && m.len() >= ROUTER_PEERS_MAX {
+            m.retain(|_, l| l.in_flight > 0);
+        }
+        m.entry(node).or_default().in_flight += 1;
+        LoadGuard {
+            node,
+            load: self.load.clone(),
+        }
+    }
+
+    /// Records the load a callee reported on its answer.
+    pub fn observe_reported(&self, node: NodeId, in_flight: u32, max: u32) {
+        if let Some(l) = lock(&self.load).get_mut(&node) {
+            l.reported_in_flight = in_flight;
+            l.reported_max = max;
+        }
+    }
+
+    /// `(in flight from here, in flight the callee reported, its reported limit)`.
+    pub fn load_of(&self, node: &NodeId) -> (u32, u32, u32) {
+        lock(&self.load)
+            .get(node)
+            .map(|l| (l.in_flight, l.reported_in_flight, l.reported_max))
+            .unwrap_or((0, 0, 0))
+    }
+
+    /// Calls from here in flight to `node`.
+    pub fn in_flight(&self, node: &NodeId) -> u32 {
+        lock(&self.load).get(node).map(|l| l.in_flight).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_crypto::Keypair;
+    use agentmesh_gossip::record::{AgentInfo, AttrValue, Proficiency};
+    use std::collections::BTreeMap;
+
+    fn cand(seed: u8, agent: &str, prof: Proficiency, region: &str) -> (Candidate, Option<String>) {
+        let id = Keypair::from_secret([seed; 32]).node_id();
+        let cap = Capability {
+            name: "inv".into(),
+            proficiency: prof,
+            attributes: BTreeMap::from([("region".to_string(), AttrValue::One(region.into()))]),
+            cost: 1.0,
+        };
+        let mut rec = NodeRecord::new(id);
+        rec.agent = Some(AgentInfo {
+            name: agent.into(),
+            capabilities: vec![cap.clone()],
+        });
+        (
+            Candidate {
+                node_id: id,
+                agent: agent.into(),
+                capability: cap,
+                record: Arc::new(rec),
+                addrs: vec![],
+                local: false,
+            },
+            None,
+        )
+    }
+
+    fn judged(
+        req: &CallRequest,
+        c: Vec<(Candidate, Option<String>)>,
+    ) -> Vec<(Candidate, Option<String>)> {
+        c.into_iter()
+            .map(|(c, _)| {
+                let why = ineligible_reason(&c.capability, &c.record, req);
+                (c, why)
+            })
+            .collect()
+    }
+
+    fn req() -> CallRequest {
+        CallRequest {
+            capability: "inv".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ineligible_offers_say_why() {
+        let mut q = req();
+        q.attrs.insert("region".into(), "mars".into());
+        let offers = judged(&q, vec![cand(1, "a", Proficiency::Expert, "eu")]);
+        assert!(offers[0].1.as_deref().is_some_and(|w| w.contains("region")));
+        let mut q = req();
+        q.min_proficiency = Some(Proficiency::Expert);
+        let offers = judged(&q, vec![cand(1, "a", Proficiency::Novice, "eu")]);
+        assert!(
+            offers[0].1.is_some(),
+            "a novice is not eligible for expert work"
+        );
+        let offers = judged(&req(), vec![cand(1, "a", Proficiency::Novice, "eu")]);
+        assert_eq!(offers[0].1, None, "no constraints: eligible");
+    }
+
+    #[test]
+    fn load_guard_counts_in_flight_until_dropped() {
+        let r = Router::new();
+        let (c, _) = cand(2, "b", Proficiency::Expert, "eu");
+        let g1 = r.start_call(c.node_id);
+        let g2 = r.start_call(c.node_id);
+        r.observe_reported(c.node_id, 7, 10);
+        assert_eq!(r.load_of(&c.node_id), (2, 7, 10));
+        drop(g1);
+        assert_eq!(r.in_flight(&c.node_id), 1);
+        drop(g2);
+        assert_eq!(r.in_flight(&c.node_id), 0);
+    }
+}
