@@ -11,6 +11,7 @@
 #
 # Environment: AGENTMESH_HOME, CARGO_TARGET_DIR, QUIC_PORT_BASE (4100), AGENT_PORT_BASE (8100),
 # API_PORT_BASE (7600), CLUSTER_WAIT_S (30 + N), RUST_LOG (info), CLUSTER_PROFILE (release),
+# CLUSTER_CERT_TTL (30d; the node warns when its certificate has less than 7 days left),
 # CLUSTER_NO_BUILD=1 (use the existing binary), CLUSTER_NO_WAIT=1 (return once all processes are
 # launched, without waiting for convergence; benches poll themselves). `up` records the launch
 # window in $AGENTMESH_HOME/launch_start.ms and launch_end.ms (Unix ms).
@@ -30,12 +31,15 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
 
 usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
 build() {
   if [[ "${CLUSTER_NO_BUILD:-0}" == 1 && -x "$BIN" ]]; then return 0; fi
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup)"
+  # ring and mimalloc compile C; scripts/install-system-deps installs a compiler (apt, root).
+  command -v cc >/dev/null 2>&1 || die "no C compiler (cc): run scripts/install-system-deps"
   log "building agentmesh ($PROFILE) into $TARGET_DIR"
   local flag=()
   if [[ "$PROFILE" == release ]]; then flag=(--release); fi
@@ -128,8 +132,9 @@ up() {
     mkdir -p "$dir"
     local id
     id=$("$BIN" keygen --out "$dir/node.key")
+    # 30 days: well beyond the node's 7-day expiry warning, so a fresh cluster starts quiet.
     "$BIN" admit --root "$HOME_DIR/root/root.key" --node-pub "$id" --roles "agent,node$i" \
-      --ttl 7d --out "$dir/node.cert" >/dev/null
+      --ttl "${CLUSTER_CERT_TTL:-30d}" --out "$dir/node.cert" >/dev/null
     echo "$id" > "$dir/node.id"
     write_config "$i" "$dir" "$seed"
     [[ -n "$seed" ]] || seed="/ip4/127.0.0.1/udp/$((QUIC_PORT_BASE + 1))/quic-v1/p2p/$id"
