@@ -5,7 +5,7 @@
 #![no_main]
 
 use agentmesh_crypto::Keypair;
-use agentmesh_node::admission::{decode_hello, decode_verdict, AdmissionMode, AdmissionTable};
+use agentmesh_node::security::admission::{decode_hello, decode_verdict, AdmissionMode, AdmissionTable};
 use libfuzzer_sys::fuzz_target;
 
 const NOW_S: u64 = 1_700_000_000;

@@ -4,7 +4,8 @@
 
 #![no_main]
 
-use agentmesh_node::{a2a, api, chain};
+use agentmesh_node::resilience::chain;
+use agentmesh_node::{a2a, api};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

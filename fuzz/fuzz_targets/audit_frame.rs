@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use agentmesh_node::audit_proto::{AuditAnswer, AuditRequest, AUDIT_ANSWER_ENTRIES_MAX};
+use agentmesh_node::security::audit_proto::{AuditAnswer, AuditRequest, AUDIT_ANSWER_ENTRIES_MAX};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use agentmesh_crypto::ChainChecker;
-use agentmesh_node::audit::parse_line;
+use agentmesh_node::security::audit::parse_line;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

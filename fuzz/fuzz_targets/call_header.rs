@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use agentmesh_node::call_proto::{CallHeader, RespFrame};
+use agentmesh_node::net::call_proto::{CallHeader, RespFrame};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use agentmesh_node::rbac::Policy;
+use agentmesh_node::security::rbac::Policy;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

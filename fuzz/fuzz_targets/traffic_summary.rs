@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use agentmesh_node::traffic::TrafficSummary;
+use agentmesh_node::obs::traffic::TrafficSummary;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

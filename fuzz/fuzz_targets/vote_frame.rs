@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use agentmesh_node::call_proto::RespFrame;
+use agentmesh_node::net::call_proto::RespFrame;
 use agentmesh_node::quorum::{verify_decision, QuorumDecision};
 use agentmesh_vote::{Equivocation, SignedVote};
 use libfuzzer_sys::fuzz_target;

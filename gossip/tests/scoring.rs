@@ -140,6 +140,41 @@ fn scores_recover_each_protocol_period_until_the_peer_is_heard_again() {
 }
 
 #[test]
+fn the_join_race_is_not_penalised() {
+    // A newcomer that learnt our identity before we learnt its record pulls our own record
+    // and asks us to probe for it: neither is misbehaviour (a 50-node start logged
+    // `peer penalized reason=non_member` for exactly these).
+    let mut net = Net::new(2, 24);
+    net.converge();
+    let key = net.fresh_key();
+    let newcomer = net.spawn(key, agentmesh_gossip::NodeRecord::new(net.ids[0]));
+    let sent = net.nodes[0].stats().msgs_out;
+    net.inject(
+        newcomer,
+        0,
+        Message::Pull {
+            req: 1,
+            ids: vec![net.ids[0]],
+        },
+    );
+    net.inject(
+        newcomer,
+        0,
+        Message::PingReq {
+            seq: 1,
+            target: net.ids[1],
+            updates: vec![],
+        },
+    );
+    assert!(net.penalties(0, newcomer).is_empty());
+    assert!(
+        net.nodes[0].stats().msgs_out > sent,
+        "our own record and a digest are answered"
+    );
+    assert_eq!(net.nodes[0].stats().early_dropped, 1);
+}
+
+#[test]
 fn a_non_member_that_is_not_joining_is_penalised() {
     let mut net = Net::new(2, 24);
     net.converge();

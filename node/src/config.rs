@@ -444,12 +444,17 @@ fn check_mesh(
                 "mesh.root_pub",
                 "required when mesh.admission = \"enforced\" (see `agentmesh mesh init`)".into(),
             ))?;
-            let root: NodeId = root.parse().map_err(|_| {
-                (
-                    "mesh.root_pub",
-                    format!("{root:?} is not a node id (expected a 12D3KooW… peer id)"),
-                )
-            })?;
+            // Parsing checks the shape only; a root must also be a usable key (a curve point).
+            let root: NodeId = root
+                .parse()
+                .ok()
+                .filter(|r: &NodeId| r.to_peer_id().is_ok())
+                .ok_or_else(|| {
+                    (
+                        "mesh.root_pub",
+                        format!("{root:?} is not a node id (expected a 12D3KooW… peer id)"),
+                    )
+                })?;
             let mesh_id = mesh.mesh_id.clone().ok_or((
                 "mesh.mesh_id",
                 "required when mesh.admission = \"enforced\"".to_string(),

@@ -220,6 +220,9 @@ pub struct Stats {
     pub records_new: u64,
     /// Frames ignored because the sender's score is too low.
     pub ignored: u64,
+    /// Messages from peers we know only by identity (their admitted record not seen yet: the
+    /// join race), dropped without a penalty.
+    pub early_dropped: u64,
     /// Penalties applied.
     pub penalties: u64,
     /// Suspicions raised locally.
@@ -581,7 +584,10 @@ impl Gossip {
                 | Message::PullResp { .. }
                 | Message::Revocations { .. }
                 | Message::Digest { .. }
-        ) || (matches!(msg, Message::Sync { .. })
+        ) || (matches!(&msg, Message::Pull { ids, .. } if ids.iter().all(|i| *i == self.me)))
+            // A pull of our own record only: the answer is what we announce anyway, and a
+            // newcomer that learnt our identity before we learnt its record asks exactly this.
+            || (matches!(msg, Message::Sync { .. })
             && (self.join_seeds.contains(&from)
                 || self.sync_peers.get(&from).is_some_and(|until| now < *until)));
         let known = self.is_member(&from) || self.members.contains_key(&from);
@@ -617,6 +623,21 @@ impl Gossip {
                     // A member probes us, so it knows us, but its announcement passed us by
                     // (we restarted, or were cut off while it joined): ask it for its
                     // identity and compare views, instead of staying blind to it for good.
+                    self.send_digest(from, true, vec![from], now);
+                }
+                return;
+            }
+            if self.pending.contains_key(&from) {
+                // We hold its verified identity and await its admitted record: the join race,
+                // not misbehaviour. Drop the message (counted), do not penalize.
+                self.stats.early_dropped += 1;
+                return;
+            }
+            if let Message::PingReq { .. } = msg {
+                // A member asks us to probe on its behalf, so it knows us: we missed its
+                // announcement. Same as for a ping from a stranger: compare views.
+                self.stats.early_dropped += 1;
+                if !self.sync_peers.contains_key(&from) {
                     self.send_digest(from, true, vec![from], now);
                 }
                 return;

@@ -1,7 +1,7 @@
 //! The local agent: its registration, its in-flight count and limit, and the pool that
 //! reaches it. Shared by the callee side and by routing when the local agent is chosen.
 
-use crate::agent::client::{self as agent_client, AgentRequest};
+use crate::agent::client::{self, AgentRequest};
 use crate::contract::{AgentRegistration, CallError, ErrorCode};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -14,7 +14,7 @@ pub struct LocalAgent {
     reg: RwLock<Option<Arc<AgentRegistration>>>,
     in_flight: Arc<AtomicU32>,
     draining: AtomicBool,
-    client: agent_client::AgentPool,
+    client: client::AgentPool,
     /// Calls refused because the agent was at `max_concurrency`.
     pub overloaded_total: AtomicU64,
 }
@@ -36,7 +36,7 @@ impl LocalAgent {
             reg: RwLock::new(reg.map(Arc::new)),
             in_flight: Arc::new(AtomicU32::new(0)),
             draining: AtomicBool::new(false),
-            client: agent_client::pool(),
+            client: client::pool(),
             overloaded_total: AtomicU64::new(0),
         }
     }
@@ -111,11 +111,11 @@ impl LocalAgent {
         }
     }
 
-    /// Sends a request to the agent (see [`agent_client::send`]).
+    /// Sends a request to the agent (see [`client::send`]).
     pub async fn invoke(
         &self,
         req: AgentRequest,
-    ) -> Result<agent_client::AgentResponse, CallError> {
-        agent_client::send(&self.client, req).await
+    ) -> Result<client::AgentResponse, CallError> {
+        client::send(&self.client, req).await
     }
 }

@@ -13,7 +13,7 @@
 //!   `{"card_url": …}` or `{"card": {…}}`, with optional `skills` overrides and
 //!   `max_concurrency` (see [`crate::a2a::bridge`]).
 
-use crate::a2a::bridge::{self as a2a_bridge, Bridge};
+use crate::a2a::bridge::{self, Bridge};
 use crate::a2a::stream::{
     SseParser, StreamEvent, StreamReply, STREAM_CONTENT_TYPE, STREAM_EVENTS_MAX,
 };
@@ -296,7 +296,7 @@ async fn put_agent(State(st): State<A2aState>, body: Body) -> Response {
         Err(e) => return bad("body", e.to_string()),
     };
     let card = match (&p.card_url, &p.card) {
-        (Some(url), None) => match a2a_bridge::fetch_card(&st.http, url).await {
+        (Some(url), None) => match bridge::fetch_card(&st.http, url).await {
             Ok(b) => b,
             Err(e) => return crate::api::error_response(e),
         },
@@ -305,7 +305,7 @@ async fn put_agent(State(st): State<A2aState>, body: Body) -> Response {
     };
     let max = p.max_concurrency.unwrap_or(64);
     let mut slot = st.bridge.lock().await;
-    match a2a_bridge::register(&st.mesh, &card, &p.skills, max, true).await {
+    match bridge::register(&st.mesh, &card, &p.skills, max, true).await {
         Ok(bridge) => {
             let out = serde_json::json!({
                 "node_id": st.mesh.node_id().to_string(),

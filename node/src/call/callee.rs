@@ -96,7 +96,7 @@ impl Callee {
         let mut audit = crate::security::audit::CallRecord {
             time_ms: crate::security::audit::now_unix_ms(),
             side: Some(crate::security::audit::Side::Inbound),
-            caller_node: crate::net::transport::id_text(&from).to_string(),
+            caller_node: from.to_string(),
             ..Default::default()
         };
         let mut note = InboundNote::default();
@@ -347,7 +347,7 @@ pub fn agent_request(
         body,
         content_type: header.content_type.clone(),
         deadline: deadline.saturating_duration_since(tokio::time::Instant::now()),
-        caller_node: crate::net::transport::id_text(&from).to_string(),
+        caller_node: from.to_string(),
         caller_agent: header.caller_agent.clone(),
         // Roles come from the verified certificate, not from the header.
         caller_roles: roles,

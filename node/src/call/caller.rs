@@ -58,7 +58,7 @@ pub async fn call_local(
         body: a.body.clone(),
         content_type: a.header.content_type.clone(),
         deadline: a.deadline.saturating_duration_since(Instant::now()),
-        caller_node: crate::net::transport::id_text(&a.header.caller_node).to_string(),
+        caller_node: a.header.caller_node.to_string(),
         caller_agent: a.header.caller_agent.clone(),
         caller_roles: roles,
         call_id: hex_id(&a.header.call_id),

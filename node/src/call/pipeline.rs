@@ -91,7 +91,7 @@ impl Outbound {
             time_ms,
             side: Some(crate::security::audit::Side::Outbound),
             call_id: callee::hex_id(&call_id),
-            caller_node: crate::net::transport::id_text(&self.node_id).to_string(),
+            caller_node: self.node_id.to_string(),
             caller_agent: self.agent.name(),
             capability: req.capability.clone(),
             trace_id: crate::security::audit::trace_id(req.traceparent.as_deref()),
@@ -300,7 +300,7 @@ impl Outbound {
                             body: a.body,
                             served_by: format!(
                                 "{}/{}",
-                                crate::net::transport::id_text(&cand.node_id),
+                                cand.node_id,
                                 a.agent
                             ),
                             attempts,
@@ -394,7 +394,7 @@ impl Outbound {
                                 body: a.body,
                                 served_by: format!(
                                     "{}/{}",
-                                    crate::net::transport::id_text(&cands[i].node_id),
+                                    cands[i].node_id,
                                     a.agent
                                 ),
                                 attempts,

@@ -116,15 +116,21 @@ pub(crate) fn now_unix_s() -> u64 {
 pub(crate) fn admit(a: AdmitArgs) -> CmdResult {
     let root =
         agentmesh_crypto::keyfile::load(&a.root).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
-    let node_id: NodeId = a.node_pub.parse().map_err(|_| {
-        fail(
-            exit::USAGE,
-            format!(
-                "--node-pub {:?} is not a node id (expected 12D3KooW…)",
-                a.node_pub
-            ),
-        )
-    })?;
+    // Parsing checks the shape only; a certificate is issued only for a usable key.
+    let node_id: NodeId = a
+        .node_pub
+        .parse()
+        .ok()
+        .filter(|n: &NodeId| n.to_peer_id().is_ok())
+        .ok_or_else(|| {
+            fail(
+                exit::USAGE,
+                format!(
+                    "--node-pub {:?} is not a node id (expected 12D3KooW…)",
+                    a.node_pub
+                ),
+            )
+        })?;
     let ttl_s = parse_ttl(&a.ttl).map_err(|e| fail(exit::USAGE, format!("--ttl {e}")))?;
     let mesh_id = match a.mesh_id {
         Some(m) => m,

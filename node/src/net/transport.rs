@@ -442,11 +442,11 @@ pub const ID_CACHE_MAX: usize = 8192;
 
 /// Memoised node id ↔ peer id conversions. Each conversion checks the key is a curve point
 /// (a point decompression, ~20 µs), and the call path converts on every call at both ends.
+/// (Printing a node id needs no cache: `NodeId`'s `Display` works on the bytes alone.)
 #[derive(Default)]
 struct IdCache {
     to_peer: HashMap<NodeId, PeerId>,
     to_node: HashMap<PeerId, NodeId>,
-    text: HashMap<NodeId, std::sync::Arc<str>>,
 }
 
 fn id_cache() -> std::sync::MutexGuard<'static, IdCache> {
@@ -475,26 +475,6 @@ pub fn node_of(peer: &PeerId) -> Result<NodeId, agentmesh_crypto::CryptoError> {
     let n = NodeId::from_peer_id(peer)?;
     remember(n, *peer);
     Ok(n)
-}
-
-/// `node.to_string()` (its peer id text), memoised: printing decompresses the key.
-pub fn id_text(node: &NodeId) -> std::sync::Arc<str> {
-    if let Some(t) = id_cache().text.get(node) {
-        return t.clone();
-    }
-    let t: std::sync::Arc<str> = node.to_string().into();
-    let mut c = id_cache();
-    if c.text.len() >= ID_CACHE_MAX {
-        c.text.clear();
-    }
-    c.text.insert(*node, t.clone());
-    t
-}
-
-/// The last 8 characters of [`id_text`] (as `NodeId::short`).
-pub fn id_short(node: &NodeId) -> String {
-    let t = id_text(node);
-    t[t.len().saturating_sub(8)..].to_string()
 }
 
 fn remember(node: NodeId, peer: PeerId) {

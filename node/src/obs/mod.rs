@@ -3,5 +3,6 @@
 
 pub mod mesh_view;
 pub mod metrics;
+pub mod otlp_http;
 pub mod telemetry;
 pub mod traffic;

@@ -182,8 +182,12 @@ fn build_provider(s: &ExportSettings) -> Result<SdkTracerProvider, String> {
             b.build()
         }
         Protocol::HttpProtobuf => {
+            use opentelemetry_otlp::WithHttpConfig;
+            let runtime = tokio::runtime::Handle::try_current()
+                .map_err(|_| "the HTTP exporter needs the node's runtime".to_string())?;
             let mut b = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(super::otlp_http::OtlpHttp::new(runtime))
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
             if let Some(e) = &s.endpoint {
                 b = b.with_endpoint(e.clone());

@@ -99,7 +99,7 @@ impl QuorumRequest {
                     format!("at most {KEY_EXPR_LEN_MAX} bytes"),
                 ));
             }
-            jmespath::compile(k.trim_start_matches("$.")).map_err(|e| {
+            crate::contract::jmes::Expr::compile(k.trim_start_matches("$.")).map_err(|e| {
                 CallError::bad_field("key", format!("not a JMESPath expression: {e}"))
             })?;
         }

@@ -1,5 +1,5 @@
 //! Who offers a capability and who is eligible for a call, plus the load observed per node.
-//! Ordering the eligible candidates is `policy.rs`'s job (through `resilience.rs`).
+//! Ordering the eligible candidates is `policies.rs`'s job (through `state.rs`).
 
 use crate::contract::CallRequest;
 use agentmesh_crypto::NodeId;

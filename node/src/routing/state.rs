@@ -95,8 +95,8 @@ impl Resilience {
                 let state = s.breaker.state(now);
                 let admits = !breaker.enabled || s.breaker.would_admit(now, breaker);
                 View {
-                    node: crate::net::transport::id_text(&c.node_id).to_string(),
-                    node_short: crate::net::transport::id_short(&c.node_id),
+                    node: c.node_id.to_string(),
+                    node_short: c.node_id.short(),
                     agent: c.agent.clone(),
                     proficiency: c.capability.proficiency,
                     cost: c.capability.cost,

@@ -90,7 +90,7 @@ impl MeshHandle {
             side: Some(Side::Outbound),
             call_id: hex::encode(rand::random::<[u8; 16]>()),
             caller_node: self.0.calls.sec.mesh_node_id(),
-            callee_node: crate::net::transport::id_text(&id).to_string(),
+            callee_node: id.to_string(),
             capability: AUDIT_CAPABILITY.into(),
             ..Default::default()
         };
@@ -214,7 +214,7 @@ impl MeshHandle {
             time_ms: crate::security::audit::now_unix_ms(),
             side: Some(Side::Inbound),
             call_id: hex::encode(rand::random::<[u8; 16]>()),
-            caller_node: crate::net::transport::id_text(&from).to_string(),
+            caller_node: from.to_string(),
             callee_node: self.0.calls.sec.mesh_node_id(),
             capability: AUDIT_CAPABILITY.into(),
             ..Default::default()

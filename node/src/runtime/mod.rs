@@ -1,9 +1,10 @@
-//! The mesh runtime: composes transport, admission, the gossip driver, the callee and the
-//! router behind one cloneable [`MeshHandle`].
+//! The mesh runtime: composes one node behind one cloneable [`MeshHandle`], and does nothing
+//! else. The call path lives in `call/` ([`Outbound`]), routing in `routing/`.
 //!
 //! Layering (parents pass commands down, children report up):
-//! `MeshHandle` → { `transport` (swarm task), `admission` (per-peer verdicts), `gossip_driver`
-//! (owns the state machine), `callee` (inbound calls), `router` + `caller` (outbound calls) }.
+//! `MeshHandle` → { `net::transport` (swarm task), `security::admission` (per-peer verdicts),
+//! `membership::driver` (owns the gossip state machine), `call::callee` (inbound calls),
+//! `call::pipeline` (outbound calls) }; `join.rs` admits and joins, `obs.rs` reports.
 
 use crate::call::callee::{self, Callee, LocalAgent};
 use crate::call::caller::{self};
@@ -13,7 +14,7 @@ use crate::contract::{
     RouteExplanation,
 };
 use crate::membership::driver::{
-    self as gossip_driver, now_ms, snapshot, DriverCmd, DriverStats, GossipInit,
+    self as driver, now_ms, snapshot, DriverCmd, DriverStats, GossipInit,
 };
 use crate::net::transport::{self, SwarmCmd, TransportEvent, ADMIT_PROTOCOL};
 use crate::routing::router::{self, Candidate, Router};
@@ -66,7 +67,7 @@ pub const ADMIT_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(200);
 
 pub use crate::membership::GossipProfile;
 
-/// Everything the runtime needs; plain data, built by `config.rs` from `node.toml`.
+/// Everything the runtime needs; plain data, built by `cli/node.rs` from `node.toml`.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// The node key (its libp2p peer id is the node id).
@@ -194,7 +195,7 @@ impl MeshHandle {
         }
         record.priority = cfg.priority;
         let driver_stats = Arc::new(DriverStats::default());
-        let (driver, gossip) = gossip_driver::spawn(
+        let (driver, gossip) = driver::spawn(
             GossipInit {
                 config: gcfg,
                 key: cfg.key.clone(),

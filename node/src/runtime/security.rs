@@ -80,7 +80,7 @@ impl MeshHandle {
 
     async fn adopt_gossiped_policy(
         &self,
-        snap: &gossip_driver::Snapshot,
+        snap: &driver::Snapshot,
         bad: &mut std::collections::BTreeSet<[u8; 32]>,
     ) {
         let mine = self.0.calls.sec.signed_policy();

@@ -41,7 +41,7 @@ pub const REVOCATIONS_FILE: &str = "revocations.hex";
 pub const REVOCATIONS_FILE_BYTES_MAX: usize =
     REVOKED_MAX * (2 * agentmesh_crypto::revocation::REVOCATION_LEN_MAX + 1);
 
-/// Security settings of the runtime (built by `config.rs` from `[rbac]` and `[audit]`).
+/// Security settings of the runtime (built by `cli/node.rs` from `[rbac]` and `[audit]`).
 #[derive(Debug, Clone, Default)]
 pub struct SecurityConfig {
     /// The policy loaded from `rbac.policy_file`.
@@ -175,7 +175,7 @@ impl Security {
 
     /// This node's id as written in audit entries (from its certificate, else empty).
     pub fn mesh_node_id(&self) -> String {
-        crate::net::transport::id_text(&self.node_id).to_string()
+        self.node_id.to_string()
     }
 
     /// This node's roles (from its current certificate).

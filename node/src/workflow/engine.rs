@@ -6,7 +6,6 @@
 use super::spec::{ForkJoin, Join, Kind, Loop, OnError, Step, Workflow};
 use super::spec::{FANOUT_MAX, WORKFLOW_DEADLINE_MS_DEFAULT};
 use crate::call::body::collect_body;
-use crate::contract::jmes::jmes;
 use crate::contract::{CallError, CallRequest, ErrorCode, BODY_BYTES_MAX};
 use crate::runtime::MeshHandle;
 use futures::future::BoxFuture;
@@ -145,7 +144,7 @@ pub async fn run(
             last = run.step(s, Map::new()).await?;
         }
         match &wf.output {
-            Some(e) => jmes(e, &run.context(&Map::new())).map_err(|m| Failure {
+            Some(e) => wf.exprs.search(e, &run.context(&Map::new())).map_err(|m| Failure {
                 step: "-".into(),
                 error: CallError::bad_field("output", m),
             }),
@@ -185,7 +184,7 @@ impl Run<'_> {
     }
 
     fn eval(&self, step: &str, field: &str, e: &str, ctx: &Value) -> Result<Value, Failure> {
-        jmes(e, ctx).map_err(|m| Failure {
+        self.wf.exprs.search(e, ctx).map_err(|m| Failure {
             step: step.into(),
             error: CallError::bad_field(field, m),
         })

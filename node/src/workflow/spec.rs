@@ -2,6 +2,7 @@
 //! names the step and the field at fault. Expressions (mappings, conditions) are JMESPath and
 //! are compiled here once, so a bad one is refused on load, never at run time.
 
+use crate::contract::jmes::{Expr, ExprSet};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +42,9 @@ pub struct Workflow {
     pub output: Option<String>,
     /// The steps, run in sequence.
     pub steps: Vec<Step>,
+    /// Every expression above, compiled once by [`Workflow::compile`].
+    #[serde(skip)]
+    pub exprs: ExprSet,
 }
 
 /// What to do when a step fails.
@@ -256,6 +260,8 @@ struct Checker<'a> {
     file: &'a str,
     ids: BTreeSet<String>,
     count: usize,
+    /// The expressions compiled while checking, kept so a run compiles nothing.
+    exprs: std::cell::RefCell<ExprSet>,
 }
 
 impl Checker<'_> {
@@ -272,9 +278,10 @@ impl Checker<'_> {
         if e.len() > EXPR_LEN_MAX {
             return Err(self.err(step, field, format!("longer than {EXPR_LEN_MAX} bytes")));
         }
-        jmespath::compile(e)
-            .map(|_| ())
-            .map_err(|x| self.err(step, field, format!("not a JMESPath expression: {x}")))
+        let compiled = Expr::compile(e)
+            .map_err(|x| self.err(step, field, format!("not a JMESPath expression: {x}")))?;
+        self.exprs.borrow_mut().insert(compiled);
+        Ok(())
     }
 
     fn opt_expr(&self, step: &str, field: &str, e: &Option<String>) -> Result<(), WorkflowError> {
@@ -473,23 +480,32 @@ impl Workflow {
             ));
         }
         let w: Workflow = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
-        w.validate(file)?;
-        Ok(w)
+        w.compile(file)
     }
 
     /// Validates a workflow given as JSON (the ad-hoc API form).
     pub fn from_json(v: serde_json::Value, file: &str) -> Result<Workflow, WorkflowError> {
         let w: Workflow = serde_json::from_value(v).map_err(|e| whole(file, e.to_string()))?;
-        w.validate(file)?;
-        Ok(w)
+        w.compile(file)
+    }
+
+    /// Checks every rule and compiles every expression once; the workflow a run uses.
+    pub fn compile(mut self, file: &str) -> Result<Workflow, WorkflowError> {
+        self.exprs = self.check(file)?;
+        Ok(self)
     }
 
     /// Checks every rule, naming the first step and field at fault.
     pub fn validate(&self, file: &str) -> Result<(), WorkflowError> {
+        self.check(file).map(|_| ())
+    }
+
+    fn check(&self, file: &str) -> Result<ExprSet, WorkflowError> {
         let mut c = Checker {
             file,
             ids: BTreeSet::new(),
             count: 0,
+            exprs: Default::default(),
         };
         if !valid_id(&self.name) {
             return Err(c.err(
@@ -517,7 +533,7 @@ impl Workflow {
         for s in &self.steps {
             c.step(s, 1)?;
         }
-        Ok(())
+        Ok(c.exprs.into_inner())
     }
 }
 
@@ -586,6 +602,9 @@ fallback = { id = "d-fb", call = "t" }
         let w = Workflow::from_toml(GOOD, "good.toml").unwrap();
         assert_eq!(w.steps.len(), 4);
         assert!(matches!(w.steps[2].kind(), Kind::ForkJoin(f) if f.join == Join::K(2)));
+        // Both expressions are compiled once, here, so a run compiles nothing.
+        assert_eq!(w.exprs.len(), 2, "{:?}", w.exprs);
+        assert!(Workflow::from_toml(GOOD, "good.toml").unwrap().exprs.len() == 2);
     }
 
     /// Each broken workflow, and the step and field its error must name.
