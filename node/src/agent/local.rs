@@ -112,10 +112,7 @@ impl LocalAgent {
     }
 
     /// Sends a request to the agent (see [`client::send`]).
-    pub async fn invoke(
-        &self,
-        req: AgentRequest,
-    ) -> Result<client::AgentResponse, CallError> {
+    pub async fn invoke(&self, req: AgentRequest) -> Result<client::AgentResponse, CallError> {
         client::send(&self.client, req).await
     }
 }

@@ -298,11 +298,7 @@ impl Outbound {
                             status: a.status,
                             content_type: a.content_type,
                             body: a.body,
-                            served_by: format!(
-                                "{}/{}",
-                                cand.node_id,
-                                a.agent
-                            ),
+                            served_by: format!("{}/{}", cand.node_id, a.agent),
                             attempts,
                             hedges: 0,
                             policy: ranking.policy.name().to_string(),

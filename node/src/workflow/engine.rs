@@ -144,10 +144,13 @@ pub async fn run(
             last = run.step(s, Map::new()).await?;
         }
         match &wf.output {
-            Some(e) => wf.exprs.search(e, &run.context(&Map::new())).map_err(|m| Failure {
-                step: "-".into(),
-                error: CallError::bad_field("output", m),
-            }),
+            Some(e) => wf
+                .exprs
+                .search(e, &run.context(&Map::new()))
+                .map_err(|m| Failure {
+                    step: "-".into(),
+                    error: CallError::bad_field("output", m),
+                }),
             None => Ok(last),
         }
     }
