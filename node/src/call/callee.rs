@@ -73,7 +73,7 @@ impl Callee {
 pub async fn accept_loop(callee: Callee, calls: Arc<crate::net::call_endpoint::CallEndpoint>) {
     let slots = Arc::new(Semaphore::new(INBOUND_CALL_STREAMS_MAX));
     calls
-        .accept_loop(move |from, (mut w, r)| {
+        .accept_loop(move |from, from_text, (mut w, r)| {
             let (c, slots) = (callee.clone(), slots.clone());
             async move {
                 let Ok(_permit) = slots.try_acquire_owned() else {
@@ -83,20 +83,27 @@ pub async fn accept_loop(callee: Callee, calls: Arc<crate::net::call_endpoint::C
                     let _ = w.close().await;
                     return;
                 };
-                c.serve(from, r, w).await;
+                c.serve(from, &from_text, r, w).await;
             }
         })
         .await
 }
 
 impl Callee {
-    /// Serves one inbound call stream from `from` (the node id its handshake proved).
-    pub async fn serve(&self, from: NodeId, mut r: quinn::RecvStream, mut w: quinn::SendStream) {
+    /// Serves one inbound call stream from `from` (the node id its handshake proved; printed
+    /// as `from_text`).
+    pub async fn serve(
+        &self,
+        from: NodeId,
+        from_text: &str,
+        mut r: quinn::RecvStream,
+        mut w: quinn::SendStream,
+    ) {
         let started = tokio::time::Instant::now();
         let mut audit = crate::security::audit::CallRecord {
             time_ms: crate::security::audit::now_unix_ms(),
             side: Some(crate::security::audit::Side::Inbound),
-            caller_node: from.to_string(),
+            caller_node: from_text.to_string(),
             ..Default::default()
         };
         let mut note = InboundNote::default();
@@ -214,7 +221,14 @@ impl Callee {
             .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call body: {e}")))?;
         crate::net::call_endpoint::take_eof(r);
         audit.body_sha256 = self.sec.body_hash(&body);
-        let mut req = agent_request(&reg, &header, from, roles, body.into(), deadline);
+        let mut req = agent_request(
+            &reg,
+            &header,
+            &audit.caller_node,
+            roles,
+            body.into(),
+            deadline,
+        );
         let handoff =
             crate::obs::telemetry::handoff_span(&span, &header.capability, &reg.name, &reg.handler);
         if let Some((tp, ts)) = crate::obs::telemetry::inject(&handoff) {
@@ -336,7 +350,7 @@ fn io_err(e: crate::net::call_proto::ProtoError) -> CallError {
 pub fn agent_request(
     reg: &AgentRegistration,
     header: &CallHeader,
-    from: NodeId,
+    from: &str,
     roles: Vec<String>,
     body: bytes::Bytes,
     deadline: tokio::time::Instant,

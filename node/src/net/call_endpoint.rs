@@ -276,7 +276,7 @@ impl CallEndpoint {
     /// handshake proved, to `serve`. Runs until the endpoint closes.
     pub async fn accept_loop<F, Fut>(self: Arc<Self>, serve: F)
     where
-        F: Fn(NodeId, CallStream) -> Fut + Clone + Send + Sync + 'static,
+        F: Fn(NodeId, Arc<str>, CallStream) -> Fut + Clone + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let slots = Arc::new(tokio::sync::Semaphore::new(INBOUND_CONNECTIONS_MAX));
@@ -301,8 +301,11 @@ impl CallEndpoint {
                     conn.close(1u32.into(), b"no peer identity");
                     return;
                 };
+                // The peer's id text, once per connection: printing an id base58-encodes it
+                // (~2 µs), and the callee needs it on every call (agent header, audit).
+                let from_text: Arc<str> = from.to_string().into();
                 while let Ok(stream) = conn.accept_bi().await {
-                    tokio::spawn(serve(from, stream));
+                    tokio::spawn(serve(from, from_text.clone(), stream));
                 }
             });
         }
@@ -341,7 +344,7 @@ mod tests {
         let a = Arc::new(CallEndpoint::bind(&ka, lo, 0).unwrap());
         let b = Arc::new(CallEndpoint::bind(&kb, lo, 0).unwrap());
         let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(b.clone().accept_loop(move |from, (mut w, mut r)| {
+        tokio::spawn(b.clone().accept_loop(move |from, _text, (mut w, mut r)| {
             let seen = seen_tx.clone();
             async move {
                 let buf = r.read_to_end(1024).await.unwrap_or_default();
@@ -371,7 +374,7 @@ mod tests {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (ka, kb) = (key(4), key(5));
         let a = CallEndpoint::bind(&ka, lo, 0).unwrap();
-        let serve = |_from: NodeId, (mut w, _r): CallStream| async move {
+        let serve = |_from: NodeId, _text: Arc<str>, (mut w, _r): CallStream| async move {
             let _ = w.write_all(b"up").await;
             let _ = w.finish();
         };
