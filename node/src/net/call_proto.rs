@@ -27,12 +27,12 @@ pub const HEADER_BYTES_MAX: usize = 16 * 1024;
 pub const CHUNK_BYTES_MAX: usize = 64 * 1024;
 /// Largest encoded response frame (a chunk plus its envelope, or an error with a body).
 pub const RESP_FRAME_BYTES_MAX: usize = CHUNK_BYTES_MAX + 1024;
-/// Longest capability name.
-pub const CAPABILITY_LEN_MAX: usize = 256;
+/// Longest capability name: the one rule of `contract/names.rs`, on the wire too.
+pub const CAPABILITY_LEN_MAX: usize = crate::contract::names::CAPABILITY_NAME_LEN_MAX;
 /// Most attribute constraints in one call.
 pub const CALL_ATTRS_MAX: usize = 32;
-/// Longest attribute key or value.
-pub const ATTR_LEN_MAX: usize = 256;
+/// Longest attribute key or value (`contract/names.rs`).
+pub const ATTR_LEN_MAX: usize = crate::contract::names::ATTR_LEN_MAX;
 /// Most hops in a call chain.
 pub const CHAIN_LEN_MAX: usize = 16;
 /// Longest trace header (`traceparent` is 55, `tracestate` at most 512 by the W3C spec).
@@ -191,7 +191,8 @@ fn opt_len(s: &Option<String>, max: usize, name: &'static str) -> Result<(), Pro
 impl CallHeader {
     /// Checks every named limit (on the way out and on the way in).
     pub fn check_limits(&self) -> Result<(), ProtoError> {
-        if self.capability.is_empty() || self.capability.len() > CAPABILITY_LEN_MAX {
+        // The same rule every entry point applies (`contract/names.rs`).
+        if !crate::contract::names::is_capability_name(&self.capability) {
             return Err(ProtoError::Limit("capability"));
         }
         if self.attrs.len() > CALL_ATTRS_MAX
@@ -203,7 +204,10 @@ impl CallHeader {
             return Err(ProtoError::Limit("attrs"));
         }
         if self.chain.len() > CHAIN_LEN_MAX
-            || self.chain.iter().any(|(_, c)| c.len() > CAPABILITY_LEN_MAX)
+            || self
+                .chain
+                .iter()
+                .any(|(_, c)| !crate::contract::names::is_capability_name(c))
         {
             return Err(ProtoError::Limit("chain"));
         }
@@ -537,5 +541,24 @@ mod tests {
         ));
         h.capability = String::new();
         assert!(h.encode().is_err());
+        // The wire applies the one capability-name rule, not only a length.
+        for bad in ["Inventory.Query", "has space", "ünicode"] {
+            h.capability = bad.into();
+            let raw = postcard::to_stdvec(&h).unwrap();
+            assert!(
+                matches!(
+                    CallHeader::decode(&raw),
+                    Err(ProtoError::Limit("capability"))
+                ),
+                "{bad}"
+            );
+        }
+        h.capability = "x.y".into();
+        h.chain = vec![(node(2), "Not A Name".into())];
+        let raw = postcard::to_stdvec(&h).unwrap();
+        assert!(matches!(
+            CallHeader::decode(&raw),
+            Err(ProtoError::Limit("chain"))
+        ));
     }
 }
