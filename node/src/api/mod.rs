@@ -3,11 +3,13 @@
 //! non-loopback bind needs `api.insecure_bind` plus `api.token` (see [`crate::config`]).
 //!
 //! Every error is JSON `{code, message, field?, status?, body?, attempts}` with a stable `code`
-//! ([`ErrorCode`]) and the HTTP status of [`ErrorCode::http_status`]. Bad input changes nothing.
+//! ([`ErrorCode`]) and the HTTP status of [`ErrorCode::http_status`], the framework's own
+//! rejections included ([`edge::json_rejections`]). Bad input changes nothing.
 //! The OpenAPI 3.1 description is `openapi.json` beside this file, served at
 //! `/v1/openapi.json`; a test checks that every route below appears in it.
 
 pub mod a2a;
+pub mod edge;
 pub mod obs;
 pub mod workflow;
 
@@ -39,7 +41,8 @@ pub const DEADLINE_MS_MAX: u64 = 10 * 60 * 1000;
 pub const ROUTING_HINT_LEN_MAX: usize = 128;
 /// Longest `tracestate` forwarded, in bytes (W3C allows 512).
 pub const TRACESTATE_LEN_MAX: usize = 512;
-/// Most request headers accepted (hyper's own parser stops at 100); more get 431.
+/// Most request headers accepted; more get the node's JSON 431 (hyper's own parser is raised
+/// to [`edge::HYPER_HEADERS_MAX`] so this check answers).
 pub const API_HEADERS_MAX: usize = 64;
 /// Most bytes of all header names and values of one request together; more get 431.
 pub const API_HEADER_BYTES_MAX: usize = 16 * 1024;
@@ -167,6 +170,7 @@ pub fn router(
         .layer(axum::extract::DefaultBodyLimit::max(
             API_REQUEST_BODY_BYTES_MAX,
         ))
+        .layer(axum::middleware::from_fn(edge::json_rejections))
         .with_state(state)
 }
 
@@ -223,11 +227,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found() -> Response {
-    let body = serde_json::json!({
-        "code": "not_found",
-        "message": "no such endpoint; see /v1/openapi.json",
-    });
-    (StatusCode::NOT_FOUND, Json(body)).into_response()
+    error_response(CallError::new(
+        ErrorCode::NotFound,
+        "no such endpoint; see /v1/openapi.json",
+    ))
 }
 
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -708,6 +711,14 @@ mod tests {
                 "extra",
             ),
             (r#"{"handler":"http://h","capabilities":[]}"#, "name"),
+            (
+                r#"{"name":"a","handler":"http://h","capabilities":[{"name":"x.y","colour":"red"}]}"#,
+                "colour",
+            ),
+            (
+                r#"{"name":"a","handler":"http://h","capabilities":[{"name":"x.y","proficency":"expert"}]}"#,
+                "proficency",
+            ),
             (
                 r#"{"name":"","handler":"http://h","capabilities":[]}"#,
                 "name",
