@@ -709,7 +709,11 @@ dir = "audit"
             f(at);
         }
         for (k, v) in t {
-            let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
             match v {
                 toml::Value::Table(sub) => each_table(sub, &path, f),
                 toml::Value::Array(items) => {

@@ -84,7 +84,11 @@ impl A2aSection {
             (None, Some(h)) => format!("{}{}", h.trim_end_matches('/'), a2a::WELL_KNOWN_CARD_PATH),
             _ => return Err("a2a: set exactly one of card_url or handler".into()),
         };
-        let field = if self.card_url.is_some() { "a2a.card_url" } else { "a2a.handler" };
+        let field = if self.card_url.is_some() {
+            "a2a.card_url"
+        } else {
+            "a2a.handler"
+        };
         crate::contract::check_http_url(field, &url).map_err(|e| e.to_string())?;
         Ok(url)
     }

@@ -11,6 +11,7 @@
 pub mod a2a;
 pub mod edge;
 pub mod obs;
+pub mod query;
 pub mod workflow;
 
 use crate::api::workflow as wf;
@@ -267,6 +268,14 @@ pub fn parse_registration(bytes: &[u8]) -> Result<AgentRegistration, CallError> 
     Ok(reg)
 }
 
+/// A `bad_request` for a body serde could not decode, naming the field serde names (an
+/// unknown or missing one), else `body`.
+pub(crate) fn json_error(e: &serde_json::Error) -> CallError {
+    let msg = e.to_string();
+    let field = quoted_field(&msg).unwrap_or_else(|| "body".to_string());
+    CallError::bad_field(&field, msg)
+}
+
 /// The field serde names in "unknown field `x`" / "missing field `x`" messages.
 fn quoted_field(msg: &str) -> Option<String> {
     for pat in ["unknown field `", "missing field `"] {
@@ -333,10 +342,8 @@ pub fn parse_call_request(
 }
 
 fn apply_query(req: &mut CallRequest, query: &str) -> Result<(), CallError> {
-    let url = reqwest::Url::parse(&format!("http://q/?{query}"))
-        .map_err(|e| CallError::bad_field("query", format!("malformed query string: {e}")))?;
-    for (k, v) in url.query_pairs() {
-        match k.as_ref() {
+    for (k, v) in query::query_pairs(query)? {
+        match k.as_str() {
             "min_proficiency" => {
                 req.min_proficiency = Some(parse_proficiency("min_proficiency", &v)?)
             }
@@ -410,6 +417,12 @@ fn insert_attr(req: &mut CallRequest, field: &str, key: &str, v: &str) -> Result
         return Err(CallError::bad_field(
             field,
             format!("attribute keys and values are 1 to {ATTR_LEN_MAX} bytes"),
+        ));
+    }
+    if key.chars().chain(v.chars()).any(char::is_control) {
+        return Err(CallError::bad_field(
+            field,
+            "attribute keys and values must not contain control characters",
         ));
     }
     req.attrs.insert(key.to_string(), v.to_string());

@@ -83,7 +83,10 @@ pub fn validate_registration(reg: &AgentRegistration) -> Result<(), FieldError> 
 /// `file://` or other scheme is refused before any I/O). `field` names it in the error.
 pub fn check_http_url(field: &str, url: &str) -> Result<reqwest::Url, FieldError> {
     if url.len() > HANDLER_URL_LEN_MAX {
-        return Err(field_err(field, format!("at most {HANDLER_URL_LEN_MAX} bytes")));
+        return Err(field_err(
+            field,
+            format!("at most {HANDLER_URL_LEN_MAX} bytes"),
+        ));
     }
     let parsed = reqwest::Url::parse(url).map_err(|e| {
         field_err(
