@@ -103,8 +103,10 @@ impl AttrValue {
     }
 }
 
-/// One skill an agent offers.
+/// One skill an agent offers. Unknown fields are refused (a typo such as `proficency` in
+/// `node.toml` or `PUT /v1/agent` must not pass as the default).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Capability {
     /// Dotted name, e.g. `inventory.query`.
     pub name: String,

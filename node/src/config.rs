@@ -315,6 +315,9 @@ impl NodeConfig {
         if let Some(t) = &file.telemetry {
             t.validate().map_err(|(f, m)| err(f, m))?;
         }
+        if let Some(a) = &file.a2a {
+            a.card_url().map_err(|m| err("a2a", m))?;
+        }
         let mesh = crate::routing::settings::MeshConfig::from_tables(
             file.defaults.as_ref(),
             &file.capability,
@@ -657,6 +660,124 @@ attributes = {{ warehouses = ["A", "B"] }}
         for bad in ["", "A", "a b", "a/b", "é", long.as_str()] {
             assert!(!is_capability_name(bad), "{bad}");
         }
+    }
+
+    /// A config with every table `node.toml` knows, each set (for the unknown-key test).
+    fn every_table() -> String {
+        format!(
+            r#"{}
+[api]
+token = "0123456789abcdef0123"
+
+[defaults]
+policy = "latency"
+[defaults.deadline]
+[defaults.retry]
+[defaults.breaker]
+[defaults.quality]
+[defaults.hedging]
+[defaults.adaptive]
+[defaults.shedding]
+
+[capability.inv]
+policy = "cost"
+[capability.inv.retry]
+[capability.inv.breaker]
+
+[a2a]
+card_url = "http://127.0.0.1:9/.well-known/agent-card.json"
+[a2a.skills."lookup"]
+capability = "inventory.lookup"
+
+[workflows]
+paths = ["wf"]
+
+[telemetry]
+service_name = "n"
+
+[rbac]
+policy_file = "policy.toml"
+
+[audit]
+dir = "audit"
+"#,
+            good()
+        )
+    }
+
+    /// Visits every table of `t` (arrays of tables too) but the maps whose keys are names the
+    /// user chooses, calling `f` with its dotted path.
+    fn each_table(t: &toml::Table, at: &str, f: &mut dyn FnMut(&str)) {
+        const MAPS: &[&str] = &["capability", "attributes", "skills"];
+        let last = at.rsplit('.').next().unwrap_or("");
+        if !MAPS.contains(&last) {
+            f(at);
+        }
+        for (k, v) in t {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            match v {
+                toml::Value::Table(sub) => each_table(sub, &path, f),
+                toml::Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let toml::Value::Table(sub) = item {
+                            each_table(sub, &format!("{path}[{i}]"), f);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn table_at<'a>(root: &'a mut toml::Table, at: &str) -> &'a mut toml::Table {
+        let mut t = root;
+        for part in at.split('.').filter(|p| !p.is_empty()) {
+            let (key, index) = match part.split_once('[') {
+                Some((k, i)) => (k, Some(i.trim_end_matches(']').parse::<usize>().unwrap())),
+                None => (part, None),
+            };
+            let v = t.get_mut(key).unwrap();
+            t = match (v, index) {
+                (toml::Value::Table(sub), None) => sub,
+                (toml::Value::Array(a), Some(i)) => a[i].as_table_mut().unwrap(),
+                _ => panic!("{at}"),
+            };
+        }
+        t
+    }
+
+    /// A typo in any table of `node.toml` (e.g. `proficency` in `[[agent.capabilities]]`)
+    /// is refused, naming the key; none is taken silently as a default.
+    #[test]
+    fn unknown_keys_are_refused_in_every_table() {
+        let text = every_table();
+        parse(&text).unwrap();
+        let doc: toml::Table = toml::from_str(&text).unwrap();
+        let mut paths = Vec::new();
+        each_table(&doc, "", &mut |p| paths.push(p.to_string()));
+        assert!(paths.len() >= 23, "tables visited: {paths:?}");
+        for at in &paths {
+            let mut bad = doc.clone();
+            table_at(&mut bad, at).insert("proficency".into(), toml::Value::Integer(1));
+            let e = parse(&toml::to_string(&bad).unwrap())
+                .expect_err(&format!("a typo in [{at}] passed"));
+            assert!(e.to_string().contains("proficency"), "[{at}]: {e}");
+        }
+    }
+
+    /// The A2A card is fetched only from an http(s) URL.
+    #[test]
+    fn a2a_card_url_must_be_http() {
+        let text = every_table().replace(
+            "http://127.0.0.1:9/.well-known/agent-card.json",
+            "file:///etc/passwd",
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("http"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use crate::adversary::Adversary;
 use crate::world::{Action, NetModel, Observer, World, EPOCH_MS};
 
+/// Probability that the `restart` scenario's network delivers a message twice.
+pub const RESTART_DUPLICATE: f64 = 0.05;
+
 /// Scenario names the CLI accepts.
 pub const SCENARIOS: &[&str] = &[
     "steady",
@@ -19,6 +22,7 @@ pub const SCENARIOS: &[&str] = &[
     "loss",
     "stall",
     "partition-heal",
+    "restart",
     "churn",
     "join",
     "byzantine",
@@ -97,8 +101,11 @@ pub struct Report {
     pub convergence_ms_max: Option<u64>,
     /// Record copies a node receives per update, on average (1.0 is ideal).
     pub duplicates_per_update: Option<f64>,
-    /// Worst time from a join or leave until every live node knows it.
+    /// Worst time from a join or leave until every live node knows it (converged ones only;
+    /// the others are counted in `membership_unconverged`).
     pub membership_convergence_ms_max: Option<u64>,
+    /// Joins and leaves that did not reach every live node by the end.
+    pub membership_unconverged: usize,
     /// Worst time from a join until every live node knows it.
     pub join_convergence_ms_max: Option<u64>,
     /// Worst time from a graceful leave until every live node knows it.
@@ -272,6 +279,12 @@ pub fn run(p: &Params) -> Result<Report, String> {
     };
     let net = NetModel {
         loss: p.loss,
+        // The restart scenario also duplicates messages, so both faults are exercised.
+        duplicate: if p.scenario == "restart" {
+            RESTART_DUPLICATE
+        } else {
+            0.0
+        },
         ..NetModel::default()
     };
     let n = p.nodes;
@@ -354,6 +367,24 @@ pub fn run(p: &Params) -> Result<Report, String> {
             }
         }
         "join" => plan.push((warm, Action::Join(n - 1))),
+        "restart" => {
+            // Record updates throughout; 1 % of nodes crash and come back 3-5 s later with a
+            // fresh state machine (a new incarnation), rejoining through a live peer.
+            let mut t = warm;
+            while t + 3000 < end {
+                let i = w.rng().gen_range(0..n);
+                plan.push((t, Action::UpdateRecord(i)));
+                t += 250;
+            }
+            let k = (n / 100).max(1);
+            let mut ids: Vec<usize> = (0..n).collect();
+            ids.shuffle(w.rng());
+            for &i in ids.iter().take(k) {
+                let t = warm + rng_n(&mut w, 0, 2000);
+                plan.push((t, Action::Crash(i)));
+                plan.push((t + rng_n(&mut w, 3000, 5000), Action::Restart(i)));
+            }
+        }
         _ => {}
     }
     if p.scenario == "byzantine" {
@@ -491,6 +522,7 @@ pub fn run(p: &Params) -> Result<Report, String> {
         convergence_ms_max: conv.iter().max().copied(),
         duplicates_per_update: dup,
         membership_convergence_ms_max: membership.iter().max().copied(),
+        membership_unconverged: m.joins.len() + m.leaves.len() - membership.len(),
         join_convergence_ms_max: m.joins.values().filter_map(|t| t.done_ms(&live)).max(),
         leave_convergence_ms_max: m.leaves.values().filter_map(|t| t.done_ms(&live)).max(),
         detection_ms_p50: pct(&mut det, 0.5),
@@ -524,7 +556,7 @@ fn apply(
         Action::Leave(i) => {
             m.leaves.insert(*i, Track::new(w, *i));
         }
-        Action::Join(i) => {
+        Action::Join(i) | Action::Restart(i) => {
             m.joins.insert(*i, Track::new(w, *i));
             if join_at.is_none() {
                 *join_at = Some(now);

@@ -504,16 +504,22 @@ impl World {
         let Some(g) = self.nodes[i].g.as_ref() else {
             return;
         };
-        let Some(v) = g.record_version(origin) else {
+        let (Some(v), Some(held)) = (g.record_version(origin), g.signed_record(origin)) else {
             return;
         };
-        if !self.signed_by_origin.contains_key(&(*origin, v)) {
-            let msg = format!(
+        // Same version is not enough: the bytes held must be the very envelope signed.
+        let msg = match self.signed_by_origin.get(&(*origin, v)) {
+            None => format!(
                 "node {i} accepted a record of node {o} at {v:?} that its origin never signed"
-            );
-            if self.violations.len() < 100 {
-                self.violations.push(msg);
-            }
+            ),
+            Some(d) if *d != held.digest() => format!(
+                "node {i} holds a record of node {o} at {v:?} whose digest differs from the one \
+                 its origin signed"
+            ),
+            Some(_) => return,
+        };
+        if self.violations.len() < 100 {
+            self.violations.push(msg);
         }
     }
 

@@ -19,10 +19,16 @@ fn check(name: &str, seed: u64, spec: &toml::Value, report: &Value) -> Vec<Strin
         for (k, bound) in max {
             let bound = bound.as_float().or(bound.as_integer().map(|i| i as f64));
             let got = field(report, k).as_f64();
-            if let (Some(b), Some(g)) = (bound, got) {
-                if g > b {
+            match (bound, got) {
+                (Some(b), Some(g)) if g > b => {
                     errs.push(format!("{name} seed {seed}: {k} = {g} > {b} ({replay})"));
                 }
+                (Some(_), Some(_)) => {}
+                // A bound on a figure that was never measured cannot hold.
+                (_, None) => errs.push(format!(
+                    "{name} seed {seed}: {k} is null, so its bound cannot be checked ({replay})"
+                )),
+                (None, _) => errs.push(format!("{name}: bound on {k} is not a number")),
             }
         }
     }
@@ -46,6 +52,16 @@ fn check(name: &str, seed: u64, spec: &toml::Value, report: &Value) -> Vec<Strin
         }
     }
     errs
+}
+
+/// A `max` bound on a figure the run never measured (null) fails instead of passing.
+#[test]
+fn a_bound_on_a_null_figure_fails() {
+    let spec: toml::Value = toml::from_str("max = { heal_ms = 100 }").unwrap();
+    let report = serde_json::json!({"nodes": 1, "duration_s": 1, "heal_ms": null});
+    assert_eq!(check("x", 1, &spec, &report).len(), 1);
+    let report = serde_json::json!({"nodes": 1, "duration_s": 1, "heal_ms": 50});
+    assert!(check("x", 1, &spec, &report).is_empty());
 }
 
 #[test]

@@ -32,6 +32,27 @@ pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a started demo agent may take to write its address file.
 pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Records that `test` did not run and why: on stderr (captured by the test runner) and as one
+/// line appended to the file named by `$AGENTMESH_SKIP_FILE`, which `scripts/test` prints after
+/// the run, so a skip shows in CI's output and not only inside captured test output.
+pub fn report_skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(path) = std::env::var_os("AGENTMESH_SKIP_FILE") {
+        use std::io::Write;
+        let line = format!("SKIPPED {test}: {why}\n");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        if let Err(e) = f.and_then(|mut f| f.write_all(line.as_bytes())) {
+            eprintln!(
+                "could not record the skip in {}: {e}",
+                path.to_string_lossy()
+            );
+        }
+    }
+}
+
 static BIN: OnceLock<PathBuf> = OnceLock::new();
 
 /// The `agentmesh` binary: `$AGENTMESH_BIN`, or built once per test process with cargo.

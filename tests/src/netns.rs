@@ -75,6 +75,7 @@ pub fn available(test: &str) -> bool {
         }
         Err(e) => format!("{e:#} (needs root / CAP_SYS_ADMIN)"),
     };
+    crate::report_skip(test, &format!("network namespaces unavailable: {why}"));
     eprintln!(
         "\n#################################################################\n\
          ## SKIPPED {test}: network namespaces unavailable: {why}.\n\

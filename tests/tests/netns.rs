@@ -2,8 +2,9 @@
 //! 10.77.0.x address (see `agentmesh_tests::netns`). Link cut and heal, a 3|2 partition and its
 //! heal, and kill -9 under steady load; the load generator accounts for every call.
 //!
-//! They need root (`ip netns`); without it each test prints a loud SKIPPED banner and passes.
-//! Set `AGENTMESH_REQUIRE_NETNS=1` to make that a failure instead.
+//! They need root (`ip netns`); without it each test prints a loud SKIPPED banner, records the
+//! skip for `scripts/test` to print ([`agentmesh_tests::report_skip`]) and passes. Set
+//! `AGENTMESH_REQUIRE_NETNS=1` (CI's `.ci/run` does) to make that a failure instead.
 
 use agentmesh_tests::load::{self, LoadSpec, Outcome, Report, Stop};
 use agentmesh_tests::netns::{self, run_in_ns, Net, API_PORT};

@@ -79,15 +79,18 @@ pub struct A2aSection {
 impl A2aSection {
     /// The card URL: `card_url`, or discovery under `handler`. Exactly one must be set.
     pub fn card_url(&self) -> Result<String, String> {
-        match (&self.card_url, &self.handler) {
-            (Some(u), None) => Ok(u.clone()),
-            (None, Some(h)) => Ok(format!(
-                "{}{}",
-                h.trim_end_matches('/'),
-                a2a::WELL_KNOWN_CARD_PATH
-            )),
-            _ => Err("a2a: set exactly one of card_url or handler".into()),
-        }
+        let url = match (&self.card_url, &self.handler) {
+            (Some(u), None) => u.clone(),
+            (None, Some(h)) => format!("{}{}", h.trim_end_matches('/'), a2a::WELL_KNOWN_CARD_PATH),
+            _ => return Err("a2a: set exactly one of card_url or handler".into()),
+        };
+        let field = if self.card_url.is_some() {
+            "a2a.card_url"
+        } else {
+            "a2a.handler"
+        };
+        crate::contract::check_http_url(field, &url).map_err(|e| e.to_string())?;
+        Ok(url)
     }
 }
 
@@ -122,8 +125,10 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> CallError {
     CallError::new(code, msg)
 }
 
-/// Fetches and parses a card (size-capped).
+/// Fetches a card (size-capped). Only an `http(s)` URL is fetched; anything else is a
+/// `bad_request` naming `card_url`, before any I/O.
 pub async fn fetch_card(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, CallError> {
+    crate::contract::check_http_url("card_url", url)?;
     let resp = http
         .get(url)
         .timeout(CARD_FETCH_TIMEOUT)

@@ -288,12 +288,13 @@ fn bad(field: &str, msg: impl Into<String>) -> Response {
 }
 
 async fn put_agent(State(st): State<A2aState>, body: Body) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, crate::api::API_BODY_BYTES_MAX).await else {
-        return bad("body", "unreadable or too large");
+    let bytes = match crate::api::read_body(body, crate::api::API_BODY_BYTES_MAX).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
     let p: PutAgent = match serde_json::from_slice(&bytes) {
         Ok(p) => p,
-        Err(e) => return bad("body", e.to_string()),
+        Err(e) => return crate::api::error_response(crate::api::json_error(&e)),
     };
     let card = match (&p.card_url, &p.card) {
         (Some(url), None) => match bridge::fetch_card(&st.http, url).await {

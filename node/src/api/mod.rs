@@ -3,12 +3,15 @@
 //! non-loopback bind needs `api.insecure_bind` plus `api.token` (see [`crate::config`]).
 //!
 //! Every error is JSON `{code, message, field?, status?, body?, attempts}` with a stable `code`
-//! ([`ErrorCode`]) and the HTTP status of [`ErrorCode::http_status`]. Bad input changes nothing.
+//! ([`ErrorCode`]) and the HTTP status of [`ErrorCode::http_status`], the framework's own
+//! rejections included ([`edge::json_rejections`]). Bad input changes nothing.
 //! The OpenAPI 3.1 description is `openapi.json` beside this file, served at
 //! `/v1/openapi.json`; a test checks that every route below appears in it.
 
 pub mod a2a;
+pub mod edge;
 pub mod obs;
+pub mod query;
 pub mod workflow;
 
 use crate::api::workflow as wf;
@@ -39,7 +42,8 @@ pub const DEADLINE_MS_MAX: u64 = 10 * 60 * 1000;
 pub const ROUTING_HINT_LEN_MAX: usize = 128;
 /// Longest `tracestate` forwarded, in bytes (W3C allows 512).
 pub const TRACESTATE_LEN_MAX: usize = 512;
-/// Most request headers accepted (hyper's own parser stops at 100); more get 431.
+/// Most request headers accepted; more get the node's JSON 431 (hyper's own parser is raised
+/// to [`edge::HYPER_HEADERS_MAX`] so this check answers).
 pub const API_HEADERS_MAX: usize = 64;
 /// Most bytes of all header names and values of one request together; more get 431.
 pub const API_HEADER_BYTES_MAX: usize = 16 * 1024;
@@ -167,6 +171,7 @@ pub fn router(
         .layer(axum::extract::DefaultBodyLimit::max(
             API_REQUEST_BODY_BYTES_MAX,
         ))
+        .layer(axum::middleware::from_fn(edge::json_rejections))
         .with_state(state)
 }
 
@@ -223,11 +228,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found() -> Response {
-    let body = serde_json::json!({
-        "code": "not_found",
-        "message": "no such endpoint; see /v1/openapi.json",
-    });
-    (StatusCode::NOT_FOUND, Json(body)).into_response()
+    error_response(CallError::new(
+        ErrorCode::NotFound,
+        "no such endpoint; see /v1/openapi.json",
+    ))
 }
 
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -262,6 +266,14 @@ pub fn parse_registration(bytes: &[u8]) -> Result<AgentRegistration, CallError> 
     })?;
     validate_registration(&reg)?;
     Ok(reg)
+}
+
+/// A `bad_request` for a body serde could not decode, naming the field serde names (an
+/// unknown or missing one), else `body`.
+pub(crate) fn json_error(e: &serde_json::Error) -> CallError {
+    let msg = e.to_string();
+    let field = quoted_field(&msg).unwrap_or_else(|| "body".to_string());
+    CallError::bad_field(&field, msg)
 }
 
 /// The field serde names in "unknown field `x`" / "missing field `x`" messages.
@@ -330,10 +342,8 @@ pub fn parse_call_request(
 }
 
 fn apply_query(req: &mut CallRequest, query: &str) -> Result<(), CallError> {
-    let url = reqwest::Url::parse(&format!("http://q/?{query}"))
-        .map_err(|e| CallError::bad_field("query", format!("malformed query string: {e}")))?;
-    for (k, v) in url.query_pairs() {
-        match k.as_ref() {
+    for (k, v) in query::query_pairs(query)? {
+        match k.as_str() {
             "min_proficiency" => {
                 req.min_proficiency = Some(parse_proficiency("min_proficiency", &v)?)
             }
@@ -407,6 +417,12 @@ fn insert_attr(req: &mut CallRequest, field: &str, key: &str, v: &str) -> Result
         return Err(CallError::bad_field(
             field,
             format!("attribute keys and values are 1 to {ATTR_LEN_MAX} bytes"),
+        ));
+    }
+    if key.chars().chain(v.chars()).any(char::is_control) {
+        return Err(CallError::bad_field(
+            field,
+            "attribute keys and values must not contain control characters",
         ));
     }
     req.attrs.insert(key.to_string(), v.to_string());
@@ -708,6 +724,14 @@ mod tests {
                 "extra",
             ),
             (r#"{"handler":"http://h","capabilities":[]}"#, "name"),
+            (
+                r#"{"name":"a","handler":"http://h","capabilities":[{"name":"x.y","colour":"red"}]}"#,
+                "colour",
+            ),
+            (
+                r#"{"name":"a","handler":"http://h","capabilities":[{"name":"x.y","proficency":"expert"}]}"#,
+                "proficency",
+            ),
             (
                 r#"{"name":"","handler":"http://h","capabilities":[]}"#,
                 "name",

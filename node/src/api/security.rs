@@ -37,53 +37,47 @@ pub async fn post_policy(State(st): State<ApiState>, body: Body) -> Result<Respo
     Ok(Json(serde_json::json!({ "adopted": v.is_some(), "version": v })).into_response())
 }
 
-/// Parses `capability, agent, node, decision, since_ms, until_ms, limit` from a query string.
+/// Longest text value (`capability`, `agent`, `node`) of an audit query, in bytes.
+pub const AUDIT_QUERY_TEXT_LEN_MAX: usize = 256;
+/// The values `decision` may take.
+pub const AUDIT_DECISIONS: [&str; 3] = ["allow", "deny", "audit_only_deny"];
+
+/// Parses `capability, agent, node, decision, since_ms, until_ms, limit, mesh` from a query
+/// string; anything else, a value that is not UTF-8, too long or has control characters, or
+/// a decision outside [`AUDIT_DECISIONS`] is a `bad_request` naming the parameter.
 pub fn parse_audit_query(query: &str) -> Result<AuditQuery, ApiError> {
     let mut q = AuditQuery::default();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
+    for (k, v) in super::query::query_pairs(query)? {
+        let k = k.as_str();
         let num = |v: &str| {
             v.parse::<u64>()
                 .map_err(|_| bad(k, "expected a whole number"))
         };
+        let text = |v: String| {
+            if v.is_empty() || v.len() > AUDIT_QUERY_TEXT_LEN_MAX || v.chars().any(char::is_control)
+            {
+                return Err(bad(
+                    k,
+                    format!("must be 1 to {AUDIT_QUERY_TEXT_LEN_MAX} printable bytes"),
+                ));
+            }
+            Ok(Some(v))
+        };
         match k {
-            "capability" => q.capability = Some(v),
-            "agent" => q.agent = Some(v),
-            "node" => q.node = Some(v),
-            "decision" => q.decision = Some(v),
+            "capability" => q.capability = text(v)?,
+            "agent" => q.agent = text(v)?,
+            "node" => q.node = text(v)?,
+            "decision" if AUDIT_DECISIONS.contains(&v.as_str()) => q.decision = Some(v),
+            "decision" => return Err(bad(k, format!("expected one of {AUDIT_DECISIONS:?}"))),
             "since_ms" => q.since_ms = Some(num(&v)?),
             "until_ms" => q.until_ms = Some(num(&v)?),
             "limit" => q.limit = Some(num(&v)? as usize),
-            "mesh" => {}
+            "mesh" if matches!(v.as_str(), "" | "true" | "1" | "false" | "0") => {}
+            "mesh" => return Err(bad(k, "expected true or false")),
             _ => return Err(bad(k, "unknown audit query parameter")),
         }
     }
     Ok(q)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16) {
-                    Ok(x) => {
-                        out.push(x);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `GET /v1/audit?...`: entries of this node's audit log matching the query; with

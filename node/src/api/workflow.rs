@@ -3,7 +3,7 @@
 //! and `POST /v1/quorum/{capability}`.
 
 use crate::api::{read_body, valid_traceparent, ApiError, ApiState};
-use crate::contract::CallError;
+use crate::contract::{CallError, ErrorCode};
 use crate::quorum::QuorumRequest;
 use crate::workflow::{self, Workflow};
 use axum::body::Body;
@@ -112,13 +112,12 @@ pub async fn post_run(
     let bytes = read_body(body, WORKFLOW_REQUEST_BYTES_MAX).await?;
     let b: RunBody = parse_json(&bytes)?;
     let Some(wf) = st.workflows.get(&name) else {
-        return Err(ApiError {
-            status: Some(StatusCode::NOT_FOUND),
-            err: CallError::bad_field(
-                "name",
-                format!("no workflow {name:?} is loaded (see GET /v1/workflows)"),
-            ),
-        });
+        let mut err = CallError::new(
+            ErrorCode::NotFound,
+            format!("no workflow {name:?} is loaded (see GET /v1/workflows)"),
+        );
+        err.field = Some("name".into());
+        return Err(err.into());
     };
     let r = workflow::run(&st.mesh, &wf, b.input, traceparent(&headers).as_deref()).await;
     Ok(run_response(r))

@@ -194,17 +194,9 @@ pub(crate) async fn serve_node(
         a2a.card_url().map_err(|e| fail(exit::CONFIG, e))?;
         tokio::spawn(crate::a2a::bridge::register_from_config(mesh.clone(), a2a));
     }
-    let server = tokio::spawn(async move {
-        // Nagle would hold a streamed body chunk behind the response head for ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.changed().await;
-            })
-            .await
-    });
+    let server = tokio::spawn(crate::api::edge::serve(listener, app, async move {
+        let _ = stop_rx.changed().await;
+    }));
     let path = cfg.path.clone();
     mesh.set_settings_source(move || {
         crate::config::NodeConfig::load(&path)

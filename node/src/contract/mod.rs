@@ -7,7 +7,7 @@ pub mod names;
 pub mod registration;
 
 pub use candidate::Candidate;
-pub use registration::{validate_registration, FieldError};
+pub use registration::{check_http_url, validate_registration, FieldError};
 
 use agentmesh_gossip::record::{Capability, Proficiency};
 use serde::{Deserialize, Serialize};
@@ -155,6 +155,10 @@ pub enum ErrorCode {
     Forbidden,
     /// Anything else.
     Internal,
+    /// No such endpoint or named resource (an unknown route or workflow).
+    NotFound,
+    /// The endpoint exists but not with this HTTP method.
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -171,6 +175,8 @@ impl ErrorCode {
             ErrorCode::LoopDetected => 508,
             ErrorCode::Forbidden => 403,
             ErrorCode::Internal => 500,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
         }
     }
 }

@@ -78,25 +78,33 @@ pub fn validate_registration(reg: &AgentRegistration) -> Result<(), FieldError> 
     Ok(())
 }
 
-fn check_handler(handler: &str) -> Result<(), FieldError> {
-    if handler.len() > HANDLER_URL_LEN_MAX {
+/// Checks that `url` is an `http://` or `https://` URL with a host, at most
+/// [`HANDLER_URL_LEN_MAX`] bytes: the only URLs the node sends requests to or fetches (a
+/// `file://` or other scheme is refused before any I/O). `field` names it in the error.
+pub fn check_http_url(field: &str, url: &str) -> Result<reqwest::Url, FieldError> {
+    if url.len() > HANDLER_URL_LEN_MAX {
         return Err(field_err(
-            "handler",
+            field,
             format!("at most {HANDLER_URL_LEN_MAX} bytes"),
         ));
     }
-    let url = reqwest::Url::parse(handler).map_err(|e| {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
         field_err(
-            "handler",
-            format!("{handler:?} is not a URL ({e}); expected e.g. \"http://127.0.0.1:8080\""),
+            field,
+            format!("{url:?} is not a URL ({e}); expected e.g. \"http://127.0.0.1:8080\""),
         )
     })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(field_err(
-            "handler",
-            format!("{handler:?} must be an http:// or https:// URL with a host"),
+            field,
+            format!("{url:?} must be an http:// or https:// URL with a host"),
         ));
     }
+    Ok(parsed)
+}
+
+fn check_handler(handler: &str) -> Result<(), FieldError> {
+    let url = check_http_url("handler", handler)?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(field_err(
             "handler",
