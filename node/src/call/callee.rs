@@ -92,6 +92,15 @@ pub async fn accept_loop(callee: Callee, calls: Arc<crate::net::call_endpoint::C
 impl Callee {
     /// Serves one inbound call stream from `from` (the node id its handshake proved).
     pub async fn serve(&self, from: NodeId, mut r: quinn::RecvStream, mut w: quinn::SendStream) {
+        // Fail closed (`on_full = "refuse_call"`): refuse what the log could not record.
+        let slot = match self.sec.audit_reserve() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = write_resp(&mut w, &RespFrame::Error(WireError::from(&e))).await;
+                let _ = w.close().await;
+                return;
+            }
+        };
         let started = tokio::time::Instant::now();
         let mut audit = crate::security::audit::CallRecord {
             time_ms: crate::security::audit::now_unix_ms(),
@@ -124,7 +133,7 @@ impl Callee {
         let _ = w.close().await;
         // A stream that never sent a header is not a call; everything else is audited.
         if !audit.capability.is_empty() || !audit.decision.is_empty() {
-            self.sec.audit(audit).await;
+            self.sec.audit_in(slot, audit).await;
         }
     }
 

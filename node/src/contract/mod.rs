@@ -155,6 +155,8 @@ pub enum ErrorCode {
     Forbidden,
     /// Anything else.
     Internal,
+    /// The audit log cannot record the call and `[audit] on_full = "refuse_call"`.
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -171,6 +173,7 @@ impl ErrorCode {
             ErrorCode::LoopDetected => 508,
             ErrorCode::Forbidden => 403,
             ErrorCode::Internal => 500,
+            ErrorCode::AuditUnavailable => 503,
         }
     }
 }
