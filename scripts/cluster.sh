@@ -9,6 +9,10 @@
 # ./.agentmesh). Node i serves its API on 127.0.0.1:$((7600+i-1)) (node 1 on the CLI's default),
 # QUIC on UDP $((QUIC_PORT_BASE+i)), and its demo agent on TCP $((AGENT_PORT_BASE+i)).
 #
+# Secure by default: every node runs RBAC with examples/policy.toml (deny by default; roles
+# agent,node<i>; set CLUSTER_AUDITOR_ROLE=1 to also grant `auditor`, which may read other
+# nodes' audit logs) and writes a signed audit log in node<i>/audit.
+#
 # Environment: AGENTMESH_HOME, CARGO_TARGET_DIR, QUIC_PORT_BASE (4100), AGENT_PORT_BASE (8100),
 # API_PORT_BASE (7600), CLUSTER_WAIT_S (30 + N), RUST_LOG (info), CLUSTER_PROFILE (release),
 # CLUSTER_NO_BUILD=1 (use the existing binary), CLUSTER_NO_WAIT=1 (return once all processes are
@@ -30,7 +34,7 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
 
 usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -91,6 +95,12 @@ write_config() { # i dir seed
     echo "name = \"agent-$i\""
     echo "handler = \"http://127.0.0.1:$agent\""
     echo "max_concurrency = 64"
+    echo
+    echo "[rbac]"
+    echo "policy_file = \"$ROOT/examples/policy.toml\""
+    echo
+    echo "[audit]"
+    echo "dir = \"audit\""
     while IFS='|' read -r name prof cost attrs; do
       echo
       echo "[[agent.capabilities]]"
@@ -128,7 +138,7 @@ up() {
     mkdir -p "$dir"
     local id
     id=$("$BIN" keygen --out "$dir/node.key")
-    "$BIN" admit --root "$HOME_DIR/root/root.key" --node-pub "$id" --roles "agent,node$i" \
+    "$BIN" admit --root "$HOME_DIR/root/root.key" --node-pub "$id" --roles "agent,node$i${CLUSTER_AUDITOR_ROLE:+,auditor}" \
       --ttl 7d --out "$dir/node.cert" >/dev/null
     echo "$id" > "$dir/node.id"
     write_config "$i" "$dir" "$seed"

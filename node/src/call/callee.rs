@@ -57,13 +57,18 @@ struct InboundNote {
 }
 
 impl Callee {
-    /// The priority of `node` as its record says (standard if unknown).
+    /// The priority of `node`: its record's claim capped by its certificate (standard if
+    /// unknown or uncertified; [`crate::security::effective_priority`]).
     pub fn priority_of(&self, node: &NodeId) -> agentmesh_gossip::record::Priority {
         crate::membership::driver::snapshot(&self.gossip)
             .members
             .iter()
             .find(|m| m.node_id == *node)
-            .and_then(|m| m.record.as_ref().map(|r| r.priority))
+            .and_then(|m| {
+                m.record
+                    .as_ref()
+                    .map(|r| crate::security::effective_priority(r))
+            })
             .unwrap_or_default()
     }
 }

@@ -113,6 +113,59 @@ pub fn cert_roles(rec: &NodeRecord) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The priority class a record's certificate grants (`priority:<class>` roles; the highest
+/// known one), `None` without one.
+pub fn cert_priority(rec: &NodeRecord) -> Option<agentmesh_gossip::record::Priority> {
+    let c = rec.cert.as_ref()?.claimed().ok()?;
+    certified_priority(&c)
+}
+
+/// The priority class a certificate grants, if any.
+pub fn certified_priority(
+    c: &agentmesh_crypto::AdmissionCert,
+) -> Option<agentmesh_gossip::record::Priority> {
+    c.priority_classes()
+        .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.into())).ok())
+        .max()
+}
+
+/// The priority a callee grants a caller's record: what its record claims, capped at what
+/// its certificate grants, and at `standard` without a certified class. A priority claimed
+/// only in `node.toml` never escapes shedding.
+pub fn effective_priority(rec: &NodeRecord) -> agentmesh_gossip::record::Priority {
+    use agentmesh_gossip::record::Priority;
+    let cap = cert_priority(rec)
+        .unwrap_or(Priority::Standard)
+        .max(Priority::Standard);
+    rec.priority.min(cap)
+}
+
+/// This node's own priority: `wanted` (from `node.toml`) capped at what its certificate
+/// grants (`standard` without a `priority:` role); warns when it caps.
+pub fn own_priority(
+    cert: Option<&SignedCert>,
+    wanted: agentmesh_gossip::record::Priority,
+) -> agentmesh_gossip::record::Priority {
+    use agentmesh_gossip::record::Priority;
+    let certified = cert
+        .and_then(|c| c.claimed().ok())
+        .and_then(|c| certified_priority(&c));
+    let cap = certified
+        .unwrap_or(Priority::Standard)
+        .max(Priority::Standard);
+    if wanted > cap {
+        tracing::warn!(
+            wanted = crate::contract::names::priority_name(wanted),
+            granted = crate::contract::names::priority_name(cap),
+            "node.priority is higher than the admission certificate grants (a `priority:<class>` \
+             role from `agentmesh admit --roles`); peers shed this node's calls as {}",
+            crate::contract::names::priority_name(cap)
+        );
+        return cap;
+    }
+    wanted
+}
+
 /// The node's security state.
 #[derive(Debug)]
 pub struct Security {

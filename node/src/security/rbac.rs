@@ -405,6 +405,12 @@ impl Rbac {
     /// Decides without counting (route filtering and explanations).
     pub fn peek(&self, caller: &[String], callee: &[String], capability: &str) -> Decision {
         match self.policy() {
+            // Reading another node's audit log is never open by default.
+            None if capability == AUDIT_QUERY_CAPABILITY => Decision {
+                allowed: false,
+                permitted: false,
+                rule: "no policy (mesh.audit needs an allow rule)".into(),
+            },
             None => Decision {
                 allowed: true,
                 permitted: true,
