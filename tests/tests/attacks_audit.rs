@@ -491,3 +491,92 @@ async fn critical_claimed_only_in_node_toml_is_shed_as_standard() {
         "certified critical uses every slot"
     );
 }
+
+/// Calls/s through a caller whose audit log is on (defaults), for a bounded time. Run with
+/// `AGENTMESH_BIN` set to compare binaries: `cargo test -p agentmesh-tests --test
+/// attacks_audit audit_cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement, prints figures"]
+async fn audit_cost() {
+    let mut mesh = Mesh::new().unwrap();
+    let _server = mesh
+        .start_node(NodeOpts {
+            max_concurrency: Some(512),
+            ..NodeOpts::caps(&["load.cap"])
+        })
+        .await
+        .unwrap();
+    let c = mesh.start_node(audited(&["c.cap"], "")).await.unwrap();
+    mesh.wait_offers(&c, "load.cap", 1).await.unwrap();
+    let secs: u64 = std::env::var("AUDIT_COST_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers = (0..16).map(|_| {
+        let (http, url, done) = (
+            mesh.http.clone(),
+            format!("{}/v1/call/load.cap", c.api),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            while tokio::time::Instant::now() < end {
+                let r = http.post(&url).body("{}").send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    });
+    futures::future::join_all(workers).await;
+    let n = done.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "AUDIT_COST bin={} calls={n} secs={secs} calls_per_s={:.0}",
+        std::env::var("AGENTMESH_BIN").unwrap_or_default(),
+        n as f64 / secs as f64
+    );
+}
+
+/// The unprotected window at the default checkpoint settings: how long, and how many entries,
+/// the newest entries wait before another node witnesses a checkpoint covering them.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement, prints figures"]
+async fn witness_window() {
+    let mut mesh = Mesh::new().unwrap();
+    let witness = mesh.start_node(NodeOpts::caps(&["w.cap"])).await.unwrap();
+    let n = mesh.start_node(audited(&["x.cap"], "")).await.unwrap();
+    mesh.wait_offers(&n, "x.cap", 1).await.unwrap();
+    let secs: u64 = std::env::var("WINDOW_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(35);
+    let path = format!("/v1/audit/witnessed?node={}", n.id);
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_secs(secs);
+    // Each time the witnessed checkpoint grows: when, and after how many calls. An entry
+    // written just after one witnessed checkpoint stays unwitnessed until the next one.
+    let (mut calls, mut size) = (0u64, 0u64);
+    let (mut last_t, mut last_calls) = (start, 0u64);
+    let (mut max_s, mut max_entries, mut changes) = (0f64, 0u64, 0u32);
+    while tokio::time::Instant::now() < end {
+        let r = mesh.call(&n, "x.cap", "{}", &[]).await.unwrap();
+        assert_eq!(r.status(), 200);
+        calls += 1;
+        let (_, v) = mesh.get(&witness, &path).await.unwrap();
+        let s = v["size"].as_u64().unwrap_or(0);
+        if s > size {
+            let now = tokio::time::Instant::now();
+            if changes > 0 {
+                max_s = max_s.max((now - last_t).as_secs_f64());
+                max_entries = max_entries.max(calls - last_calls);
+            }
+            (size, last_t, last_calls, changes) = (s, now, calls, changes + 1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "WITNESS_WINDOW run_s={secs} calls={calls} witnessed_updates={changes} \
+         max_s_between_witnessed_checkpoints={max_s:.1} max_calls_between={max_entries}"
+    );
+}

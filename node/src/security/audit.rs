@@ -52,7 +52,7 @@ pub const ROTATE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Default entries between signed checkpoints.
 pub const CHECKPOINT_EVERY_DEFAULT: u64 = 1000;
 /// Default time between checkpoints when entries trickle in.
-pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 60_000;
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 10_000;
 /// Default fsync interval.
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
 /// Most entries a query returns.
