@@ -9,6 +9,10 @@
 # ./.agentmesh). Node i serves its API on 127.0.0.1:$((7600+i-1)) (node 1 on the CLI's default),
 # QUIC on UDP $((QUIC_PORT_BASE+i)), and its demo agent on TCP $((AGENT_PORT_BASE+i)).
 #
+# Secure by default: every node runs RBAC with examples/policy.toml (deny by default; roles
+# agent,node<i>; set CLUSTER_AUDITOR_ROLE=1 to also grant `auditor`, which may read other
+# nodes' audit logs) and writes a signed audit log in node<i>/audit.
+#
 # Environment: AGENTMESH_HOME, CARGO_TARGET_DIR, QUIC_PORT_BASE (4100), AGENT_PORT_BASE (8100),
 # API_PORT_BASE (7600), CLUSTER_WAIT_S (30 + N), RUST_LOG (info), CLUSTER_PROFILE (release),
 # CLUSTER_CERT_TTL (30d; the node warns when its certificate has less than 7 days left),
@@ -31,7 +35,7 @@ die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
 
 usage() {
-  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 2
 }
 
@@ -95,6 +99,12 @@ write_config() { # i dir seed
     echo "name = \"agent-$i\""
     echo "handler = \"http://127.0.0.1:$agent\""
     echo "max_concurrency = 64"
+    echo
+    echo "[rbac]"
+    echo "policy_file = \"$ROOT/examples/policy.toml\""
+    echo
+    echo "[audit]"
+    echo "dir = \"audit\""
     while IFS='|' read -r name prof cost attrs; do
       echo
       echo "[[agent.capabilities]]"
@@ -133,7 +143,7 @@ up() {
     local id
     id=$("$BIN" keygen --out "$dir/node.key")
     # 30 days: well beyond the node's 7-day expiry warning, so a fresh cluster starts quiet.
-    "$BIN" admit --root "$HOME_DIR/root/root.key" --node-pub "$id" --roles "agent,node$i" \
+    "$BIN" admit --root "$HOME_DIR/root/root.key" --node-pub "$id" --roles "agent,node$i${CLUSTER_AUDITOR_ROLE:+,auditor}" \
       --ttl "${CLUSTER_CERT_TTL:-30d}" --out "$dir/node.cert" >/dev/null
     echo "$id" > "$dir/node.id"
     write_config "$i" "$dir" "$seed"

@@ -61,6 +61,41 @@ impl Checkpoint {
     }
 }
 
+/// What the genesis entry (seq 0) signs: the node the log belongs to, the SHA-256 of its
+/// admission certificate (zero in open meshes) and when the log was started. A verifier that
+/// knows the node id refuses a log whose first entry is not this, signed by that node, so
+/// removing the oldest files is detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Genesis {
+    /// The node whose log this is.
+    pub node: NodeId,
+    /// SHA-256 of the node's admission certificate bytes at start (zeros if none).
+    pub cert_sha256: [u8; 32],
+    /// When the log was started, unix ms.
+    pub started_ms: u64,
+}
+
+impl Genesis {
+    fn message(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(32 + 32 + 8);
+        m.extend_from_slice(self.node.as_bytes());
+        m.extend_from_slice(&self.cert_sha256);
+        m.extend_from_slice(&self.started_ms.to_le_bytes());
+        m
+    }
+
+    /// Signs the genesis with the node's key (context `audit-genesis`).
+    pub fn sign(&self, key: &Keypair) -> Signature {
+        key.sign(Context::AuditGenesis, &self.message())
+    }
+
+    /// Verifies the genesis signature by the node it names.
+    pub fn verify(&self, sig: &Signature) -> Result<(), CryptoError> {
+        self.node
+            .verify(Context::AuditGenesis, &self.message(), sig)
+    }
+}
+
 /// The first place where the chain does not hold. Entries are named by position (`index`,
 /// 0-based over everything fed) and by the `seq` they claim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +140,45 @@ pub enum ChainBreak {
         /// What failed.
         why: String,
     },
+    /// A checkpoint (or the genesis) is signed by a node other than the one the log belongs
+    /// to: the expected node, or the signer of the genesis / first checkpoint when none is
+    /// given (mixed signers).
+    #[error("entry seq {seq} is signed by {signer}, not by {expected}: entries seq {unvouched_from}..={seq} are not vouched for by {expected} and may have been rewritten")]
+    WrongSigner {
+        /// Position of the entry.
+        index: usize,
+        /// Its seq.
+        seq: u64,
+        /// First entry after the last one the expected node signed (genesis or checkpoint):
+        /// a rewritten entry lies in `unvouched_from..=seq`.
+        unvouched_from: u64,
+        /// Who signed it.
+        signer: NodeId,
+        /// Who should have.
+        expected: NodeId,
+    },
+    /// The log does not start with a valid genesis entry at seq 0: its oldest entries were
+    /// removed, or the genesis was forged.
+    #[error("the log does not start with the node's signed genesis entry at seq 0 (first entry: seq {seq}; {why})")]
+    NoGenesis {
+        /// Position of the first entry.
+        index: usize,
+        /// Seq of the first entry.
+        seq: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// Entries after the last checkpoint are signed by nobody: they could have been
+    /// appended, changed or cut by anyone who can write the file.
+    #[error("no signed checkpoint covers entries seq {from_seq}..={to_seq} at the end of the log")]
+    Uncovered {
+        /// Position of the first uncovered entry.
+        index: usize,
+        /// First uncovered seq.
+        from_seq: u64,
+        /// Last seq.
+        to_seq: u64,
+    },
 }
 
 impl ChainBreak {
@@ -114,7 +188,10 @@ impl ChainBreak {
             ChainBreak::Changed { index, .. }
             | ChainBreak::Deleted { index, .. }
             | ChainBreak::Reordered { index, .. }
-            | ChainBreak::Checkpoint { index, .. } => *index,
+            | ChainBreak::Checkpoint { index, .. }
+            | ChainBreak::WrongSigner { index, .. }
+            | ChainBreak::NoGenesis { index, .. }
+            | ChainBreak::Uncovered { index, .. } => *index,
         }
     }
 }
@@ -130,6 +207,8 @@ pub struct ChainEntry {
     pub hash: ChainHash,
     /// The checkpoint it carries, with the signer and signature, if it is one.
     pub checkpoint: Option<(Checkpoint, NodeId, Signature)>,
+    /// The genesis it carries, with its signature, if it is one.
+    pub genesis: Option<(Genesis, Signature)>,
 }
 
 /// Checks a whole chain and finds the first break. Pure: entries in, verdict out.
@@ -152,6 +231,11 @@ pub struct ChainReport {
     pub checkpoints: usize,
     /// Hash of the last entry.
     pub head: ChainHash,
+    /// The node the log is bound to (the genesis node, checked against the expected one),
+    /// if [`ChainChecker::finish_for`] was given one.
+    pub node: Option<NodeId>,
+    /// The genesis, if the log starts with one.
+    pub genesis: Option<Genesis>,
 }
 
 impl ChainChecker {
@@ -165,17 +249,115 @@ impl ChainChecker {
         self.entries.push(e);
     }
 
-    /// Checks everything pushed and returns the report, or the first break.
+    /// Checks the chain and checkpoint signatures only (the signer is whoever signed; no
+    /// identity is bound). Prefer [`ChainChecker::finish_for`].
     pub fn finish(&self) -> Result<ChainReport, ChainBreak> {
+        self.check_chain()
+    }
+
+    /// Checks everything pushed as the log of `expected`: the chain, a signed genesis by
+    /// `expected` at seq 0, every checkpoint signed by `expected`, and a checkpoint as the
+    /// last entry. Returns the report or the first break.
+    pub fn finish_for(&self, expected: &NodeId) -> Result<ChainReport, ChainBreak> {
         let es = &self.entries;
+        let Some(first) = es.first() else {
+            return Err(ChainBreak::NoGenesis {
+                index: 0,
+                seq: 0,
+                why: "the log is empty".into(),
+            });
+        };
+        // Signers first: a rewritten log re-signed with another key is named as such, even
+        // though its chain and signatures are internally consistent.
+        match &first.genesis {
+            Some((g, sig)) if first.seq == 0 => {
+                if g.node != *expected {
+                    return Err(ChainBreak::WrongSigner {
+                        index: 0,
+                        seq: 0,
+                        unvouched_from: 0,
+                        signer: g.node,
+                        expected: *expected,
+                    });
+                }
+                if g.verify(sig).is_err() {
+                    return Err(ChainBreak::NoGenesis {
+                        index: 0,
+                        seq: 0,
+                        why: "bad genesis signature".into(),
+                    });
+                }
+            }
+            _ => {
+                return Err(ChainBreak::NoGenesis {
+                    index: 0,
+                    seq: first.seq,
+                    why: if first.seq == 0 {
+                        "entry 0 is not a genesis entry".into()
+                    } else {
+                        format!("entries 0..{} are missing", first.seq)
+                    },
+                })
+            }
+        }
+        let mut vouched_to = 0;
+        for (i, e) in es.iter().enumerate() {
+            if i > 0 && e.genesis.is_some() {
+                return Err(ChainBreak::NoGenesis {
+                    index: i,
+                    seq: e.seq,
+                    why: "a second genesis entry in the middle of the log".into(),
+                });
+            }
+            if let Some((_, signer, _)) = &e.checkpoint {
+                if signer != expected {
+                    return Err(ChainBreak::WrongSigner {
+                        index: i,
+                        seq: e.seq,
+                        unvouched_from: vouched_to + 1,
+                        signer: *signer,
+                        expected: *expected,
+                    });
+                }
+                vouched_to = e.seq;
+            }
+        }
+        let mut r = self.check_chain()?;
+        if let Some(last_cp) = es.iter().rposition(|e| e.checkpoint.is_some()) {
+            if last_cp + 1 < es.len() {
+                return Err(ChainBreak::Uncovered {
+                    index: last_cp + 1,
+                    from_seq: es[last_cp + 1].seq,
+                    to_seq: es[es.len() - 1].seq,
+                });
+            }
+        } else {
+            return Err(ChainBreak::Uncovered {
+                index: 0,
+                from_seq: first.seq,
+                to_seq: es[es.len() - 1].seq,
+            });
+        }
+        r.node = Some(*expected);
+        Ok(r)
+    }
+
+    fn check_chain(&self) -> Result<ChainReport, ChainBreak> {
+        let es = &self.entries;
+        let mut vouched_to = 0;
         let Some(first) = es.first() else {
             return Ok(ChainReport {
                 entries: 0,
                 starts_at: 0,
                 checkpoints: 0,
                 head: GENESIS,
+                node: None,
+                genesis: None,
             });
         };
+        // Without an expected node, the log is bound to its genesis node (or the first
+        // checkpoint's signer): every later signer must be the same one.
+        let mut bound: Option<NodeId> = first.genesis.as_ref().map(|(g, _)| g.node);
         let starts_at = first.seq;
         if first.seq == 0 && first.prev != GENESIS {
             return Err(ChainBreak::Changed { index: 0, seq: 0 });
@@ -209,6 +391,19 @@ impl ChainChecker {
                 }
             }
             if let Some((cp, signer, sig)) = &e.checkpoint {
+                match bound {
+                    Some(b) if b != *signer => {
+                        return Err(ChainBreak::WrongSigner {
+                            index: i,
+                            seq: e.seq,
+                            unvouched_from: vouched_to + 1,
+                            signer: *signer,
+                            expected: b,
+                        })
+                    }
+                    _ => bound = Some(*signer),
+                }
+                vouched_to = e.seq;
                 let head = if i == 0 { e.prev } else { es[i - 1].hash };
                 let why = if cp.verify(signer, sig).is_err() {
                     Some("bad signature".to_string())
@@ -234,6 +429,8 @@ impl ChainChecker {
             starts_at,
             checkpoints,
             head: es.last().map(|e| e.hash).unwrap_or(GENESIS),
+            node: None,
+            genesis: first.genesis.as_ref().map(|(g, _)| *g),
         })
     }
 }
@@ -254,6 +451,7 @@ mod tests {
                     prev,
                     hash,
                     checkpoint: None,
+                    genesis: None,
                 };
                 prev = hash;
                 (line, e)
@@ -332,6 +530,7 @@ mod tests {
             prev: es[4].hash,
             hash: line_hash(&line),
             checkpoint: Some((cp, key.node_id(), sig)),
+            genesis: None,
         });
         assert_eq!(check(&es).unwrap().checkpoints, 1);
         // Rewrite entry 2 and re-chain everything after it: only the checkpoint notices.
@@ -346,6 +545,130 @@ mod tests {
         assert!(matches!(
             check(&es),
             Err(ChainBreak::Checkpoint { seq: 5, .. })
+        ));
+    }
+
+    /// A log of `key`: genesis, `n` plain entries, then a checkpoint (signed by `signer`).
+    fn bound_log(key: &Keypair, signer: &Keypair, n: u64) -> Vec<ChainEntry> {
+        let g = Genesis {
+            node: key.node_id(),
+            cert_sha256: [3; 32],
+            started_ms: 1,
+        };
+        let mut es = vec![ChainEntry {
+            seq: 0,
+            prev: GENESIS,
+            hash: line_hash(b"genesis"),
+            checkpoint: None,
+            genesis: Some((g, g.sign(key))),
+        }];
+        for seq in 1..=n {
+            es.push(ChainEntry {
+                seq,
+                prev: es[es.len() - 1].hash,
+                hash: line_hash(format!("entry {seq}").as_bytes()),
+                checkpoint: None,
+                genesis: None,
+            });
+        }
+        let head = es[es.len() - 1].hash;
+        let cp = Checkpoint { size: n + 1, head };
+        es.push(ChainEntry {
+            seq: n + 1,
+            prev: head,
+            hash: line_hash(b"cp"),
+            checkpoint: Some((cp, signer.node_id(), cp.sign(signer))),
+            genesis: None,
+        });
+        es
+    }
+
+    fn check_for(es: &[ChainEntry], who: &NodeId) -> Result<ChainReport, ChainBreak> {
+        let mut c = ChainChecker::new();
+        for e in es {
+            c.push(e.clone());
+        }
+        c.finish_for(who)
+    }
+
+    #[test]
+    fn a_log_is_bound_to_its_node() {
+        let node = Keypair::from_secret([1; 32]);
+        let thief = Keypair::from_secret([2; 32]);
+        let es = bound_log(&node, &node, 4);
+        let r = check_for(&es, &node.node_id()).unwrap();
+        assert_eq!(r.node, Some(node.node_id()));
+        assert_eq!(r.checkpoints, 1);
+        // Verified as somebody else's log: the genesis names the wrong node.
+        assert!(matches!(
+            check_for(&es, &thief.node_id()),
+            Err(ChainBreak::WrongSigner { seq: 0, .. })
+        ));
+        // A checkpoint re-signed by another key: named, with the signer.
+        let forged = bound_log(&node, &thief, 4);
+        let e = check_for(&forged, &node.node_id()).unwrap_err();
+        assert_eq!(
+            e,
+            ChainBreak::WrongSigner {
+                index: 5,
+                seq: 5,
+                unvouched_from: 1,
+                signer: thief.node_id(),
+                expected: node.node_id()
+            }
+        );
+        // Even without an expected node, mixed signers are refused.
+        let mut mixed = es.clone();
+        let cp = Checkpoint {
+            size: 6,
+            head: es[5].hash,
+        };
+        mixed.push(ChainEntry {
+            seq: 6,
+            prev: es[5].hash,
+            hash: line_hash(b"cp2"),
+            checkpoint: Some((cp, thief.node_id(), cp.sign(&thief))),
+            genesis: None,
+        });
+        assert!(matches!(
+            check(&mixed),
+            Err(ChainBreak::WrongSigner { seq: 6, .. })
+        ));
+        // Oldest entries removed: no genesis.
+        assert!(matches!(
+            check_for(&es[2..], &node.node_id()),
+            Err(ChainBreak::NoGenesis { seq: 2, .. })
+        ));
+        // A forged genesis signature.
+        let mut g = es.clone();
+        if let Some((gen, _)) = &g[0].genesis {
+            g[0].genesis = Some((*gen, gen.sign(&thief)));
+        }
+        assert!(matches!(
+            check_for(&g, &node.node_id()),
+            Err(ChainBreak::NoGenesis { seq: 0, .. })
+        ));
+        // Entries after the last checkpoint are unsigned.
+        let mut tail = es.clone();
+        tail.push(ChainEntry {
+            seq: 6,
+            prev: es[5].hash,
+            hash: line_hash(b"late"),
+            checkpoint: None,
+            genesis: None,
+        });
+        assert_eq!(
+            check_for(&tail, &node.node_id()),
+            Err(ChainBreak::Uncovered {
+                index: 6,
+                from_seq: 6,
+                to_seq: 6
+            })
+        );
+        // No checkpoint at all.
+        assert!(matches!(
+            check_for(&es[..5], &node.node_id()),
+            Err(ChainBreak::Uncovered { from_seq: 0, .. })
         ));
     }
 }

@@ -87,7 +87,19 @@ pub enum CertError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedCert(pub Signed<AdmissionCert>);
 
+/// Prefix of the role that grants a priority class: `priority:critical`,
+/// `priority:standard` or `priority:experimental`. Priority is certified like every role.
+pub const PRIORITY_ROLE_PREFIX: &str = "priority:";
+
 impl AdmissionCert {
+    /// The priority class the root granted (the highest `priority:<class>` role's class
+    /// name), if any. The caller maps the name; unknown names are ignored by it.
+    pub fn priority_classes(&self) -> impl Iterator<Item = &str> {
+        self.roles
+            .iter()
+            .filter_map(|r| r.strip_prefix(PRIORITY_ROLE_PREFIX))
+    }
+
     fn check_limits(&self) -> Result<(), CertError> {
         if self.mesh_id.len() > MESH_ID_LEN_MAX {
             return Err(CertError::Limit("mesh_id"));

@@ -13,7 +13,7 @@ pub mod keyfile;
 pub mod revocation;
 pub mod sign;
 
-pub use audit::{line_hash, ChainBreak, ChainChecker, ChainHash, Checkpoint, GENESIS};
+pub use audit::{line_hash, ChainBreak, ChainChecker, ChainHash, Checkpoint, Genesis, GENESIS};
 pub use cert::{AdmissionCert, CertError, SignedCert};
 pub use envelope::Signed;
 pub use error::CryptoError;

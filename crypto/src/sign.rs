@@ -21,6 +21,8 @@ pub enum Context {
     Vote,
     /// An audit log checkpoint.
     AuditCheckpoint,
+    /// An audit log's genesis entry (the node it belongs to).
+    AuditGenesis,
     /// A routing/RBAC policy signed by the mesh root.
     Policy,
     /// A free-form context used by tests and extensions. Its signed prefix is
@@ -39,6 +41,7 @@ impl Context {
             Context::Revocation => "revocation",
             Context::Vote => "vote",
             Context::AuditCheckpoint => "audit-checkpoint",
+            Context::AuditGenesis => "audit-genesis",
             Context::Policy => "policy",
             Context::Custom(s) => s,
         }

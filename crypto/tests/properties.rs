@@ -39,6 +39,7 @@ fn context() -> impl Strategy<Value = Context> {
         Context::Revocation,
         Context::Vote,
         Context::AuditCheckpoint,
+        Context::AuditGenesis,
         Context::Policy,
         Context::Custom("prop"),
     ])

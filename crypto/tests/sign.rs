@@ -3,12 +3,13 @@
 use agentmesh_crypto::{domain_message, Context, CryptoError, Keypair, NodeId, Signature, Signed};
 use ed25519_dalek::Verifier;
 
-const BUILT_IN: [Context; 6] = [
+const BUILT_IN: [Context; 7] = [
     Context::NodeRecord,
     Context::AdmissionCert,
     Context::Revocation,
     Context::Vote,
     Context::AuditCheckpoint,
+    Context::AuditGenesis,
     Context::Policy,
 ];
 

@@ -33,5 +33,6 @@ sed -e "s|@HOST_IP@|$HOST_IP|g" -e "s|@SEEDS@|$seeds|g" -e "s|@API_TOKEN@|$API_T
   -e "s|@ROOT_PUB@|$ROOT_PUB|g" -e "s|@MESH_ID@|$MESH_ID|g" \
   "$etc/node.toml.tmpl" >"$dir/node.toml"
 cat "$etc/policy.toml" >>"$dir/node.toml"
+cp "$etc/rbac-policy.toml" "$dir/rbac-policy.toml"
 agentmesh config validate "$dir/node.toml" >/dev/null
 echo "node $id on $HOST_IP, seeds: ${seeds:-none (first node)}"

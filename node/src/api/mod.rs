@@ -155,6 +155,7 @@ pub fn router(
         .route("/v1/revocations", post(security::post_revocation))
         .route("/v1/policy", post(security::post_policy))
         .route("/v1/audit", get(security::get_audit))
+        .route("/v1/audit/witnessed", get(security::get_witnessed))
         .route("/readyz", get(get_readyz))
         .route("/healthz", get(get_healthz))
         .route("/metrics", get(get_metrics))

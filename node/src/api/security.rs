@@ -114,3 +114,41 @@ pub async fn get_audit(
     }
     Ok(Json(serde_json::json!({ "node_id": me, "nodes": nodes })).into_response())
 }
+
+/// `GET /v1/audit/witnessed?node=<id>`: the newest audit checkpoint of `node` this node saw in
+/// gossip (`{node, by, size, head, sig, seen_ms}`; `size: null` if none), for
+/// `agentmesh audit verify --witness`.
+pub async fn get_witnessed(
+    State(st): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let raw = query.as_deref().unwrap_or("");
+    let mut node = None;
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "node" => {
+                node = Some(
+                    percent_decode(v)
+                        .parse::<agentmesh_crypto::NodeId>()
+                        .map_err(|_| bad("node", "not a node id"))?,
+                )
+            }
+            _ => return Err(bad(k, "unknown parameter")),
+        }
+    }
+    let node = node.ok_or_else(|| bad("node", "required"))?;
+    let me = st.mesh.node_id().to_string();
+    let v = match st.mesh.witnessed(&node) {
+        Some(s) => serde_json::json!({
+            "node": node.to_string(),
+            "by": me,
+            "size": s.checkpoint.checkpoint.size,
+            "head": hex::encode(s.checkpoint.checkpoint.head),
+            "sig": hex::encode(s.checkpoint.sig.0),
+            "seen_ms": s.seen_ms,
+        }),
+        None => serde_json::json!({ "node": node.to_string(), "by": me, "size": null }),
+    };
+    Ok(Json(v).into_response())
+}

@@ -57,13 +57,18 @@ struct InboundNote {
 }
 
 impl Callee {
-    /// The priority of `node` as its record says (standard if unknown).
+    /// The priority of `node`: its record's claim capped by its certificate (standard if
+    /// unknown or uncertified; [`crate::security::effective_priority`]).
     pub fn priority_of(&self, node: &NodeId) -> agentmesh_gossip::record::Priority {
         crate::membership::driver::snapshot(&self.gossip)
             .members
             .iter()
             .find(|m| m.node_id == *node)
-            .and_then(|m| m.record.as_ref().map(|r| r.priority))
+            .and_then(|m| {
+                m.record
+                    .as_ref()
+                    .map(|r| crate::security::effective_priority(r))
+            })
             .unwrap_or_default()
     }
 }
@@ -99,6 +104,15 @@ impl Callee {
         mut r: quinn::RecvStream,
         mut w: quinn::SendStream,
     ) {
+        // Fail closed (`on_full = "refuse_call"`): refuse what the log could not record.
+        let slot = match self.sec.audit_reserve() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = write_resp(&mut w, &RespFrame::Error(WireError::from(&e))).await;
+                let _ = w.close().await;
+                return;
+            }
+        };
         let started = tokio::time::Instant::now();
         let mut audit = crate::security::audit::CallRecord {
             time_ms: crate::security::audit::now_unix_ms(),
@@ -131,7 +145,7 @@ impl Callee {
         let _ = w.close().await;
         // A stream that never sent a header is not a call; everything else is audited.
         if !audit.capability.is_empty() || !audit.decision.is_empty() {
-            self.sec.audit(audit).await;
+            self.sec.audit_in(slot, audit).await;
         }
     }
 

@@ -85,6 +85,8 @@ impl Outbound {
         if !self.sec.audits() {
             return self.call_observed(req, call_id).await;
         }
+        // Fail closed (`on_full = "refuse_call"`): no call runs that cannot be recorded.
+        let slot = self.sec.audit_reserve()?;
         let started = tokio::time::Instant::now();
         let time_ms = crate::security::audit::now_unix_ms();
         let rec = crate::security::audit::CallRecord {
@@ -100,7 +102,7 @@ impl Outbound {
         };
         let res = self.call_observed(req, call_id).await;
         let rec = outbound_record(rec, &res, started.elapsed());
-        self.sec.audit(rec).await;
+        self.sec.audit_in(slot, rec).await;
         res
     }
 

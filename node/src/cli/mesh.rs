@@ -140,7 +140,8 @@ pub(crate) fn admit(a: AdmitArgs) -> CmdResult {
     let cert = AdmissionCert {
         mesh_id: mesh_id.clone(),
         node_id,
-        roles: a.roles.clone(),
+        // `--roles ""` admits a node without any role.
+        roles: a.roles.iter().filter(|r| !r.is_empty()).cloned().collect(),
         not_before: now.saturating_sub(60),
         not_after: now + ttl_s,
     }

@@ -2,6 +2,7 @@
 //! in 100 columns. Exit codes are listed in [`exit`].
 
 pub mod api_client;
+pub mod audit_verify;
 pub mod config;
 pub mod demo;
 pub mod mesh;

@@ -121,6 +121,16 @@ pub(crate) async fn run_node(a: NodeArgs) -> CmdResult {
              use this for demos only"
         );
     }
+    if cfg.file.rbac.is_none() {
+        tracing::warn!(
+            "no [rbac] policy_file: every admitted peer may call this node's agent (only \
+             `mesh.audit`, reading this node's audit log, stays denied); set [rbac] policy_file \
+             (see examples/policy.toml) for deny-by-default"
+        );
+    }
+    if cfg.file.audit.is_none() {
+        tracing::warn!("no [audit] section: calls to and from this node are not audited");
+    }
     let state_dir = cfg.file.node.state_dir.clone();
     create_private_dir(&state_dir)?;
     let pid_path = state_dir.join(PID_FILE);

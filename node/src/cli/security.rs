@@ -1,10 +1,10 @@
 //! `agentmesh revoke`, `agentmesh audit verify|query` and `agentmesh policy sign|push`.
 
 use crate::cli::{
-    authed, client, clip, exit, fail, get_json, parse_ttl, print_json, read_ok, unreachable, url,
-    ApiArgs, CmdResult, CLI_HTTP_TIMEOUT_MS, HUMAN_COLS_MAX,
+    authed, client, clip, exit, fail, get_json, parse_ttl, read_ok, unreachable, url, ApiArgs,
+    CmdResult, CLI_HTTP_TIMEOUT_MS, HUMAN_COLS_MAX,
 };
-use crate::security::audit::{log_files, query_files, verify_files, AuditQuery, CallRecord};
+use crate::security::audit::{log_files, query_files, AuditQuery, CallRecord};
 use agentmesh_crypto::{NodeId, Revocation};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -42,25 +42,15 @@ pub struct RevokeArgs {
 /// `agentmesh audit …`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain and signed checkpoints; name the first changed, deleted or
-    /// reordered entry (exit 1 if any).
-    Verify(VerifyArgs),
+    /// Check that the log is the given node's and intact: its signed genesis, the hash chain,
+    /// every checkpoint signed by that node, a checkpoint at the end, and what other nodes
+    /// witnessed; name the first changed, deleted, reordered or foreign-signed entry (exit 1).
+    Verify(Box<VerifyArgs>),
     /// Filter audit entries (local files, or every node with --mesh).
     Query(Box<QueryArgs>),
 }
 
-/// `agentmesh audit verify`.
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// Files in chain order (default: every file in --dir, oldest first).
-    pub files: Vec<PathBuf>,
-    /// The audit directory.
-    #[arg(long, default_value = "audit")]
-    pub dir: PathBuf,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+pub use crate::cli::audit_verify::VerifyArgs;
 
 /// `agentmesh audit query`.
 #[derive(Debug, Args)]
@@ -216,12 +206,15 @@ pub async fn revoke(a: RevokeArgs) -> CmdResult {
 /// Runs an `audit` subcommand.
 pub async fn audit(c: AuditCommand) -> CmdResult {
     match c {
-        AuditCommand::Verify(a) => verify(a),
+        AuditCommand::Verify(a) => crate::cli::audit_verify::verify(*a).await,
         AuditCommand::Query(a) => query(*a).await,
     }
 }
 
-fn files_or_dir(files: Vec<PathBuf>, dir: &Path) -> Result<Vec<PathBuf>, crate::cli::Failure> {
+pub(crate) fn files_or_dir(
+    files: Vec<PathBuf>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, crate::cli::Failure> {
     if !files.is_empty() {
         return Ok(files);
     }
@@ -233,32 +226,6 @@ fn files_or_dir(files: Vec<PathBuf>, dir: &Path) -> Result<Vec<PathBuf>, crate::
         ));
     }
     Ok(f)
-}
-
-fn verify(a: VerifyArgs) -> CmdResult {
-    let files = files_or_dir(a.files, &a.dir)?;
-    let r = verify_files(&files).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
-    if a.json {
-        print_json(&serde_json::to_value(&r).unwrap_or_default());
-    }
-    match &r.failure {
-        None => {
-            if !a.json {
-                println!(
-                    "ok: {} entries from seq {}, {} signed checkpoint(s), {} file(s)",
-                    r.entries,
-                    r.starts_at,
-                    r.checkpoints,
-                    files.len()
-                );
-            }
-            Ok(())
-        }
-        Some(f) => Err(fail(
-            exit::FAILURE,
-            format!("{}:{}: {}", f.file, f.line, f.problem),
-        )),
-    }
 }
 
 /// Parses `1d`/`90m`/… as "that long ago" or a bare number as unix seconds, into unix ms.

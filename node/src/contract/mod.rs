@@ -159,6 +159,8 @@ pub enum ErrorCode {
     NotFound,
     /// The endpoint exists but not with this HTTP method.
     MethodNotAllowed,
+    /// The audit log cannot record the call and `[audit] on_full = "refuse_call"`.
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -177,6 +179,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::AuditUnavailable => 503,
         }
     }
 }

@@ -193,7 +193,9 @@ impl MeshHandle {
         if let Some(r) = &cfg.agent {
             record.max_concurrency = r.max_concurrency;
         }
-        record.priority = cfg.priority;
+        // Capped at what the certificate grants (warns if node.toml asks for more).
+        let priority = crate::security::own_priority(cfg.cert.as_ref(), cfg.priority);
+        record.priority = priority;
         let driver_stats = Arc::new(DriverStats::default());
         let (driver, gossip) = driver::spawn(
             GossipInit {
@@ -232,7 +234,7 @@ impl MeshHandle {
                 traffic: Arc::new(crate::obs::traffic::TrafficTable::default()),
                 shutting_down: AtomicBool::new(false),
                 outbound: Arc::new(std::sync::atomic::AtomicU32::new(0)),
-                priority: cfg.priority,
+                priority,
             },
             driver,
             settings_source: Mutex::new(None),

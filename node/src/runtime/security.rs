@@ -4,6 +4,7 @@
 //! own certificate expires.
 
 use super::*;
+use crate::security::witness::{AUDIT_CHECKPOINT_EXT, CHECKPOINT_PUBLISH_INTERVAL_MS};
 use crate::security::POLICY_EXT;
 use agentmesh_crypto::SignedRevocation;
 
@@ -21,9 +22,12 @@ impl MeshHandle {
         let mut tick = tokio::time::interval(SECURITY_TICK);
         let mut bad_policies: std::collections::BTreeSet<[u8; 32]> = Default::default();
         let mut n: u64 = 0;
+        let mut published: Option<(crate::security::audit::LatestCheckpoint, u64)> = None;
         loop {
             tick.tick().await;
             let snap = snapshot(&self.0.calls.gossip);
+            self.witness_checkpoints(&snap);
+            self.publish_checkpoint(&mut published).await;
             for r in &snap.revocations {
                 // The gossip state machine verified it before holding it.
                 let Ok(body) = r.0.decode_unverified() else {
@@ -43,6 +47,63 @@ impl MeshHandle {
             }
             n += 1;
         }
+    }
+
+    /// Keeps the newest audit checkpoint each other member publishes in its record.
+    fn witness_checkpoints(&self, snap: &gossip_driver::Snapshot) {
+        let now = now_ms();
+        for m in &snap.members {
+            if m.node_id == self.0.calls.node_id {
+                continue;
+            }
+            if let Some(b) = m
+                .record
+                .as_ref()
+                .and_then(|r| r.ext.get(AUDIT_CHECKPOINT_EXT))
+            {
+                self.0.calls.sec.witness.observe(&m.node_id, b, now);
+            }
+        }
+    }
+
+    /// Puts the own newest audit checkpoint in the record (at most every
+    /// [`CHECKPOINT_PUBLISH_INTERVAL_MS`]), for the other members to witness.
+    async fn publish_checkpoint(
+        &self,
+        published: &mut Option<(crate::security::audit::LatestCheckpoint, u64)>,
+    ) {
+        let Some(latest) = self
+            .0
+            .calls
+            .sec
+            .audit
+            .as_ref()
+            .and_then(|a| a.latest_checkpoint())
+        else {
+            return;
+        };
+        let now = now_ms();
+        if let Some((p, at)) = published {
+            if *p == latest || now.saturating_sub(*at) < CHECKPOINT_PUBLISH_INTERVAL_MS {
+                return;
+            }
+        }
+        let sent = self
+            .0
+            .driver
+            .send(DriverCmd::Update(RecordUpdate::Ext {
+                key: AUDIT_CHECKPOINT_EXT.into(),
+                value: Some(crate::security::witness::encode(&latest)),
+            }))
+            .await;
+        if sent.is_ok() {
+            *published = Some((latest, now));
+        }
+    }
+
+    /// The newest audit checkpoint this node witnessed of `node` (`GET /v1/audit/witnessed`).
+    pub fn witnessed(&self, node: &NodeId) -> Option<crate::security::witness::Seen> {
+        self.0.calls.sec.witness.get(node)
     }
 
     /// Re-applies the revocations kept on disk: refuse and disconnect the revoked nodes, and

@@ -14,22 +14,35 @@
 //! - `never`: leave it to the OS.
 //!
 //! A torn last line (crash mid-write) is cut off at start; the chain resumes from the last
-//! whole entry. Entries go through a bounded queue to one writer thread; if it is full the
-//! entry is dropped and counted (`agentmesh_audit_dropped_total`), never blocking a call.
+//! whole entry. Entries go through a bounded queue (`queue_max`) to one writer thread. When it
+//! is full, `on_full` decides: `record_gap` (default) counts what could not be queued and the
+//! writer writes a `gap` entry (how many, first and last call time) into the chain, followed
+//! by a signed checkpoint; `refuse_call` additionally refuses new calls while the queue is
+//! full (each call reserves its entry before it runs; `AuditLog::reserve`), so a fail-closed
+//! deployment never serves a call it could not record.
+//!
+//! Entry 0 of a log is a `genesis` entry signed by the node (node id, certificate hash, start
+//! time); a verifier that knows the node refuses a log that does not start with it.
 
+pub use super::audit_line::{parse_line, AuditLine, LineError};
 pub use super::audit_query::{query_files, AuditQuery};
-pub use super::audit_verify::{verify_files, VerifyFailure, VerifyReport};
-use agentmesh_crypto::audit::{line_hash, ChainEntry, ChainHash};
-use agentmesh_crypto::{Checkpoint, Keypair, NodeId, Signature, GENESIS};
+pub use super::audit_verify::{verify_files, VerifyFailure, VerifyOpts, VerifyReport, Witnessed};
+use agentmesh_crypto::audit::{line_hash, ChainHash};
+use agentmesh_crypto::{Checkpoint, Genesis, Keypair, Signature, GENESIS};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Entries waiting for the writer thread.
+/// Default and largest `queue_max`: entries waiting for the writer thread.
 pub const AUDIT_QUEUE_MAX: usize = 65_536;
+/// Queue slots kept for flush requests beyond `queue_max`.
+const FLUSH_SLOTS_MAX: usize = 64;
+/// Shortest time between two gap entries while the writer cannot keep up, in ms (bounds how
+/// much of the log gap entries and their checkpoints can take).
+pub const GAP_ENTRY_INTERVAL_MS: u64 = 100;
 /// Longest audit line read back (verify, query), in bytes.
 pub const AUDIT_LINE_BYTES_MAX: usize = 16 * 1024;
 /// Longest free-text field written (agent names, error messages), in bytes.
@@ -39,7 +52,7 @@ pub const ROTATE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Default entries between signed checkpoints.
 pub const CHECKPOINT_EVERY_DEFAULT: u64 = 1000;
 /// Default time between checkpoints when entries trickle in.
-pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 60_000;
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 10_000;
 /// Default fsync interval.
 pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
 /// Most entries a query returns.
@@ -58,6 +71,17 @@ pub enum FsyncPolicy {
     Interval,
     /// Never explicitly.
     Never,
+}
+
+/// What happens when the audit queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Serve the call; the chain records a signed gap entry with how many entries were lost.
+    #[default]
+    RecordGap,
+    /// Refuse new calls (`audit_unavailable`) until the writer catches up (fail closed).
+    RefuseCall,
 }
 
 /// `[audit]` in `node.toml`.
@@ -84,6 +108,16 @@ pub struct AuditConfig {
     /// Record the SHA-256 of request bodies (bodies themselves are never logged).
     #[serde(default)]
     pub hash_bodies: bool,
+    /// When the queue is full: `record_gap` or `refuse_call`.
+    #[serde(default)]
+    pub on_full: OnFull,
+    /// Entries waiting for the writer at most (1 ..= [`AUDIT_QUEUE_MAX`]).
+    #[serde(default = "d_queue")]
+    pub queue_max: usize,
+}
+
+fn d_queue() -> usize {
+    AUDIT_QUEUE_MAX
 }
 
 fn d_fsync_ms() -> u64 {
@@ -110,6 +144,8 @@ impl AuditConfig {
             checkpoint_every: CHECKPOINT_EVERY_DEFAULT,
             checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
             hash_bodies: false,
+            on_full: OnFull::default(),
+            queue_max: AUDIT_QUEUE_MAX,
         }
     }
 
@@ -120,6 +156,12 @@ impl AuditConfig {
         }
         if self.checkpoint_every == 0 {
             return Err(("audit.checkpoint_every".into(), "must be at least 1".into()));
+        }
+        if self.queue_max == 0 || self.queue_max > AUDIT_QUEUE_MAX {
+            return Err((
+                "audit.queue_max".into(),
+                format!("must be 1 ..= {AUDIT_QUEUE_MAX}"),
+            ));
         }
         if self.fsync_interval_ms == 0 || self.checkpoint_interval_ms == 0 {
             return Err((
@@ -182,97 +224,51 @@ pub struct CallRecord {
     pub body_sha256: Option<String>,
 }
 
-/// A line of the log as written and read back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditLine {
-    /// Position in the chain.
-    pub seq: u64,
-    /// Hex hash of the previous line.
-    pub prev: String,
-    /// `call` or `checkpoint`.
-    pub kind: String,
-    /// The call (kind `call`).
-    #[serde(flatten)]
-    pub call: Option<CallRecord>,
-    /// Checkpoint size (kind `checkpoint`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// Checkpoint head (hex).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub head: Option<String>,
-    /// Checkpoint signer (node id).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signer: Option<String>,
-    /// Checkpoint signature (hex).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sig: Option<String>,
-}
-
-/// Why a line does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LineError {
-    /// Longer than [`AUDIT_LINE_BYTES_MAX`].
-    #[error("line of {0} bytes exceeds {AUDIT_LINE_BYTES_MAX}")]
-    TooLong(usize),
-    /// Not JSON of the right shape.
-    #[error("not an audit entry: {0}")]
-    Json(String),
-    /// A hash, id or signature field is malformed.
-    #[error("bad field {0}")]
-    Field(&'static str),
-}
-
-fn hex32(s: &str, field: &'static str) -> Result<[u8; 32], LineError> {
-    let v = hex::decode(s).map_err(|_| LineError::Field(field))?;
-    v.try_into().map_err(|_| LineError::Field(field))
-}
-
-/// Parses one line (size checked first) into the entry and its chain view.
-pub fn parse_line(line: &[u8]) -> Result<(AuditLine, ChainEntry), LineError> {
-    if line.len() > AUDIT_LINE_BYTES_MAX {
-        return Err(LineError::TooLong(line.len()));
-    }
-    let l: AuditLine = serde_json::from_slice(line).map_err(|e| LineError::Json(e.to_string()))?;
-    let prev = hex32(&l.prev, "prev")?;
-    let checkpoint = if l.kind == "checkpoint" {
-        let size = l.size.ok_or(LineError::Field("size"))?;
-        let head = hex32(l.head.as_deref().unwrap_or(""), "head")?;
-        let signer: NodeId = l
-            .signer
-            .as_deref()
-            .unwrap_or("")
-            .parse()
-            .map_err(|_| LineError::Field("signer"))?;
-        let sig =
-            hex::decode(l.sig.as_deref().unwrap_or("")).map_err(|_| LineError::Field("sig"))?;
-        let sig: [u8; 64] = sig.try_into().map_err(|_| LineError::Field("sig"))?;
-        Some((Checkpoint { size, head }, signer, Signature(sig)))
-    } else if l.kind == "call" {
-        if l.call.is_none() {
-            return Err(LineError::Field("call"));
-        }
-        None
-    } else {
-        return Err(LineError::Field("kind"));
-    };
-    let entry = ChainEntry {
-        seq: l.seq,
-        prev,
-        hash: line_hash(line),
-        checkpoint,
-    };
-    Ok((l, entry))
-}
-
 /// Counters of the writer.
 #[derive(Debug, Default)]
 pub struct AuditCounters {
     /// `agentmesh_audit_entries_total`.
     pub entries_total: AtomicU64,
-    /// `agentmesh_audit_dropped_total` (queue full or writer failed).
+    /// `agentmesh_audit_dropped_total`: entries that could not be queued (each is also counted
+    /// in a gap entry) or that the writer failed to write.
     pub dropped_total: AtomicU64,
     /// `agentmesh_audit_checkpoints_total`.
     pub checkpoints_total: AtomicU64,
+    /// `agentmesh_audit_gap_entries_total`.
+    pub gap_entries_total: AtomicU64,
+    /// `agentmesh_audit_refused_calls_total` (`on_full = "refuse_call"`).
+    pub refused_calls_total: AtomicU64,
+}
+
+/// Entries lost since the last gap entry.
+#[derive(Debug, Default, Clone, Copy)]
+struct GapAcc {
+    lost: u64,
+    from_ms: u64,
+    to_ms: u64,
+}
+
+/// The newest signed checkpoint, as published to gossip for other nodes to witness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatestCheckpoint {
+    /// What was signed.
+    pub checkpoint: Checkpoint,
+    /// The node's signature.
+    pub sig: Signature,
+}
+
+/// State shared by the handle and the writer thread.
+#[derive(Debug, Default)]
+struct Shared {
+    counters: std::sync::Arc<AuditCounters>,
+    /// Reserved or queued entries (at most `queue_max`).
+    queued: AtomicUsize,
+    gap: std::sync::Mutex<GapAcc>,
+    latest: std::sync::Mutex<Option<LatestCheckpoint>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum Msg {
@@ -285,6 +281,7 @@ enum Msg {
 pub struct AuditLog {
     tx: mpsc::SyncSender<Msg>,
     cfg: AuditConfig,
+    shared: std::sync::Arc<Shared>,
     /// Counters.
     pub counters: std::sync::Arc<AuditCounters>,
 }
@@ -295,18 +292,44 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// One queue slot reserved for the entry of a call about to run (`on_full = "refuse_call"`).
+/// Dropped unused, it frees the slot.
+#[derive(Debug)]
+pub struct AuditSlot {
+    shared: std::sync::Arc<Shared>,
+    used: bool,
+}
+
+impl Drop for AuditSlot {
+    fn drop(&mut self) {
+        if !self.used {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl AuditLog {
-    /// Opens (or resumes) the log in `cfg.dir` and starts the writer thread.
-    pub fn open(cfg: AuditConfig, key: Keypair) -> std::io::Result<AuditLog> {
+    /// Opens (or resumes) the log in `cfg.dir` and starts the writer thread. A new log starts
+    /// with a genesis entry signed by `key` naming `cert_sha256` (zeros without certificate).
+    pub fn open(
+        cfg: AuditConfig,
+        key: Keypair,
+        cert_sha256: [u8; 32],
+    ) -> std::io::Result<AuditLog> {
         std::fs::create_dir_all(&cfg.dir)?;
-        let mut w = Writer::resume(cfg.clone(), key)?;
-        let (tx, rx) = mpsc::sync_channel(AUDIT_QUEUE_MAX);
-        let counters = std::sync::Arc::new(AuditCounters::default());
-        let c = counters.clone();
+        let shared = std::sync::Arc::new(Shared::default());
+        let mut w = Writer::resume(cfg.clone(), key, shared.clone())?;
+        w.genesis_if_new(cert_sha256)?;
+        let (tx, rx) = mpsc::sync_channel(cfg.queue_max + FLUSH_SLOTS_MAX);
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || w.run(rx, &c))?;
-        Ok(AuditLog { tx, cfg, counters })
+            .spawn(move || w.run(rx))?;
+        Ok(AuditLog {
+            tx,
+            cfg,
+            counters: shared.counters.clone(),
+            shared,
+        })
     }
 
     /// The configuration.
@@ -314,17 +337,65 @@ impl AuditLog {
         &self.cfg
     }
 
-    /// Appends an entry. With `fsync = "always"` this resolves once the entry is durable.
-    pub async fn record(&self, rec: CallRecord) {
+    fn try_reserve(&self) -> bool {
+        self.shared
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < self.cfg.queue_max).then_some(q + 1)
+            })
+            .is_ok()
+    }
+
+    /// Reserves the queue slot for a call's entry before the call runs. With `on_full =
+    /// "refuse_call"` and a full queue, `None`: the caller refuses the call (and it is
+    /// counted). With `record_gap` always `Some` (a slot if one is free).
+    pub fn reserve(&self) -> Option<Option<AuditSlot>> {
+        if self.try_reserve() {
+            return Some(Some(AuditSlot {
+                shared: self.shared.clone(),
+                used: false,
+            }));
+        }
+        match self.cfg.on_full {
+            OnFull::RecordGap => Some(None),
+            OnFull::RefuseCall => {
+                self.counters
+                    .refused_calls_total
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Appends an entry (using `slot` if the call reserved one). With `fsync = "always"` this
+    /// resolves once the entry is durable. If no slot is free the entry is counted into the
+    /// next gap entry, never silently dropped.
+    pub async fn record_in(&self, slot: Option<AuditSlot>, rec: CallRecord) {
+        let reserved = match slot {
+            Some(mut s) => {
+                s.used = true;
+                true
+            }
+            None => self.try_reserve(),
+        };
+        if !reserved {
+            self.lose(rec.time_ms);
+            return;
+        }
         let (ack, wait) = if self.cfg.fsync == FsyncPolicy::Always {
             let (t, r) = tokio::sync::oneshot::channel();
             (Some(t), Some(r))
         } else {
             (None, None)
         };
-        if self.tx.try_send(Msg::Entry(Box::new(rec), ack)).is_err() {
-            self.counters.dropped_total.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("audit queue full; entry dropped");
+        if self
+            .tx
+            .try_send(Msg::Entry(Box::new(rec.clone()), ack))
+            .is_err()
+        {
+            // Only if the writer thread died: the slot is never freed by it.
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.lose(rec.time_ms);
             return;
         }
         if let Some(w) = wait {
@@ -332,7 +403,30 @@ impl AuditLog {
         }
     }
 
-    /// Writes a checkpoint and fsyncs (graceful shutdown, tests).
+    /// Appends an entry without a reserved slot ([`AuditLog::record_in`]).
+    pub async fn record(&self, rec: CallRecord) {
+        self.record_in(None, rec).await
+    }
+
+    fn lose(&self, time_ms: u64) {
+        self.counters.dropped_total.fetch_add(1, Ordering::Relaxed);
+        let mut g = lock(&self.shared.gap);
+        if g.lost == 0 {
+            g.from_ms = time_ms;
+            g.to_ms = time_ms;
+            tracing::warn!("audit queue full; counting lost entries into a gap entry");
+        }
+        g.lost += 1;
+        g.from_ms = g.from_ms.min(time_ms);
+        g.to_ms = g.to_ms.max(time_ms);
+    }
+
+    /// The newest signed checkpoint written (for gossip).
+    pub fn latest_checkpoint(&self) -> Option<LatestCheckpoint> {
+        *lock(&self.shared.latest)
+    }
+
+    /// Writes pending gaps and a checkpoint and fsyncs (graceful shutdown, tests).
     pub async fn flush(&self) {
         let (t, r) = tokio::sync::oneshot::channel();
         if self.tx.try_send(Msg::Flush(t)).is_ok() {
@@ -343,18 +437,15 @@ impl AuditLog {
     /// The counters as `(metric name, value)` pairs.
     pub fn metrics(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
+            ("agentmesh_audit_entries_total", l(&c.entries_total)),
+            ("agentmesh_audit_dropped_total", l(&c.dropped_total)),
+            ("agentmesh_audit_checkpoints_total", l(&c.checkpoints_total)),
+            ("agentmesh_audit_gap_entries_total", l(&c.gap_entries_total)),
             (
-                "agentmesh_audit_entries_total",
-                c.entries_total.load(Ordering::Relaxed),
-            ),
-            (
-                "agentmesh_audit_dropped_total",
-                c.dropped_total.load(Ordering::Relaxed),
-            ),
-            (
-                "agentmesh_audit_checkpoints_total",
-                c.checkpoints_total.load(Ordering::Relaxed),
+                "agentmesh_audit_refused_calls_total",
+                l(&c.refused_calls_total),
             ),
         ]
     }
@@ -363,6 +454,8 @@ impl AuditLog {
 struct Writer {
     cfg: AuditConfig,
     key: Keypair,
+    shared: std::sync::Arc<Shared>,
+    last_gap: Instant,
     file: std::fs::File,
     file_bytes: u64,
     file_first_seq: u64,
@@ -422,7 +515,11 @@ fn repair_tail(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 }
 
 impl Writer {
-    fn resume(cfg: AuditConfig, key: Keypair) -> std::io::Result<Writer> {
+    fn resume(
+        cfg: AuditConfig,
+        key: Keypair,
+        shared: std::sync::Arc<Shared>,
+    ) -> std::io::Result<Writer> {
         let files = log_files(&cfg.dir)?;
         let mut next_seq = 0;
         let mut prev = GENESIS;
@@ -450,6 +547,8 @@ impl Writer {
         Ok(Writer {
             cfg,
             key,
+            shared,
+            last_gap: Instant::now(),
             file,
             file_bytes,
             file_first_seq,
@@ -462,32 +561,59 @@ impl Writer {
         })
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Msg>, c: &AuditCounters) {
-        let tick = Duration::from_millis(self.cfg.fsync_interval_ms.min(1000));
+    /// A brand-new log starts with the node's signed genesis entry.
+    fn genesis_if_new(&mut self, cert_sha256: [u8; 32]) -> std::io::Result<()> {
+        if self.next_seq != 0 {
+            return Ok(());
+        }
+        let g = Genesis {
+            node: self.key.node_id(),
+            cert_sha256,
+            started_ms: now_unix_ms(),
+        };
+        let mut line = AuditLine::empty(0, &self.prev, "genesis");
+        line.node = Some(g.node.to_string());
+        line.cert_sha256 = Some(hex::encode(cert_sha256));
+        line.started_ms = Some(g.started_ms);
+        line.sig = Some(hex::encode(g.sign(&self.key).0));
+        self.append(line)?;
+        self.since_checkpoint += 1;
+        self.sync()
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        let c = self.shared.counters.clone();
+        let c = &*c;
+        let tick = Duration::from_millis(self.cfg.fsync_interval_ms.min(GAP_ENTRY_INTERVAL_MS));
         loop {
             let msg = match rx.recv_timeout(tick) {
                 Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = self.checkpoint(c);
+                    let _ = self.gap(c, true);
+                    let _ = self.checkpoint(c, true);
                     let _ = self.file.sync_all();
                     return;
                 }
             };
             let res = match msg {
-                Some(Msg::Entry(rec, ack)) => self.entry(*rec, c).map(|_| {
-                    if let Some(a) = ack {
-                        let _ = a.send(());
-                    }
-                }),
-                Some(Msg::Flush(ack)) => {
-                    self.checkpoint(c)
-                        .and_then(|_| self.file.sync_all())
-                        .map(|_| {
-                            let _ = ack.send(());
-                        })
+                Some(Msg::Entry(rec, ack)) => {
+                    let r = self.gap(c, false).and_then(|_| self.entry(*rec, c));
+                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                    r.map(|_| {
+                        if let Some(a) = ack {
+                            let _ = a.send(());
+                        }
+                    })
                 }
-                None => self.timers(c),
+                Some(Msg::Flush(ack)) => self
+                    .gap(c, true)
+                    .and_then(|_| self.checkpoint(c, true))
+                    .and_then(|_| self.file.sync_all())
+                    .map(|_| {
+                        let _ = ack.send(());
+                    }),
+                None => self.gap(c, true).and_then(|_| self.timers(c)),
             };
             if let Err(e) = res {
                 c.dropped_total.fetch_add(1, Ordering::Relaxed);
@@ -496,12 +622,42 @@ impl Writer {
         }
     }
 
+    /// Writes the entries lost since the last gap entry as one `gap` entry followed by a
+    /// signed checkpoint: at most every [`GAP_ENTRY_INTERVAL_MS`] unless `now`.
+    fn gap(&mut self, c: &AuditCounters, now: bool) -> std::io::Result<()> {
+        if !now && self.last_gap.elapsed() < Duration::from_millis(GAP_ENTRY_INTERVAL_MS) {
+            return Ok(());
+        }
+        let g = std::mem::take(&mut *lock(&self.shared.gap));
+        if g.lost == 0 {
+            return Ok(());
+        }
+        self.last_gap = Instant::now();
+        let mut line = AuditLine::empty(self.next_seq, &self.prev, "gap");
+        line.lost = Some(g.lost);
+        line.lost_from_ms = Some(g.from_ms);
+        line.lost_to_ms = Some(g.to_ms);
+        if let Err(e) = self.append(line) {
+            // Put the count back so the next gap entry still accounts for it.
+            let mut acc = lock(&self.shared.gap);
+            acc.lost += g.lost;
+            return Err(e);
+        }
+        c.gap_entries_total.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            lost = g.lost,
+            "audit: wrote a gap entry for entries the queue could not hold"
+        );
+        self.since_checkpoint += 1;
+        self.checkpoint(c, false)
+    }
+
     fn timers(&mut self, c: &AuditCounters) -> std::io::Result<()> {
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed()
                 >= Duration::from_millis(self.cfg.checkpoint_interval_ms)
         {
-            self.checkpoint(c)?;
+            self.checkpoint(c, true)?;
         }
         if self.dirty
             && self.cfg.fsync == FsyncPolicy::Interval
@@ -527,21 +683,13 @@ impl Writer {
             *v = crate::net::call_proto::truncate(v, AUDIT_FIELD_LEN_MAX);
         }
         rec.outcome = crate::net::call_proto::truncate(&rec.outcome, AUDIT_FIELD_LEN_MAX);
-        let line = AuditLine {
-            seq: self.next_seq,
-            prev: hex::encode(self.prev),
-            kind: "call".into(),
-            call: Some(rec),
-            size: None,
-            head: None,
-            signer: None,
-            sig: None,
-        };
+        let mut line = AuditLine::empty(self.next_seq, &self.prev, "call");
+        line.call = Some(rec);
         self.append(line)?;
         c.entries_total.fetch_add(1, Ordering::Relaxed);
         self.since_checkpoint += 1;
         if self.since_checkpoint >= self.cfg.checkpoint_every {
-            self.checkpoint(c)?;
+            self.checkpoint(c, true)?;
         }
         if self.cfg.fsync == FsyncPolicy::Always {
             self.sync()?;
@@ -549,7 +697,9 @@ impl Writer {
         self.timers(c)
     }
 
-    fn checkpoint(&mut self, c: &AuditCounters) -> std::io::Result<()> {
+    /// Writes a signed checkpoint over everything before it (fsynced if `sync` and the
+    /// policy fsyncs at all).
+    fn checkpoint(&mut self, c: &AuditCounters, sync: bool) -> std::io::Result<()> {
         if self.since_checkpoint == 0 {
             return Ok(());
         }
@@ -558,23 +708,23 @@ impl Writer {
             head: self.prev,
         };
         let sig = cp.sign(&self.key);
-        let line = AuditLine {
-            seq: self.next_seq,
-            prev: hex::encode(self.prev),
-            kind: "checkpoint".into(),
-            call: None,
-            size: Some(cp.size),
-            head: Some(hex::encode(cp.head)),
-            signer: Some(self.key.node_id().to_string()),
-            sig: Some(hex::encode(sig.0)),
-        };
+        let mut line = AuditLine::empty(self.next_seq, &self.prev, "checkpoint");
+        line.size = Some(cp.size);
+        line.head = Some(hex::encode(cp.head));
+        line.signer = Some(self.key.node_id().to_string());
+        line.sig = Some(hex::encode(sig.0));
         self.append(line)?;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         c.checkpoints_total.fetch_add(1, Ordering::Relaxed);
-        if self.cfg.fsync != FsyncPolicy::Never {
+        if sync && self.cfg.fsync != FsyncPolicy::Never {
             self.sync()?;
         }
+        // Published only once durable (or as durable as the policy makes anything).
+        *lock(&self.shared.latest) = Some(LatestCheckpoint {
+            checkpoint: cp,
+            sig,
+        });
         Ok(())
     }
 
@@ -646,6 +796,7 @@ pub fn now_unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentmesh_crypto::NodeId;
 
     fn rec(i: u64, cap: &str, decision: &str) -> CallRecord {
         CallRecord {
@@ -673,7 +824,7 @@ mod tests {
         let mut c = AuditConfig::in_dir(dir.to_path_buf());
         c.checkpoint_every = 4;
         cfg(&mut c);
-        let log = AuditLog::open(c, Keypair::from_secret([9; 32])).unwrap();
+        let log = AuditLog::open(c, Keypair::from_secret([9; 32]), [0; 32]).unwrap();
         for i in 0..n {
             let d = if i % 3 == 0 { "deny" } else { "allow" };
             let cap = if i % 2 == 0 {
@@ -698,15 +849,22 @@ mod tests {
     async fn verify_names_the_first_changed_deleted_or_reordered_entry() {
         let dir = tempfile::tempdir().unwrap();
         let files = write_log(dir.path(), 10, |_| {}).await;
-        let ok = verify_files(&files).unwrap();
+        let ok = verify_files(&files, &Default::default()).unwrap();
         assert_eq!(ok.failure, None);
-        assert_eq!(ok.entries, 10 + 3, "10 calls and 3 checkpoints");
+        assert_eq!(
+            ok.entries,
+            1 + 10 + 3,
+            "genesis, 10 calls and 3 checkpoints"
+        );
         assert_eq!(ok.checkpoints, 3);
         let f = &files[0];
         let pristine = std::fs::read_to_string(f).unwrap();
         // Changed: line 3's decision flipped.
         rewrite(f, |l| l[2] = l[2].replace("\"allow\"", "\"deny\""));
-        let r = verify_files(&files).unwrap().failure.unwrap();
+        let r = verify_files(&files, &Default::default())
+            .unwrap()
+            .failure
+            .unwrap();
         assert_eq!(r.line, 3, "{r:?}");
         assert!(r.problem.contains("changed"), "{r:?}");
         // Deleted: line 4 removed.
@@ -714,19 +872,28 @@ mod tests {
         rewrite(f, |l| {
             l.remove(3);
         });
-        let r = verify_files(&files).unwrap().failure.unwrap();
+        let r = verify_files(&files, &Default::default())
+            .unwrap()
+            .failure
+            .unwrap();
         assert_eq!(r.line, 4);
         assert!(r.problem.contains("deleted"), "{r:?}");
         // Reordered: lines 6 and 7 swapped.
         std::fs::write(f, &pristine).unwrap();
         rewrite(f, |l| l.swap(5, 6));
-        let r = verify_files(&files).unwrap().failure.unwrap();
+        let r = verify_files(&files, &Default::default())
+            .unwrap()
+            .failure
+            .unwrap();
         assert_eq!(r.line, 6);
         assert!(r.problem.contains("out of order"), "{r:?}");
         // Garbage line.
         std::fs::write(f, &pristine).unwrap();
         rewrite(f, |l| l[1] = "{not json".into());
-        let r = verify_files(&files).unwrap().failure.unwrap();
+        let r = verify_files(&files, &Default::default())
+            .unwrap()
+            .failure
+            .unwrap();
         assert_eq!(r.line, 2);
     }
 
@@ -735,12 +902,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = write_log(dir.path(), 60, |c| c.rotate_bytes = 4096).await;
         assert!(files.len() >= 3, "expected rotation, got {files:?}");
-        let r = verify_files(&files).unwrap();
+        let r = verify_files(&files, &Default::default()).unwrap();
         assert_eq!(r.failure, None, "{r:?}");
         // Dropping a middle file is a deletion.
         let mut gap = files.clone();
         gap.remove(1);
-        let f = verify_files(&gap).unwrap().failure.unwrap();
+        let f = verify_files(&gap, &Default::default())
+            .unwrap()
+            .failure
+            .unwrap();
         assert!(f.problem.contains("deleted"), "{f:?}");
         // A torn last line is cut and the chain continues after a restart.
         let cur = dir.path().join(CURRENT_FILE);
@@ -748,7 +918,7 @@ mod tests {
         fh.write_all(b"{\"seq\":99,\"pr").unwrap();
         drop(fh);
         let files = write_log(dir.path(), 5, |c| c.rotate_bytes = 4096).await;
-        let r = verify_files(&files).unwrap();
+        let r = verify_files(&files, &Default::default()).unwrap();
         assert_eq!(r.failure, None, "{r:?}");
     }
 
@@ -770,6 +940,180 @@ mod tests {
         assert_eq!(q(|q| q.since_ms = Some(1010)), 2);
         assert_eq!(q(|q| q.until_ms = Some(1003)), 3);
         assert_eq!(q(|q| q.limit = Some(5)), 5);
+    }
+
+    fn opts(node: Option<NodeId>) -> VerifyOpts {
+        VerifyOpts {
+            node,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_verifies_only_as_its_own_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_log(dir.path(), 10, |_| {}).await;
+        let me = Keypair::from_secret([9; 32]).node_id();
+        let thief = Keypair::from_secret([8; 32]);
+        let r = verify_files(&files, &opts(Some(me))).unwrap();
+        assert_eq!(r.failure, None, "{r:?}");
+        assert_eq!(r.node, Some(me.to_string()));
+        assert_eq!(r.calls, 10);
+        let f = verify_files(&files, &opts(Some(thief.node_id())))
+            .unwrap()
+            .failure
+            .unwrap();
+        assert!(f.problem.contains("not by"), "{f:?}");
+        // Rewrite call 5 (line 6), re-chain and re-sign every later checkpoint with another key.
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        let mut out = Vec::new();
+        let mut prev = GENESIS;
+        for (i, l) in text.lines().enumerate() {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            if i == 5 {
+                v["decision"] = "deny".into();
+                v["capability"] = "admin.wipe".into();
+            }
+            if i >= 5 {
+                v["prev"] = hex::encode(prev).into();
+            }
+            if i >= 5 && v["kind"] == "checkpoint" {
+                let cp = Checkpoint {
+                    size: v["seq"].as_u64().unwrap(),
+                    head: prev,
+                };
+                v["head"] = hex::encode(prev).into();
+                v["signer"] = thief.node_id().to_string().into();
+                v["sig"] = hex::encode(cp.sign(&thief).0).into();
+            }
+            let line = if i >= 5 {
+                serde_json::to_string(&v).unwrap()
+            } else {
+                l.to_string()
+            };
+            prev = line_hash(line.as_bytes());
+            out.push(line);
+        }
+        std::fs::write(&files[0], out.join("\n") + "\n").unwrap();
+        // Unbound, the forgery is internally consistent apart from the signer change.
+        let unbound = verify_files(&files, &Default::default()).unwrap();
+        let f = unbound.failure.unwrap();
+        assert!(f.problem.contains("signed by"), "mixed signers: {f:?}");
+        let f = verify_files(&files, &opts(Some(me)))
+            .unwrap()
+            .failure
+            .unwrap();
+        assert_eq!(f.line, 10, "the first re-signed checkpoint: {f:?}");
+        assert!(f.problem.contains(&thief.node_id().to_string()), "{f:?}");
+        assert!(
+            f.problem.contains("seq 5..=9"),
+            "names the rewritten range: {f:?}"
+        );
+        // The oldest entries removed: no genesis.
+        let dir2 = tempfile::tempdir().unwrap();
+        let files = write_log(dir2.path(), 3, |_| {}).await;
+        rewrite(&files[0], |l| {
+            l.remove(0);
+        });
+        let f = verify_files(&files, &opts(Some(me)))
+            .unwrap()
+            .failure
+            .unwrap();
+        assert!(f.problem.contains("genesis"), "{f:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_recorded_as_a_gap_or_refuses_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = AuditConfig::in_dir(dir.path().to_path_buf());
+        c.queue_max = 2;
+        let log = AuditLog::open(c.clone(), Keypair::from_secret([9; 32]), [0; 32]).unwrap();
+        // Hold the queue full with reserved slots; every other entry is lost into a gap.
+        let held: Vec<_> = (0..2).map(|_| log.reserve().unwrap().unwrap()).collect();
+        assert!(log.reserve().unwrap().is_none(), "record_gap never refuses");
+        for i in 0..5 {
+            log.record(rec(i, "x.y", "allow")).await;
+        }
+        for (i, s) in held.into_iter().enumerate() {
+            log.record_in(Some(s), rec(10 + i as u64, "x.y", "allow"))
+                .await;
+        }
+        log.flush().await;
+        let r = verify_files(
+            &log_files(dir.path()).unwrap(),
+            &opts(Some(Keypair::from_secret([9; 32]).node_id())),
+        )
+        .unwrap();
+        assert_eq!(r.failure, None, "{r:?}");
+        assert_eq!((r.calls, r.gap_entries, r.lost_total), (2, 1, 5), "{r:?}");
+        assert_eq!((r.gaps[0].from_ms, r.gaps[0].to_ms), (1000, 1004));
+        drop(log);
+        // refuse_call: the reservation fails while the queue is full, and is counted.
+        let dir = tempfile::tempdir().unwrap();
+        c.dir = dir.path().to_path_buf();
+        c.on_full = OnFull::RefuseCall;
+        let log = AuditLog::open(c, Keypair::from_secret([9; 32]), [0; 32]).unwrap();
+        let held: Vec<_> = (0..2).map(|_| log.reserve().unwrap().unwrap()).collect();
+        assert!(log.reserve().is_none());
+        assert_eq!(log.counters.refused_calls_total.load(Ordering::Relaxed), 1);
+        drop(held);
+        assert!(log.reserve().is_some(), "dropped slots are freed");
+    }
+
+    #[tokio::test]
+    async fn witnessed_checkpoints_catch_truncation_by_the_key_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Keypair::from_secret([9; 32]);
+        let files = write_log(dir.path(), 10, |_| {}).await;
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // What another node witnessed: the checkpoint at line 10 (seq 9).
+        let (l, _) = parse_line(lines[9].as_bytes()).unwrap();
+        assert_eq!(l.kind, "checkpoint");
+        let cp = Checkpoint {
+            size: l.size.unwrap(),
+            head: hex::decode(l.head.unwrap()).unwrap().try_into().unwrap(),
+        };
+        let w = Witnessed {
+            by: "witness-a".into(),
+            size: cp.size,
+            head: cp.head,
+            sig: Some(cp.sign(&key)),
+        };
+        let mut o = opts(Some(key.node_id()));
+        o.witnessed = vec![w.clone()];
+        assert_eq!(verify_files(&files, &o).unwrap().witnessed_ok, 1);
+        // The key holder cuts everything after line 5 and signs a fresh checkpoint there.
+        let keep: Vec<String> = lines[..5].iter().map(|s| s.to_string()).collect();
+        let head = line_hash(keep[4].as_bytes());
+        let cp = Checkpoint { size: 5, head };
+        let mut l = AuditLine::empty(5, &head, "checkpoint");
+        l.size = Some(5);
+        l.head = Some(hex::encode(head));
+        l.signer = Some(key.node_id().to_string());
+        l.sig = Some(hex::encode(cp.sign(&key).0));
+        let mut out = keep.clone();
+        out.push(serde_json::to_string(&l).unwrap());
+        std::fs::write(&files[0], out.join("\n") + "\n").unwrap();
+        assert_eq!(
+            verify_files(&files, &opts(Some(key.node_id())))
+                .unwrap()
+                .failure,
+            None,
+            "valid without witnesses"
+        );
+        let f = verify_files(&files, &o).unwrap().failure.unwrap();
+        assert!(
+            f.problem.contains("truncated") && f.problem.contains("witness-a"),
+            "{f:?}"
+        );
+        // A witness cannot frame the node: a checkpoint it did not sign is ignored.
+        let mut forged = w;
+        forged.sig = Some(cp.sign(&Keypair::from_secret([1; 32])));
+        o.witnessed = vec![forged];
+        let r = verify_files(&files, &o).unwrap();
+        assert_eq!(r.failure, None);
+        assert_eq!(r.witnessed_ignored.len(), 1);
     }
 
     #[test]

@@ -8,12 +8,14 @@
 
 pub mod admission;
 pub mod audit;
+pub mod audit_line;
 pub mod audit_proto;
 pub mod audit_query;
 pub mod audit_verify;
 pub mod certs;
 pub mod rbac;
 pub mod vote;
+pub mod witness;
 
 use crate::contract::Candidate;
 use crate::contract::{CallError, ErrorCode};
@@ -111,6 +113,59 @@ pub fn cert_roles(rec: &NodeRecord) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The priority class a record's certificate grants (`priority:<class>` roles; the highest
+/// known one), `None` without one.
+pub fn cert_priority(rec: &NodeRecord) -> Option<agentmesh_gossip::record::Priority> {
+    let c = rec.cert.as_ref()?.claimed().ok()?;
+    certified_priority(&c)
+}
+
+/// The priority class a certificate grants, if any.
+pub fn certified_priority(
+    c: &agentmesh_crypto::AdmissionCert,
+) -> Option<agentmesh_gossip::record::Priority> {
+    c.priority_classes()
+        .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.into())).ok())
+        .max()
+}
+
+/// The priority a callee grants a caller's record: what its record claims, capped at what
+/// its certificate grants, and at `standard` without a certified class. A priority claimed
+/// only in `node.toml` never escapes shedding.
+pub fn effective_priority(rec: &NodeRecord) -> agentmesh_gossip::record::Priority {
+    use agentmesh_gossip::record::Priority;
+    let cap = cert_priority(rec)
+        .unwrap_or(Priority::Standard)
+        .max(Priority::Standard);
+    rec.priority.min(cap)
+}
+
+/// This node's own priority: `wanted` (from `node.toml`) capped at what its certificate
+/// grants (`standard` without a `priority:` role); warns when it caps.
+pub fn own_priority(
+    cert: Option<&SignedCert>,
+    wanted: agentmesh_gossip::record::Priority,
+) -> agentmesh_gossip::record::Priority {
+    use agentmesh_gossip::record::Priority;
+    let certified = cert
+        .and_then(|c| c.claimed().ok())
+        .and_then(|c| certified_priority(&c));
+    let cap = certified
+        .unwrap_or(Priority::Standard)
+        .max(Priority::Standard);
+    if wanted > cap {
+        tracing::warn!(
+            wanted = crate::contract::names::priority_name(wanted),
+            granted = crate::contract::names::priority_name(cap),
+            "node.priority is higher than the admission certificate grants (a `priority:<class>` \
+             role from `agentmesh admit --roles`); peers shed this node's calls as {}",
+            crate::contract::names::priority_name(cap)
+        );
+        return cap;
+    }
+    wanted
+}
+
 /// The node's security state.
 #[derive(Debug)]
 pub struct Security {
@@ -128,6 +183,8 @@ pub struct Security {
     file_lock: std::sync::Mutex<()>,
     /// Root and mesh id (None in open meshes).
     pub mesh: Option<(NodeId, String)>,
+    /// Audit checkpoints of other members, as witnessed in their records.
+    pub witness: crate::security::witness::WitnessStore,
     /// The config this was built from.
     pub cfg: SecurityConfig,
     node_id: NodeId,
@@ -142,7 +199,16 @@ impl Security {
         mesh: Option<(NodeId, String)>,
     ) -> std::io::Result<Security> {
         let audit = match &cfg.audit {
-            Some(a) => Some(AuditLog::open(a.clone(), key.clone())?),
+            Some(a) => {
+                let cert_sha256: [u8; 32] = cert
+                    .as_ref()
+                    .map(|c| {
+                        use sha2::Digest;
+                        sha2::Sha256::digest(c.to_bytes()).into()
+                    })
+                    .unwrap_or([0; 32]);
+                Some(AuditLog::open(a.clone(), key.clone(), cert_sha256)?)
+            }
             None => None,
         };
         let roles = cert
@@ -167,6 +233,7 @@ impl Security {
             roles: RwLock::new(roles),
             cert: RwLock::new(cert),
             signed_policy: RwLock::new(None),
+            witness: Default::default(),
             mesh,
             cfg,
             node_id: key.node_id(),
@@ -331,6 +398,28 @@ impl Security {
         }
     }
 
+    /// Reserves the audit entry of a call about to run. `Err(audit_unavailable)` when the
+    /// log's queue is full and `[audit] on_full = "refuse_call"`: the call must not run.
+    pub fn audit_reserve(&self) -> Result<Option<crate::security::audit::AuditSlot>, CallError> {
+        match &self.audit {
+            None => Ok(None),
+            Some(a) => a.reserve().ok_or_else(|| {
+                CallError::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log cannot keep up and this node is configured to refuse calls \
+                     it cannot record ([audit] on_full = \"refuse_call\")",
+                )
+            }),
+        }
+    }
+
+    /// Appends `rec` using the slot [`Security::audit_reserve`] gave.
+    pub async fn audit_in(&self, slot: Option<crate::security::audit::AuditSlot>, rec: CallRecord) {
+        if let Some(a) = &self.audit {
+            a.record_in(slot, rec).await;
+        }
+    }
+
     /// Body hash for the audit log, if configured.
     pub fn body_hash(&self, body: &[u8]) -> Option<String> {
         self.audit
@@ -368,6 +457,7 @@ impl Security {
         if let Some(a) = &self.audit {
             m.extend(a.metrics());
         }
+        m.extend(self.witness.metrics());
         m.push(("agentmesh_revoked_nodes", read(&self.revoked).len() as u64));
         m
     }

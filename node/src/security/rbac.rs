@@ -22,8 +22,9 @@
 //! of `callee_roles` and `capabilities` that is present, the callee holds a matching role and
 //! the capability matches. Patterns are globs where `*` matches any run of characters
 //! (`customer.*` matches `customer.read` and `customer.a.b`). Roles come only from admission
-//! certificates. Without a policy everything is allowed; once one is configured, everything it
-//! does not allow is denied.
+//! certificates. Without a policy everything is allowed except `mesh.audit` (reading other
+//! nodes' audit logs), which always needs an allow rule; once a policy is configured,
+//! everything it does not allow is denied.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -405,6 +406,12 @@ impl Rbac {
     /// Decides without counting (route filtering and explanations).
     pub fn peek(&self, caller: &[String], callee: &[String], capability: &str) -> Decision {
         match self.policy() {
+            // Reading another node's audit log is never open by default.
+            None if capability == AUDIT_QUERY_CAPABILITY => Decision {
+                allowed: false,
+                permitted: false,
+                rule: "no policy (mesh.audit needs an allow rule)".into(),
+            },
             None => Decision {
                 allowed: true,
                 permitted: true,
@@ -564,9 +571,13 @@ mod tests {
     }
 
     #[test]
-    fn no_policy_allows_everything() {
+    fn no_policy_allows_everything_but_reading_audit_logs() {
         let r = Rbac::new(None);
         assert!(r.check(&[], &[], "x", true).permitted);
+        let any = ["admin".to_string(), "auditor".to_string()];
+        let d = r.check(&any, &any, AUDIT_QUERY_CAPABILITY, true);
+        assert!(!d.permitted && !d.allowed, "{d:?}");
+        assert!(d.rule.contains("mesh.audit needs an allow rule"), "{d:?}");
     }
 
     #[test]
