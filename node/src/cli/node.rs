@@ -88,6 +88,7 @@ pub fn runtime_config(
             cert_file: n.cert_file.clone(),
             revocations_file: Some(n.state_dir.join(crate::security::REVOCATIONS_FILE)),
         },
+        vote_signer: None,
     })
 }
 
