@@ -298,6 +298,9 @@ fn verify(a: QuorumVerifyArgs) -> CmdResult {
     if r.valid {
         Ok(())
     } else {
-        Err(fail(exit::REMOTE_ERROR, "the decision does not verify"))
+        Err(fail(
+            exit::REMOTE_ERROR,
+            format!("the decision does not verify: {}", r.problems.join("; ")),
+        ))
     }
 }
