@@ -59,6 +59,8 @@ pub struct Row {
 }
 
 const TRUTH: [u8; 32] = [1; 32];
+/// The digest of the simulated question every voter signs.
+const SUBJECT: [u8; 32] = [3; 32];
 /// Deadline of one simulated quorum, in ms (every vote lands in 10–50 ms).
 pub const DEADLINE_MS: u64 = 1_000;
 
@@ -87,9 +89,11 @@ pub fn run_one(
     let sign = |k: &Keypair, h: [u8; 32]| Ballot {
         vote: Vote {
             call_id,
+            subject: SUBJECT,
             answer_hash: h,
             node_id: k.node_id(),
             epoch: 1,
+            signed_at: 0,
         }
         .sign(k),
         value: h,
@@ -128,7 +132,7 @@ pub fn run_one(
             break;
         }
         seen.push(b);
-        let tl = tally(&call_id, &voters, required, &seen);
+        let tl = tally(&call_id, &SUBJECT, &voters, required, &seen);
         equivocations = tl.equivocations.len();
         if tl.decided.is_some() || !tl.can_still_decide(total_voters_pending(&seen)) {
             outcome = tl.decided;

@@ -278,6 +278,9 @@ pub struct NodeOpts {
     pub agent_args: Vec<String>,
     /// Roles in its certificate, comma-separated (None: `agent`).
     pub roles: Option<String>,
+    /// The program run as `PROGRAM node --config node.toml` (None: `agentmesh`), e.g. a
+    /// test-only misbehaving node built from this crate.
+    pub program: Option<PathBuf>,
 }
 
 impl NodeOpts {
@@ -296,6 +299,7 @@ impl NodeOpts {
             cost: None,
             agent_args: Vec::new(),
             roles: None,
+            program: None,
         }
     }
 }
@@ -467,7 +471,10 @@ impl Mesh {
         toml.push('\n');
         toml.push_str(&opts.extra_toml);
         std::fs::write(dir.join("node.toml"), toml)?;
-        let (proc_index, api) = self.spawn_node(&format!("node{i}"), &dir).await?;
+        let program = opts.program.as_deref().unwrap_or(agentmesh_bin());
+        let (proc_index, api) = self
+            .spawn_node_with(program, &format!("node{i}"), &dir)
+            .await?;
         let node = Node {
             dir,
             addr: format!("/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{id}"),
@@ -484,11 +491,20 @@ impl Mesh {
     /// Runs `agentmesh node` on the config in `dir` (appending to its `node.log`) and waits
     /// for its state file; returns the process index and the API base URL.
     async fn spawn_node(&mut self, name: &str, dir: &Path) -> Result<(usize, String)> {
+        self.spawn_node_with(agentmesh_bin(), name, dir).await
+    }
+
+    async fn spawn_node_with(
+        &mut self,
+        program: &Path,
+        name: &str,
+        dir: &Path,
+    ) -> Result<(usize, String)> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("node.log"))?;
-        let child = Command::new(agentmesh_bin())
+        let child = Command::new(program)
             .args(["node", "--config"])
             .arg(dir.join("node.toml"))
             .env("RUST_LOG", "info,agentmesh_node=debug")
@@ -534,6 +550,11 @@ impl Mesh {
             *slot = n.clone();
         }
         Ok(n)
+    }
+
+    /// The mesh root's public key (peer id text).
+    pub fn root_pub(&self) -> &str {
+        &self.root_pub
     }
 
     /// The mesh root key file.

@@ -1,6 +1,7 @@
 //! Quorum calls end to end on real processes: 4 honest voters and 1 liar decide the truth;
 //! 2 liars out of 4 give `needs_review`, never the lie; the decision verifies offline; the
-//! liar's routing quality drops and it loses `quality`-policy traffic. Latencies printed.
+//! liar's routing quality drops, it loses `quality`-policy traffic, and once below the quality
+//! floor a quorum that needs it says so. Latencies printed.
 
 use agentmesh_tests::{served_by, Mesh, Node, NodeOpts};
 
@@ -52,9 +53,40 @@ async fn byzantine_quorum_on_real_processes() {
     mesh.wait_offers(&caller, "vote", 5).await.unwrap();
     mesh.wait_offers(&caller, "vote2", 4).await.unwrap();
 
+    // n = 4 with 2 liars, f = 1: never the lie; needs_review every time.
+    for _ in 0..5 {
+        let (status, d) = quorum(
+            &mesh,
+            &caller,
+            "vote2",
+            serde_json::json!({"payload": {"q": "refund?"}, "n": 4, "f": 1, "key": "$.decision", "deadline_ms": 5000, "review": "other"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{d:#}");
+        assert_eq!(d["status"], "needs_review", "{d:#}");
+        assert_eq!(d["value"], serde_json::Value::Null);
+        assert!(d["voters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == liar2.id.as_str()));
+        // needs_review went to the review capability (the caller's echo agent).
+        assert_eq!(d["review"]["capability"], "other", "{d:#}");
+        assert_eq!(
+            d["review"]["answer"]["input"]["status"], "needs_review",
+            "{d:#}"
+        );
+        eprintln!(
+            "quorum n=4 f=1 (2 liars): needs_review in {} ms",
+            d["latency_ms"]
+        );
+    }
+
     // n = 5 (4 honest + 1 liar), f = 1: 3 matching votes decide.
     let mut last = serde_json::Value::Null;
-    for _ in 0..5 {
+    // Once the liar's dissent drops it below the quality floor, the quorum says so before
+    // asking anyone (it cannot reach n = 5 eligible voters) instead of shrinking n.
+    for round in 0..5 {
         let (status, d) = quorum(
             &mesh,
             &caller,
@@ -62,6 +94,11 @@ async fn byzantine_quorum_on_real_processes() {
             serde_json::json!({"payload": {"q": "refund?"}, "n": 5, "f": 1, "key": "decision", "deadline_ms": 5000}),
         )
         .await;
+        if status == 404 && round >= 2 {
+            let msg = d["message"].as_str().unwrap_or_default();
+            assert!(msg.contains(&liar.id) && msg.contains("quality floor"), "{d:#}");
+            break;
+        }
         assert_eq!(status, 200, "{d:#}");
         assert_eq!(d["status"], "decided", "{d:#}");
         assert_eq!(d["value"], "approve", "{d:#}");
@@ -118,35 +155,6 @@ async fn byzantine_quorum_on_real_processes() {
     let bad = mesh.path().join("forged.json");
     std::fs::write(&bad, forged.to_string()).unwrap();
     assert!(agentmesh_tests::run_cli(&["quorum", "verify", bad.to_str().unwrap()]).is_err());
-
-    // n = 4 with 2 liars, f = 1: never the lie; needs_review every time.
-    for _ in 0..5 {
-        let (status, d) = quorum(
-            &mesh,
-            &caller,
-            "vote2",
-            serde_json::json!({"payload": {"q": "refund?"}, "n": 4, "f": 1, "key": "$.decision", "deadline_ms": 5000, "review": "other"}),
-        )
-        .await;
-        assert_eq!(status, 200, "{d:#}");
-        assert_eq!(d["status"], "needs_review", "{d:#}");
-        assert_eq!(d["value"], serde_json::Value::Null);
-        assert!(d["voters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|v| v == liar2.id.as_str()));
-        // needs_review went to the review capability (the caller's echo agent).
-        assert_eq!(d["review"]["capability"], "other", "{d:#}");
-        assert_eq!(
-            d["review"]["answer"]["input"]["status"], "needs_review",
-            "{d:#}"
-        );
-        eprintln!(
-            "quorum n=4 f=1 (2 liars): needs_review in {} ms",
-            d["latency_ms"]
-        );
-    }
 
     // n < 3f+1 is refused, naming f.
     let (status, d) = quorum(

@@ -1,35 +1,127 @@
 //! Signed quorum votes and the pure tally over them (sans-IO: the node and the simulator use
 //! the same code).
 //!
-//! A callee's node signs `(call id, answer hash, node id, epoch)` under [`Context::Vote`]. The
-//! caller tallies the signed votes it collected: a vote with a bad signature, another call's
-//! id or a signer outside the voter set does not count; a second identical vote from one node
-//! counts once; two different answers signed by one node for one call are an
+//! A callee's node signs a [`Vote`] under [`Context::Vote`]: the call id, the [`Subject`] (mesh,
+//! capability, the quorum's terms and the hash of the question, as one digest), the hash of its
+//! agent's answer, its node id, its epoch and the time of signing. The caller tallies the signed
+//! votes it collected: a vote with a bad signature, another call's id, another subject or a
+//! signer outside the voter set does not count; a second identical vote from one node counts
+//! once; two different answers signed by one node for one call, subject and epoch are an
 //! [`Equivocation`], and none of that node's votes count.
 #![forbid(unsafe_code)]
 
 use agentmesh_crypto::{Context, CryptoError, Keypair, NodeId, Signature};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most voters in one quorum call.
 pub const VOTERS_MAX: usize = 64;
 /// Most ballots one tally looks at (several per voter at most, from retries or relays).
 pub const BALLOTS_MAX: usize = 4 * VOTERS_MAX;
-/// Length of the signed vote message: call id, answer hash, node id, epoch.
-pub const VOTE_MESSAGE_LEN: usize = 16 + 32 + 32 + 8;
+/// Length of the signed vote message: call id, subject, answer hash, node id, epoch, time.
+pub const VOTE_MESSAGE_LEN: usize = 16 + 32 + 32 + 32 + 8 + 8;
+/// Longest mesh id a subject names, in bytes (the certificate limit).
+pub const SUBJECT_MESH_ID_LEN_MAX: usize = 64;
+/// Longest capability a subject names, in bytes (the call header limit).
+pub const SUBJECT_CAPABILITY_LEN_MAX: usize = 256;
+/// Longest decision key a subject names, in bytes.
+pub const SUBJECT_KEY_LEN_MAX: usize = 1024;
+/// Domain tag of the subject digest (a new layout gets a new tag).
+const SUBJECT_TAG: &[u8] = b"agentmesh/quorum-subject/1";
 
-/// What a callee's node vouches for: that its agent answered `answer_hash` to call `call_id`.
+/// What a quorum asks, as every voter signs it: the mesh, the capability, the terms
+/// (`n`, `f` or majority, the decision key) and the hash of the question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// The mesh id (empty in an open mesh).
+    pub mesh_id: String,
+    /// The capability asked.
+    pub capability: String,
+    /// Voters asked.
+    pub n: u32,
+    /// Byzantine faults tolerated; None: majority.
+    pub f: Option<u32>,
+    /// The decision key expression, if the answers are compared on a part.
+    pub key: Option<String>,
+    /// SHA-256 of the question (RFC 8785 canonical JSON, or the raw bytes if not JSON).
+    pub question_hash: [u8; 32],
+}
+
+/// Why a subject was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// A field is longer than its named limit; nothing was signed.
+    #[error("subject field {0} exceeds its limit")]
+    Limit(&'static str),
+}
+
+impl Subject {
+    /// Checks the field limits (so a vote's subject is bounded on the wire and on disk).
+    pub fn check(&self) -> Result<(), SubjectError> {
+        if self.mesh_id.len() > SUBJECT_MESH_ID_LEN_MAX {
+            return Err(SubjectError::Limit("mesh_id"));
+        }
+        if self.capability.len() > SUBJECT_CAPABILITY_LEN_MAX {
+            return Err(SubjectError::Limit("capability"));
+        }
+        if self
+            .key
+            .as_ref()
+            .is_some_and(|k| k.len() > SUBJECT_KEY_LEN_MAX)
+        {
+            return Err(SubjectError::Limit("key"));
+        }
+        Ok(())
+    }
+
+    /// The digest a vote signs: SHA-256 over a domain tag and every field, each string
+    /// length-prefixed, so two different subjects never share an encoding.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(SUBJECT_TAG);
+        let text = |h: &mut Sha256, s: &str| {
+            h.update((s.len() as u64).to_be_bytes());
+            h.update(s.as_bytes());
+        };
+        text(&mut h, &self.mesh_id);
+        text(&mut h, &self.capability);
+        h.update(self.n.to_be_bytes());
+        match self.f {
+            None => h.update([0u8]),
+            Some(f) => {
+                h.update([1u8]);
+                h.update(f.to_be_bytes());
+            }
+        }
+        match &self.key {
+            None => h.update([0u8]),
+            Some(k) => {
+                h.update([1u8]);
+                text(&mut h, k);
+            }
+        }
+        h.update(self.question_hash);
+        h.finalize().into()
+    }
+}
+
+/// What a callee's node vouches for: that, asked `subject` in call `call_id`, its agent
+/// answered `answer_hash`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vote {
     /// The quorum call's id (the same for every voter of one call).
     pub call_id: [u8; 16],
+    /// [`Subject::digest`] of what was asked.
+    pub subject: [u8; 32],
     /// SHA-256 of the answer in canonical form.
     pub answer_hash: [u8; 32],
     /// The signing node.
     pub node_id: NodeId,
     /// The signer's session epoch (its start time, unix s): a restarted node signs anew.
     pub epoch: u64,
+    /// When the vote was signed (unix s, the signer's clock): its certificate must be valid then.
+    pub signed_at: u64,
 }
 
 impl Vote {
@@ -37,9 +129,11 @@ impl Vote {
     pub fn message(&self) -> [u8; VOTE_MESSAGE_LEN] {
         let mut m = [0u8; VOTE_MESSAGE_LEN];
         m[..16].copy_from_slice(&self.call_id);
-        m[16..48].copy_from_slice(&self.answer_hash);
-        m[48..80].copy_from_slice(self.node_id.as_bytes());
-        m[80..].copy_from_slice(&self.epoch.to_be_bytes());
+        m[16..48].copy_from_slice(&self.subject);
+        m[48..80].copy_from_slice(&self.answer_hash);
+        m[80..112].copy_from_slice(self.node_id.as_bytes());
+        m[112..120].copy_from_slice(&self.epoch.to_be_bytes());
+        m[120..].copy_from_slice(&self.signed_at.to_be_bytes());
         m
     }
 
@@ -143,34 +237,62 @@ pub enum Rejected {
     BadSignature,
     /// It is for another call.
     WrongCall,
+    /// It signs another subject: another mesh, capability, terms or question.
+    WrongSubject,
     /// Its signer is not one of the voters.
     NotMember,
     /// The same node already voted the same answer (counted once).
     Duplicate,
+    /// The node signed another answer in another epoch (a restart): neither counts, and it
+    /// is no proof of equivocation.
+    Conflicting,
+    /// One of two different answers signed by the node in one epoch: neither counts.
+    Equivocated,
     /// Beyond [`BALLOTS_MAX`].
     TooMany,
 }
 
-/// Two different answers signed by one node for one call: a proof anyone can check.
+/// Two different answers signed by one node for one call, subject and epoch: a proof anyone
+/// can check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Equivocation {
     /// One signed answer.
     pub a: SignedVote,
-    /// Another, different, for the same call and node.
+    /// Another, different, for the same call, subject, node and epoch.
     pub b: SignedVote,
 }
 
+/// Why an equivocation proof was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// A signature does not verify.
+    #[error("a signature does not verify: {0}")]
+    Signature(#[from] CryptoError),
+    /// The two votes differ in node, call, subject or epoch, or agree on the answer.
+    #[error("not two different answers by one node for one call, subject and epoch")]
+    NotEquivocation,
+}
+
 impl Equivocation {
-    /// Checks the proof: both signatures hold, same node and call, different answers.
-    pub fn verify(&self) -> Result<(), CryptoError> {
+    /// Checks the proof: both signatures hold; same node, call, subject and epoch;
+    /// different answers.
+    pub fn verify(&self) -> Result<(), ProofError> {
         self.a.verify()?;
         self.b.verify()?;
-        let same = self.a.vote.node_id == self.b.vote.node_id
-            && self.a.vote.call_id == self.b.vote.call_id;
-        if !same || self.a.vote.answer_hash == self.b.vote.answer_hash {
-            return Err(CryptoError::Decode("not an equivocation".into()));
+        let (a, b) = (&self.a.vote, &self.b.vote);
+        let same = a.node_id == b.node_id
+            && a.call_id == b.call_id
+            && a.subject == b.subject
+            && a.epoch == b.epoch;
+        if !same || a.answer_hash == b.answer_hash {
+            return Err(ProofError::NotEquivocation);
         }
         Ok(())
+    }
+
+    /// The node proven to equivocate.
+    pub fn node(&self) -> NodeId {
+        self.a.vote.node_id
     }
 }
 
@@ -204,10 +326,11 @@ impl Tally {
     }
 }
 
-/// Counts `ballots` for `call_id` among `voters`, `required` matching votes deciding.
-/// Pure and deterministic: the same ballots give the same tally in any order.
+/// Counts `ballots` for `call_id` and `subject` among `voters`, `required` matching votes
+/// deciding. Pure and deterministic: the same ballots give the same tally in any order.
 pub fn tally(
     call_id: &[u8; 16],
+    subject: &[u8; 32],
     voters: &BTreeSet<NodeId>,
     required: u32,
     ballots: &[Ballot],
@@ -216,9 +339,9 @@ pub fn tally(
         required,
         ..Tally::default()
     };
-    // First valid ballot per node; a different second one is an equivocation.
+    // First valid ballot per node; a different second one excludes the node.
     let mut firsts: BTreeMap<NodeId, Ballot> = BTreeMap::new();
-    let mut equivocators: BTreeSet<NodeId> = BTreeSet::new();
+    let mut excluded: BTreeSet<NodeId> = BTreeSet::new();
     for (i, b) in ballots.iter().enumerate() {
         let node = b.vote.vote.node_id;
         if i >= BALLOTS_MAX {
@@ -237,6 +360,10 @@ pub fn tally(
             out.rejected.push((node, Rejected::BadSignature));
             continue;
         }
+        if &b.vote.vote.subject != subject {
+            out.rejected.push((node, Rejected::WrongSubject));
+            continue;
+        }
         match firsts.get(&node) {
             None => {
                 firsts.insert(node, *b);
@@ -245,17 +372,28 @@ pub fn tally(
                 out.rejected.push((node, Rejected::Duplicate));
             }
             Some(first) => {
-                if equivocators.insert(node) {
-                    out.equivocations.push(Equivocation {
-                        a: first.vote,
-                        b: b.vote,
-                    });
+                let proof = Equivocation {
+                    a: first.vote,
+                    b: b.vote,
+                };
+                let why = if proof.verify().is_ok() {
+                    Rejected::Equivocated
+                } else {
+                    Rejected::Conflicting
+                };
+                if excluded.insert(node) {
+                    if why == Rejected::Equivocated {
+                        out.equivocations.push(proof);
+                    }
+                    // The first vote is refused too.
+                    out.rejected.push((node, why));
                 }
+                out.rejected.push((node, why));
             }
         }
     }
     for (node, b) in &firsts {
-        if !equivocators.contains(node) {
+        if !excluded.contains(node) {
             out.counts.entry(b.value).or_default().insert(*node);
         }
     }
@@ -279,6 +417,8 @@ pub fn tally(
 mod tests {
     use super::*;
 
+    const SUBJ: [u8; 32] = [3; 32];
+
     fn key(b: u8) -> Keypair {
         Keypair::from_secret([b; 32])
     }
@@ -287,9 +427,11 @@ mod tests {
         let h = [answer; 32];
         let vote = Vote {
             call_id: call,
+            subject: SUBJ,
             answer_hash: h,
             node_id: k.node_id(),
             epoch: 1,
+            signed_at: 100,
         }
         .sign(k);
         Ballot { vote, value: h }
@@ -328,6 +470,12 @@ mod tests {
         let mut other = b.vote;
         other.vote.epoch = 2;
         assert!(other.verify().is_err());
+        let mut other = b.vote;
+        other.vote.subject = [0; 32];
+        assert!(other.verify().is_err());
+        let mut other = b.vote;
+        other.vote.signed_at = 1;
+        assert!(other.verify().is_err());
         let sig = k.sign(Context::NodeRecord, &b.vote.vote.message());
         let wrong_ctx = SignedVote {
             vote: b.vote.vote,
@@ -346,7 +494,7 @@ mod tests {
             ballot(&keys[2], call, 1),
             ballot(&keys[3], call, 2),
         ];
-        let t = tally(&call, &voters(&keys), 3, &bs);
+        let t = tally(&call, &SUBJ, &voters(&keys), 3, &bs);
         assert_eq!(t.decided, Some([1; 32]));
         assert_eq!(t.dissenters, [keys[3].node_id()].into_iter().collect());
     }
@@ -363,7 +511,7 @@ mod tests {
             ballot(&outsider, call, 1),
             ballot(&keys[1], [8; 16], 1),
         ];
-        let t = tally(&call, &voters(&keys), 2, &bs);
+        let t = tally(&call, &SUBJ, &voters(&keys), 2, &bs);
         assert_eq!(t.decided, None, "one node voting thrice is one vote");
         assert_eq!(t.counted(), 1);
         let why: Vec<Rejected> = t.rejected.iter().map(|r| r.1).collect();
@@ -388,7 +536,7 @@ mod tests {
             ballot(&keys[2], call, 2),
             ballot(&keys[2], call, 1),
         ];
-        let t = tally(&call, &voters(&keys), 3, &bs);
+        let t = tally(&call, &SUBJ, &voters(&keys), 3, &bs);
         assert_eq!(t.decided, None, "the equivocator's votes do not count");
         assert_eq!(t.equivocations.len(), 1);
         t.equivocations[0].verify().unwrap();
@@ -402,11 +550,122 @@ mod tests {
         let call = [9; 16];
         let mut forged = ballot(&keys[0], call, 1);
         forged.vote.vote.node_id = keys[1].node_id();
-        let t = tally(&call, &voters(&keys), 1, &[forged]);
+        let t = tally(&call, &SUBJ, &voters(&keys), 1, &[forged]);
         assert_eq!(
             t.rejected,
             vec![(keys[1].node_id(), Rejected::BadSignature)]
         );
         assert_eq!(t.decided, None);
+    }
+
+    fn subject() -> Subject {
+        Subject {
+            mesh_id: "m".into(),
+            capability: "loan.approve".into(),
+            n: 4,
+            f: Some(1),
+            key: Some("decision".into()),
+            question_hash: [7; 32],
+        }
+    }
+
+    #[test]
+    fn subject_digest_covers_every_field() {
+        let base = subject();
+        let d = base.digest();
+        let variants = [
+            Subject {
+                mesh_id: "m2".into(),
+                ..base.clone()
+            },
+            Subject {
+                capability: "loan.deny".into(),
+                ..base.clone()
+            },
+            Subject {
+                n: 3,
+                ..base.clone()
+            },
+            Subject {
+                f: None,
+                ..base.clone()
+            },
+            Subject {
+                f: Some(0),
+                ..base.clone()
+            },
+            Subject {
+                key: None,
+                ..base.clone()
+            },
+            Subject {
+                key: Some("decisio".into()),
+                ..base.clone()
+            },
+            Subject {
+                question_hash: [8; 32],
+                ..base.clone()
+            },
+            // Length prefixes: moving bytes between fields changes the digest.
+            Subject {
+                mesh_id: "mloan.approve".into(),
+                capability: String::new(),
+                ..base.clone()
+            },
+        ];
+        for v in variants {
+            assert_ne!(v.digest(), d, "{v:?}");
+        }
+        assert!(base.check().is_ok());
+        let long = Subject {
+            capability: "x".repeat(SUBJECT_CAPABILITY_LEN_MAX + 1),
+            ..base
+        };
+        assert_eq!(long.check(), Err(SubjectError::Limit("capability")));
+    }
+
+    #[test]
+    fn another_subject_does_not_count() {
+        let keys: Vec<Keypair> = (1..=3).map(key).collect();
+        let call = [9; 16];
+        let mut moved = ballot(&keys[0], call, 1);
+        moved.vote.vote.subject = [4; 32];
+        moved.vote = moved.vote.vote.sign(&keys[0]);
+        let t = tally(&call, &SUBJ, &voters(&keys), 1, &[moved]);
+        assert_eq!(
+            t.rejected,
+            vec![(keys[0].node_id(), Rejected::WrongSubject)]
+        );
+        assert_eq!(t.decided, None);
+    }
+
+    #[test]
+    fn two_epochs_conflict_but_prove_nothing() {
+        let keys: Vec<Keypair> = (1..=3).map(key).collect();
+        let call = [9; 16];
+        let a = ballot(&keys[0], call, 1);
+        let mut b = ballot(&keys[0], call, 2);
+        b.vote.vote.epoch = 2;
+        b.vote = b.vote.vote.sign(&keys[0]);
+        let t = tally(&call, &SUBJ, &voters(&keys), 1, &[a, b]);
+        assert!(t.equivocations.is_empty());
+        assert_eq!(t.counted(), 0, "neither vote counts");
+        assert_eq!(
+            t.rejected,
+            vec![
+                (keys[0].node_id(), Rejected::Conflicting),
+                (keys[0].node_id(), Rejected::Conflicting)
+            ]
+        );
+        let proof = Equivocation {
+            a: a.vote,
+            b: b.vote,
+        };
+        assert_eq!(proof.verify(), Err(ProofError::NotEquivocation));
+        let same = Equivocation {
+            a: a.vote,
+            b: a.vote,
+        };
+        assert_eq!(same.verify(), Err(ProofError::NotEquivocation));
     }
 }

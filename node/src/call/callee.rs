@@ -235,6 +235,11 @@ impl Callee {
             .map_err(|e| CallError::new(ErrorCode::BadRequest, format!("call body: {e}")))?;
         crate::net::call_endpoint::take_eof(r);
         audit.body_sha256 = self.sec.body_hash(&body);
+        // What a vote will sign: the question as this node received it, and the terms.
+        let subject = header
+            .want_vote
+            .as_ref()
+            .map(|t| self.voter.subject(&header.capability, t, &body));
         let mut req = agent_request(
             &reg,
             &header,
@@ -293,7 +298,7 @@ impl Callee {
             write_resp(w, &h).await.map_err(io_err)?;
         }
         // The answer is kept only when a vote over it was asked for (bounded by the body limit).
-        let mut answer = header.want_vote.then(Vec::new);
+        let mut answer = subject.is_some().then(Vec::new);
         loop {
             let next = tokio::time::timeout_at(deadline, body.next())
                 .await
@@ -338,11 +343,13 @@ impl Callee {
         if let Some(h) = held.filter(|h| !h.is_empty()) {
             write_resp(w, &RespFrame::Data(h)).await.map_err(io_err)?;
         }
-        if let Some(a) = answer {
-            let vote = self.voter.sign(header.call_id, &a);
-            write_resp(w, &RespFrame::Vote(vote))
-                .await
-                .map_err(io_err)?;
+        if let (Some(a), Some(subject)) = (answer, subject) {
+            let votes = self.voter.sign(header.call_id, &subject, &a);
+            for vote in votes.into_iter().take(crate::contract::VOTE_FRAMES_MAX) {
+                write_resp(w, &RespFrame::Vote(vote))
+                    .await
+                    .map_err(io_err)?;
+            }
         }
         write_resp(w, &RespFrame::End).await.map_err(io_err)?;
         Ok(())

@@ -27,7 +27,7 @@ pub struct Answer {
     pub body: ResponseBody,
     /// The agent name the callee reported.
     pub agent: String,
-    /// The callee's signed vote, once the body is read to its end (if one was asked for).
+    /// The callee's signed votes, once the body is read to its end (if asked for).
     pub vote: crate::contract::VoteSlot,
 }
 
@@ -223,10 +223,29 @@ fn remote_body(
             return None;
         }
         let mut next = tokio::time::timeout_at(st.deadline, read_resp(&mut st.r)).await;
-        // The vote trailer is not body: keep it aside and read on.
+        // The vote trailer is not body: keep every distinct vote aside (two different ones
+        // are evidence of equivocation) and read on; more than the limit fails the answer.
+        let mut too_many = false;
         while let Ok(Ok(RespFrame::Vote(v))) = next {
-            *st.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+            too_many = {
+                let mut votes = st.vote.lock().unwrap_or_else(|p| p.into_inner());
+                let new = !votes.contains(&v);
+                if new && votes.len() < crate::contract::VOTE_FRAMES_MAX {
+                    votes.push(v);
+                }
+                new && votes.len() >= crate::contract::VOTE_FRAMES_MAX && !votes.contains(&v)
+            };
+            if too_many {
+                break;
+            }
             next = tokio::time::timeout_at(st.deadline, read_resp(&mut st.r)).await;
+        }
+        if too_many {
+            st.done = true;
+            return Some((
+                Err(std::io::Error::other("callee sent too many vote frames")),
+                st,
+            ));
         }
         let item = match next {
             Err(_) => Err(std::io::Error::new(

@@ -258,7 +258,7 @@ impl Outbound {
             caller_agent: self.agent.name(),
             caller_roles: self.sec.roles(),
             content_type: req.content_type.clone(),
-            want_vote: req.want_vote,
+            want_vote: req.want_vote.clone(),
             accept: req.accept.clone(),
         };
         if settings.hedging.enabled && cands.len() > 1 {

@@ -88,6 +88,7 @@ pub fn runtime_config(
             cert_file: n.cert_file.clone(),
             revocations_file: Some(n.state_dir.join(crate::security::REVOCATIONS_FILE)),
         },
+        vote_signer: None,
     })
 }
 
@@ -111,10 +112,21 @@ pub struct NodeState {
 }
 
 pub(crate) async fn run_node(a: NodeArgs) -> CmdResult {
+    run_node_with(a, |_| {}).await
+}
+
+/// Runs a node like `agentmesh node`, after `adjust` changed the runtime configuration built
+/// from `node.toml` (for programs that embed a node, such as a test's misbehaving voter).
+pub async fn run_node_with(
+    a: NodeArgs,
+    adjust: impl FnOnce(&mut RuntimeConfig),
+) -> Result<(), Failure> {
     let mut cfg = NodeConfig::load(&a.config).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
     cfg.override_api(a.api_listen, a.api_insecure_bind)
         .map_err(|e| fail(exit::CONFIG, e.to_string()))?;
-    let rt_cfg = runtime_config(&cfg, &a.join).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    let mut rt_cfg =
+        runtime_config(&cfg, &a.join).map_err(|e| fail(exit::CONFIG, e.to_string()))?;
+    adjust(&mut rt_cfg);
     if cfg.enforced.is_none() {
         tracing::warn!(
             "mesh.admission = \"open\": ANY peer may join this mesh and call its agents; \

@@ -95,6 +95,11 @@ pub enum QuorumCommand {
 pub struct QuorumVerifyArgs {
     /// The decision file (JSON).
     pub file: PathBuf,
+    /// The mesh root's public key (peer id text, as `agentmesh mesh init` prints it): every
+    /// voter's certificate must chain to it. Without it only signatures and the tally are
+    /// checked, which proves nothing about who voted.
+    #[arg(long)]
+    pub root: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -259,13 +264,30 @@ fn verify(a: QuorumVerifyArgs) -> CmdResult {
             format!("{}: not a decision: {e}", a.file.display()),
         )
     })?;
-    let r = verify_decision(&d);
+    let root: Option<agentmesh_crypto::NodeId> = match &a.root {
+        Some(t) => Some(
+            t.trim()
+                .parse()
+                .map_err(|e| fail(exit::USAGE, format!("--root is not a public key: {e}")))?,
+        ),
+        None => None,
+    };
+    let r = verify_decision(&d, root.as_ref());
     if a.json {
         print_json(&serde_json::to_value(&r).unwrap_or_default());
     } else if r.valid {
         println!(
-            "valid: {} {} ({} signature(s) verified, {} vote(s) counted, {} required)",
-            r.status, d.value, r.signatures_ok, r.counted, d.required
+            "valid: {} {} ({} signature(s) verified, {} vote(s) counted, {} required; {})",
+            r.status,
+            d.value,
+            r.signatures_ok,
+            r.counted,
+            d.required,
+            if r.certificates_checked {
+                "every voter admitted by the given root"
+            } else {
+                "voters' certificates NOT checked: pass --root"
+            }
         );
     } else {
         println!("INVALID:");
@@ -276,6 +298,9 @@ fn verify(a: QuorumVerifyArgs) -> CmdResult {
     if r.valid {
         Ok(())
     } else {
-        Err(fail(exit::REMOTE_ERROR, "the decision does not verify"))
+        Err(fail(
+            exit::REMOTE_ERROR,
+            format!("the decision does not verify: {}", r.problems.join("; ")),
+        ))
     }
 }

@@ -71,12 +71,30 @@ pub struct CallRequest {
     pub pin: Option<agentmesh_crypto::NodeId>,
     /// The call id to use (a quorum's voters share one); None draws a random one.
     pub call_id: Option<[u8; 16]>,
-    /// Ask the callee's node to sign a vote over the answer ([`CallResponse::vote`]).
-    pub want_vote: bool,
+    /// Ask the callee's node to sign a vote over the answer under these quorum terms
+    /// ([`CallResponse::vote`]).
+    pub want_vote: Option<VoteTerms>,
 }
 
-/// Where the callee's signed vote lands once the streamed answer is complete.
-pub type VoteSlot = std::sync::Arc<std::sync::Mutex<Option<agentmesh_vote::SignedVote>>>;
+/// The terms of a quorum, sent to each voter so that its signed vote covers them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteTerms {
+    /// Voters asked.
+    pub n: u32,
+    /// Byzantine faults tolerated; None: majority.
+    pub f: Option<u32>,
+    /// The decision key expression, if any.
+    pub key: Option<String>,
+}
+
+/// Most vote frames kept from one answer: an honest callee sends one; a second, different
+/// one is evidence of equivocation; more are refused.
+pub const VOTE_FRAMES_MAX: usize = 2;
+
+/// Where the callee's signed votes land once the streamed answer is complete (at most
+/// [`VOTE_FRAMES_MAX`] distinct ones).
+pub type VoteSlot = std::sync::Arc<std::sync::Mutex<Vec<agentmesh_vote::SignedVote>>>;
 
 /// How demanding a request is (`x-mesh-complexity`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,8 +73,9 @@ pub struct CallHeader {
     pub caller_roles: Vec<String>,
     /// Content type of the request body.
     pub content_type: Option<String>,
-    /// Sign a vote over the complete answer ([`RespFrame::Vote`] before `End`).
-    pub want_vote: bool,
+    /// Sign a vote over the complete answer under these quorum terms ([`RespFrame::Vote`]
+    /// before `End`).
+    pub want_vote: Option<crate::contract::VoteTerms>,
     /// What the caller accepts back (passed to the agent as its `accept` header).
     pub accept: Option<String>,
 }
@@ -220,6 +221,15 @@ impl CallHeader {
             || self.caller_roles.iter().any(|r| r.len() > NAME_LEN_MAX)
         {
             return Err(ProtoError::Limit("caller_roles"));
+        }
+        if let Some(t) = &self.want_vote {
+            let key_long = t
+                .key
+                .as_ref()
+                .is_some_and(|k| k.len() > agentmesh_vote::SUBJECT_KEY_LEN_MAX);
+            if key_long || t.n as usize > agentmesh_vote::VOTERS_MAX {
+                return Err(ProtoError::Limit("want_vote"));
+            }
         }
         Ok(())
     }
@@ -390,7 +400,7 @@ mod tests {
                         caller_agent: agent,
                         caller_roles: roles,
                         content_type: Some("application/json".into()),
-                        want_vote: false,
+                        want_vote: None,
                         accept: Some("text/event-stream".into()),
                     }
                 },
@@ -530,7 +540,11 @@ mod tests {
             caller_agent: None,
             caller_roles: vec![],
             content_type: None,
-            want_vote: true,
+            want_vote: Some(crate::contract::VoteTerms {
+                n: 3,
+                f: None,
+                key: Some("decision".into()),
+            }),
             accept: None,
         };
         assert!(matches!(h.encode(), Err(ProtoError::Limit("capability"))));

@@ -2,34 +2,44 @@
 //! deadline, and decide only when enough of their signed answers agree.
 //!
 //! Each voter's call goes through [`MeshHandle::call`] (routing, retries, breakers) pinned to
-//! its node. The callee's node signs a [`Vote`] over the canonical answer; the tally is
-//! [`agentmesh_crypto::vote::tally`], the same code the simulator checks. A decision
-//! (`decided` or `needs_review`) carries every signature, so [`verify_decision`] (and
-//! `agentmesh quorum verify`) re-checks it offline. Dissenters of a decided quorum and
-//! equivocators count as failures in routing's quality score.
+//! its node. The callee's node signs a [`agentmesh_vote::Vote`] over the quorum's subject
+//! (mesh, capability, terms, question hash) and its canonical answer; the tally is
+//! [`agentmesh_vote::tally`], the same code the simulator checks. A decision (`decided` or
+//! `needs_review`) carries every signature, the subject and each voter's admission
+//! certificate, so [`verify_decision`] (and `agentmesh quorum verify --root`) re-checks it
+//! offline. Dissenters (also those whose vote arrives after the decision) and equivocators
+//! count as failures in routing's quality score; equivocation proofs spread by gossip.
+
+pub mod decision;
+pub mod verify;
 
 pub use crate::call::body::collect_body;
 pub use crate::contract::jmes::jmes;
-use crate::contract::{CallError, CallRequest, ErrorCode, BODY_BYTES_MAX};
+use crate::contract::{CallError, CallRequest, ErrorCode, VoteTerms, BODY_BYTES_MAX};
 use crate::runtime::MeshHandle;
 pub use crate::security::vote::{answer_digest, canonical_json, value_digest, Voter};
-use agentmesh_crypto::{NodeId, Signature};
-use agentmesh_vote::{self as vote, Ballot, Equivocation, Rejected, Tally, VOTERS_MAX};
-use agentmesh_vote::{SignedVote, Threshold, Vote};
+use agentmesh_crypto::NodeId;
+use agentmesh_vote::{self as vote, Ballot, SignedVote, Subject, Tally, Threshold};
+use decision::{render, round1, Asked, Excluded, Silent};
+pub use decision::{QuorumDecision, SubjectJson, VoteRecord, VoteSig};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
+pub use verify::{verify_decision, VerifyReport};
 
 /// Deadline of a quorum call when the request names none, in ms.
 pub const QUORUM_DEADLINE_MS_DEFAULT: u64 = 10_000;
 /// Longest quorum deadline accepted, in ms.
 pub const QUORUM_DEADLINE_MS_MAX: u64 = 10 * 60 * 1000;
 /// Longest key expression, in bytes.
-pub const KEY_EXPR_LEN_MAX: usize = 1024;
+pub const KEY_EXPR_LEN_MAX: usize = agentmesh_vote::SUBJECT_KEY_LEN_MAX;
 /// Largest decision file `verify` reads, in bytes.
 pub const DECISION_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Longest a quorum keeps listening, after its decision, for the votes it did not wait for
+/// (so late dissent is still recorded), in ms.
+pub const LATE_VOTES_MS_MAX: u64 = 30_000;
 
 /// The value a quorum compares: the answer, or what `key` picks from it.
 pub fn compared_value(
@@ -41,7 +51,6 @@ pub fn compared_value(
         None => Ok(answer.clone()),
     }
 }
-
 /// `POST /v1/quorum/{capability}` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,146 +135,41 @@ impl QuorumRequest {
     }
 }
 
-/// A signed vote as JSON (hex and peer ids, so a decision file is readable).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VoteSig {
-    /// Call id, hex.
-    pub call_id: String,
-    /// SHA-256 of the canonical answer, hex.
-    pub answer_hash: String,
-    /// Signing node.
-    pub node_id: String,
-    /// Signer's epoch.
-    pub epoch: u64,
-    /// ed25519 signature, hex.
-    pub signature: String,
-}
-
-impl From<&SignedVote> for VoteSig {
-    fn from(s: &SignedVote) -> Self {
-        VoteSig {
-            call_id: hex::encode(s.vote.call_id),
-            answer_hash: hex::encode(s.vote.answer_hash),
-            node_id: s.vote.node_id.to_string(),
-            epoch: s.vote.epoch,
-            signature: hex::encode(s.signature.0),
-        }
-    }
-}
-
-impl VoteSig {
-    /// Back to a [`SignedVote`] (not yet verified).
-    pub fn to_signed(&self) -> Result<SignedVote, String> {
-        fn arr<const N: usize>(field: &str, h: &str) -> Result<[u8; N], String> {
-            let v = hex::decode(h).map_err(|e| format!("{field}: {e}"))?;
-            v.try_into()
-                .map_err(|_| format!("{field}: expected {N} bytes"))
-        }
-        Ok(SignedVote {
-            vote: Vote {
-                call_id: arr("call_id", &self.call_id)?,
-                answer_hash: arr("answer_hash", &self.answer_hash)?,
-                node_id: self.node_id.parse().map_err(|e| format!("node_id: {e}"))?,
-                epoch: self.epoch,
-            },
-            signature: Signature(arr("signature", &self.signature)?),
-        })
-    }
-}
-
-/// One voter's answer as the decision records it.
+/// The quorum could not reach `n` eligible voters: each excluded candidate and why.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VoteRecord {
-    /// The node that signed.
-    pub node_id: String,
-    /// Its agent.
-    pub agent: String,
-    /// The whole answer.
-    pub answer: serde_json::Value,
-    /// The compared part (the answer itself without a key).
-    pub value: serde_json::Value,
-    /// Time to the complete answer, in ms.
-    pub latency_ms: f64,
-    /// The callee node's signature.
-    pub signature: VoteSig,
+pub struct Ineligible {
+    /// Candidates that could not be asked.
+    pub excluded: Vec<Excluded>,
 }
 
-/// A voter that gave no countable vote.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Silent {
-    /// The node.
-    pub node_id: String,
-    /// Why (error code and message, or a refused vote).
-    pub reason: String,
+/// One voter's outcome: the answer, the vote over it, and any other vote the same node sent.
+pub(crate) struct Reply {
+    pub(crate) node: NodeId,
+    pub(crate) agent: String,
+    pub(crate) latency_ms: f64,
+    pub(crate) result: Result<(serde_json::Value, SignedVote, Vec<SignedVote>), String>,
 }
 
-/// The outcome of a quorum call.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QuorumDecision {
-    /// `decided` or `needs_review`.
-    pub status: String,
-    /// The decided value (the compared part), or null.
-    pub value: serde_json::Value,
-    /// Capability asked.
-    pub capability: String,
-    /// The quorum's call id, hex (every vote signs it).
-    pub call_id: String,
-    /// Voters asked.
-    pub n: u32,
-    /// Byzantine faults tolerated, if byzantine mode.
-    pub f: Option<u32>,
-    /// Matching votes required.
-    pub required: u32,
-    /// The key expression, if any.
-    pub key: Option<String>,
-    /// The nodes asked (only their votes count).
-    pub voters: Vec<String>,
-    /// Counted and uncounted votes received.
-    pub votes: Vec<VoteRecord>,
-    /// Voters whose value differs from the decided one.
-    pub dissenters: Vec<String>,
-    /// Voters that did not answer in time, failed, or whose vote was refused.
-    pub silent: Vec<Silent>,
-    /// Proofs that a node signed two answers to this call.
-    pub equivocations: Vec<[VoteSig; 2]>,
-    /// Every signature received, in arrival order.
-    pub signatures: Vec<VoteSig>,
-    /// Whole quorum latency, in ms.
-    pub latency_ms: f64,
-    /// Latency of the slowest vote received, in ms.
-    pub slowest_vote_ms: f64,
-    /// The review capability's answer, when `needs_review` was forwarded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub review: Option<serde_json::Value>,
-}
-
-/// One voter's outcome.
-struct Reply {
-    node: NodeId,
-    agent: String,
-    latency_ms: f64,
-    result: Result<(serde_json::Value, SignedVote), String>,
-}
-
-async fn ask_voter(
+struct Ask {
     mesh: MeshHandle,
     base: CallRequest,
-    node: NodeId,
-    agent: String,
-    local: bool,
+    subject: Subject,
+    key: Option<String>,
     deadline: Instant,
-) -> Reply {
+}
+
+async fn ask_voter(a: std::sync::Arc<Ask>, node: NodeId, agent: String, local: bool) -> Reply {
     let started = Instant::now();
     let result = async {
-        let mut req = base;
+        let mut req = a.base.clone();
         req.pin = Some(node);
         req.deadline_ms = Some(
-            deadline
+            a.deadline
                 .saturating_duration_since(Instant::now())
                 .as_millis()
                 .max(1) as u64,
         );
-        let resp = mesh.call(req.clone()).await.map_err(|e| {
+        let resp = a.mesh.call(req.clone()).await.map_err(|e| {
             format!(
                 "{}: {}",
                 serde_json::to_value(e.code).unwrap_or_default(),
@@ -277,21 +181,33 @@ async fn ask_voter(
         }
         let vote_slot = resp.vote.clone();
         let call_id = resp.call_id;
-        let bytes = collect_body(resp.body, BODY_BYTES_MAX, deadline)
+        let bytes = collect_body(resp.body, BODY_BYTES_MAX, a.deadline)
             .await
             .map_err(|e| e.message)?;
         let answer: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))?;
-        let vote = if local {
-            Some(mesh.voter().sign(call_id, &bytes))
-        } else {
-            *vote_slot.lock().unwrap_or_else(|p| p.into_inner())
-        };
-        let vote = vote.ok_or("the callee's node sent no signed vote")?;
-        if vote.vote.answer_hash != answer_digest(&bytes) {
-            return Err("the signed hash does not match the answer".into());
+        if let Some(k) = a.key.as_deref() {
+            if compared_value(Some(k), &answer).map_or(true, |v| v.is_null()) {
+                return Err(format!("the answer has no decision key {k:?}: not a vote"));
+            }
         }
-        Ok((answer, vote))
+        let votes = if local {
+            a.mesh.voter().sign(call_id, &a.subject, &bytes)
+        } else {
+            vote_slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
+        let digest = answer_digest(&bytes);
+        let (matching, others): (Vec<SignedVote>, Vec<SignedVote>) = votes
+            .into_iter()
+            .partition(|v| v.vote.answer_hash == digest);
+        let Some(vote) = matching.first().copied() else {
+            return Err(if others.is_empty() {
+                "the callee's node sent no signed vote".into()
+            } else {
+                "the signed hash does not match the answer".into()
+            });
+        };
+        Ok((answer, vote, others))
     }
     .await;
     Reply {
@@ -300,6 +216,58 @@ async fn ask_voter(
         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
         result,
     }
+}
+
+/// Picks `n` distinct eligible voters, or says why that is impossible before asking anyone.
+fn pick_voters(
+    mesh: &MeshHandle,
+    capability: &str,
+    req: &QuorumRequest,
+) -> Result<Vec<crate::routing::router::Candidate>, CallError> {
+    let pick = CallRequest {
+        capability: capability.to_string(),
+        policy: req.policy.clone(),
+        ..CallRequest::default()
+    };
+    let (eligible, excluded) = mesh.quorum_candidates(&pick)?;
+    let mut voters: Vec<crate::routing::router::Candidate> = Vec::new();
+    for c in eligible {
+        if voters.len() < req.n as usize && !voters.iter().any(|v| v.node_id == c.node_id) {
+            voters.push(c);
+        }
+    }
+    if voters.len() >= req.n as usize {
+        return Ok(voters);
+    }
+    let mut seen: BTreeSet<NodeId> = voters.iter().map(|v| v.node_id).collect();
+    let excluded: Vec<Excluded> = excluded
+        .into_iter()
+        .filter(|(c, _)| seen.insert(c.node_id))
+        .map(|(c, reason)| Excluded {
+            node_id: c.node_id.to_string(),
+            reason,
+        })
+        .collect();
+    let why: Vec<String> = excluded
+        .iter()
+        .map(|e| format!("{}: {}", e.node_id, e.reason))
+        .collect();
+    let mut err = CallError::new(
+        ErrorCode::NoEligibleAgent,
+        format!(
+            "a quorum of {} needs {} distinct eligible nodes offering {capability}; {} eligible{}",
+            req.n,
+            req.n,
+            voters.len(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!("; excluded: {}", why.join("; "))
+            }
+        ),
+    );
+    err.field = Some("n".into());
+    Err(err)
 }
 
 /// Runs a quorum call for `capability` from this node.
@@ -313,55 +281,37 @@ pub async fn run(
     let started = Instant::now();
     let deadline_ms = req.deadline_ms.unwrap_or(QUORUM_DEADLINE_MS_DEFAULT);
     let deadline = started + Duration::from_millis(deadline_ms);
-    let pick = CallRequest {
-        capability: capability.to_string(),
-        policy: req.policy.clone(),
-        ..CallRequest::default()
-    };
-    let mut voters: Vec<crate::routing::router::Candidate> = Vec::new();
-    for c in mesh.ranked_candidates(&pick)? {
-        if voters.len() < req.n as usize && !voters.iter().any(|v| v.node_id == c.node_id) {
-            voters.push(c);
-        }
-    }
-    if voters.len() < req.n as usize {
-        return Err(CallError::new(
-            ErrorCode::NoEligibleAgent,
-            format!(
-                "a quorum of {} needs {} distinct nodes offering {capability}; {} eligible",
-                req.n,
-                req.n,
-                voters.len()
-            ),
-        ));
-    }
+    let voters = pick_voters(mesh, capability, &req)?;
     let call_id: [u8; 16] = rand::random();
     let span =
         tracing::info_span!("quorum", capability, n = req.n, call_id = %hex::encode(call_id));
     let _enter = span.enter();
     let body = serde_json::to_vec(&req.payload).unwrap_or_default();
-    let base = CallRequest {
-        capability: capability.to_string(),
-        content_type: Some("application/json".into()),
-        body: body.into(),
-        call_id: Some(call_id),
-        want_vote: true,
-        traceparent,
-        ..CallRequest::default()
+    let terms = VoteTerms {
+        n: req.n,
+        f: req.f,
+        key: req.key.clone(),
     };
+    let subject = mesh.voter().subject(capability, &terms, &body);
+    let ask = std::sync::Arc::new(Ask {
+        mesh: mesh.clone(),
+        base: CallRequest {
+            capability: capability.to_string(),
+            content_type: Some("application/json".into()),
+            body: body.into(),
+            call_id: Some(call_id),
+            want_vote: Some(terms),
+            traceparent,
+            ..CallRequest::default()
+        },
+        subject: subject.clone(),
+        key: req.key.clone(),
+        deadline,
+    });
     let voter_set: BTreeSet<NodeId> = voters.iter().map(|c| c.node_id).collect();
     let mut pending: FuturesUnordered<_> = voters
         .iter()
-        .map(|c| {
-            ask_voter(
-                mesh.clone(),
-                base.clone(),
-                c.node_id,
-                c.agent.clone(),
-                c.local,
-                deadline,
-            )
-        })
+        .map(|c| ask_voter(ask.clone(), c.node_id, c.agent.clone(), c.local))
         .collect();
     drop(_enter);
     let mut replies: Vec<Reply> = Vec::new();
@@ -370,28 +320,48 @@ pub async fn run(
         ..Tally::default()
     };
     let key = req.key.as_deref();
+    let subject_digest = subject.digest();
     while let Some(r) = pending.next().await {
         replies.push(r);
-        tally = tally_replies(&call_id, &voter_set, required, key, &replies);
+        tally = vote::tally(
+            &call_id,
+            &subject_digest,
+            &voter_set,
+            required,
+            &ballots_of(key, &replies),
+        );
         // Stop as soon as the outcome is settled: decided, or out of reach.
         if tally.decided.is_some() || !tally.can_still_decide(pending.len() as u32) {
             break;
         }
     }
-    drop(pending);
     let answered: BTreeSet<NodeId> = replies.iter().map(|r| r.node).collect();
-    let mut decision = render(
-        capability, &req, required, call_id, &voters, &replies, &tally,
-    );
+    let certs: BTreeMap<String, String> = answered
+        .iter()
+        .filter_map(|n| {
+            mesh.cert_of(n)
+                .map(|c| (n.to_string(), hex::encode(c.to_bytes())))
+        })
+        .collect();
+    let asked = Asked {
+        capability,
+        req: &req,
+        required,
+        call_id,
+        subject: &subject,
+        voters: voters.iter().map(|c| c.node_id).collect(),
+        certs,
+    };
+    let mut decision = render(&asked, &replies, &tally);
     for c in &voters {
         if !answered.contains(&c.node_id) {
-            decision.silent.push(Silent {
+            decision.late.push(Silent {
                 node_id: c.node_id.to_string(),
-                reason: "not needed or not in time: the outcome was settled first".into(),
+                reason: "not waited for: the outcome was settled first".into(),
             });
         }
     }
-    decision.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    decision.latency_ms = round1(started.elapsed().as_secs_f64() * 1000.0);
     if tally.decided.is_some() {
         for d in &tally.dissenters {
             tracing::info!(node = %d, capability, "quorum dissent counts against the agent's quality");
@@ -399,8 +369,24 @@ pub async fn run(
         }
     }
     for e in &tally.equivocations {
-        tracing::warn!(node = %e.a.vote.node_id, capability, "equivocation: two answers signed for one call");
-        mesh.penalize(e.a.vote.node_id);
+        tracing::warn!(node = %e.node(), capability, "equivocation: two answers signed for one call");
+        mesh.report_equivocation(*e);
+    }
+    if !pending.is_empty() {
+        // Keep listening for the votes not waited for: late dissent and late equivocation
+        // are recorded too (penalized, logged and counted), bounded in time.
+        let late = LateVotes {
+            mesh: mesh.clone(),
+            capability: capability.to_string(),
+            call_id,
+            subject: subject_digest,
+            voters: voter_set,
+            required,
+            key: req.key.clone(),
+            decided: tally.decided,
+        };
+        let until = deadline.min(Instant::now() + Duration::from_millis(LATE_VOTES_MS_MAX));
+        tokio::spawn(late.drain(pending, replies, until));
     }
     if decision.status == "needs_review" {
         if let Some(review) = &req.review {
@@ -408,6 +394,66 @@ pub async fn run(
         }
     }
     Ok(decision)
+}
+
+/// What a quorum keeps to judge the votes that arrive after its decision.
+struct LateVotes {
+    mesh: MeshHandle,
+    capability: String,
+    call_id: [u8; 16],
+    subject: [u8; 32],
+    voters: BTreeSet<NodeId>,
+    required: u32,
+    key: Option<String>,
+    decided: Option<[u8; 32]>,
+}
+
+impl LateVotes {
+    async fn drain<F>(
+        self,
+        mut pending: FuturesUnordered<F>,
+        mut replies: Vec<Reply>,
+        until: Instant,
+    ) where
+        F: std::future::Future<Output = Reply>,
+    {
+        let before = vote::tally(
+            &self.call_id,
+            &self.subject,
+            &self.voters,
+            self.required,
+            &ballots_of(self.key.as_deref(), &replies),
+        );
+        let mut known_eq: BTreeSet<NodeId> =
+            before.equivocations.iter().map(|e| e.node()).collect();
+        while let Ok(Some(r)) = tokio::time::timeout_at(until, pending.next()).await {
+            let node = r.node;
+            replies.push(r);
+            let t = vote::tally(
+                &self.call_id,
+                &self.subject,
+                &self.voters,
+                self.required,
+                &ballots_of(self.key.as_deref(), &replies),
+            );
+            for e in t.equivocations.iter().filter(|e| known_eq.insert(e.node())) {
+                tracing::warn!(node = %e.node(), capability = %self.capability, "equivocation (late vote)");
+                self.mesh.report_equivocation(*e);
+            }
+            let Some(decided) = self.decided else {
+                continue;
+            };
+            let dissent = t
+                .counts
+                .iter()
+                .any(|(v, nodes)| *v != decided && nodes.contains(&node));
+            if dissent {
+                tracing::info!(node = %node, capability = %self.capability, "late quorum dissent counts against the agent's quality");
+                self.mesh.penalize(node);
+                self.mesh.count_late_dissent();
+            }
+        }
+    }
 }
 
 async fn forward_review(
@@ -443,271 +489,28 @@ async fn forward_review(
     }
 }
 
+/// The ballots of `replies`: each answer's vote, and any other vote its node sent (two
+/// different ones are an equivocation). An answer without the decision key is no ballot:
+/// error bodies must never decide `null`.
 fn ballots_of(key: Option<&str>, replies: &[Reply]) -> Vec<Ballot> {
-    replies
-        .iter()
-        .filter_map(|r| r.result.as_ref().ok())
-        .map(|(answer, vote)| Ballot {
-            vote: *vote,
-            value: match key {
-                None => vote.vote.answer_hash,
-                Some(_) => value_digest(&compared_value(key, answer).unwrap_or_default()),
+    let mut out = Vec::new();
+    for (answer, vote, others) in replies.iter().filter_map(|r| r.result.as_ref().ok()) {
+        let value = match key {
+            None => vote.vote.answer_hash,
+            Some(_) => match compared_value(key, answer) {
+                Ok(v) if !v.is_null() => value_digest(&v),
+                _ => continue,
             },
-        })
-        .collect()
-}
-
-fn tally_replies(
-    call_id: &[u8; 16],
-    voters: &BTreeSet<NodeId>,
-    required: u32,
-    key: Option<&str>,
-    replies: &[Reply],
-) -> Tally {
-    vote::tally(call_id, voters, required, &ballots_of(key, replies))
-}
-
-fn render(
-    capability: &str,
-    req: &QuorumRequest,
-    required: u32,
-    call_id: [u8; 16],
-    voters: &[crate::routing::router::Candidate],
-    replies: &[Reply],
-    tally: &Tally,
-) -> QuorumDecision {
-    let key = req.key.as_deref();
-    let mut votes = Vec::new();
-    let mut silent = Vec::new();
-    let mut value = serde_json::Value::Null;
-    let mut slowest = 0.0f64;
-    for r in replies {
-        match &r.result {
-            Ok((answer, sv)) => {
-                let v = compared_value(key, answer).unwrap_or_default();
-                let digest = match key {
-                    None => sv.vote.answer_hash,
-                    Some(_) => value_digest(&v),
-                };
-                if tally.decided == Some(digest) {
-                    value = v.clone();
-                }
-                slowest = slowest.max(r.latency_ms);
-                votes.push(VoteRecord {
-                    node_id: r.node.to_string(),
-                    agent: r.agent.clone(),
-                    answer: answer.clone(),
-                    value: v,
-                    latency_ms: round1(r.latency_ms),
-                    signature: VoteSig::from(sv),
-                });
-            }
-            Err(why) => silent.push(Silent {
-                node_id: r.node.to_string(),
-                reason: why.clone(),
-            }),
-        }
-    }
-    for (node, why) in &tally.rejected {
-        silent.push(Silent {
-            node_id: node.to_string(),
-            reason: format!("vote refused: {}", rejected_name(*why)),
-        });
-    }
-    QuorumDecision {
-        status: if tally.decided.is_some() {
-            "decided"
-        } else {
-            "needs_review"
-        }
-        .into(),
-        value,
-        capability: capability.to_string(),
-        call_id: hex::encode(call_id),
-        n: req.n,
-        f: req.f,
-        required,
-        key: req.key.clone(),
-        voters: voters.iter().map(|c| c.node_id.to_string()).collect(),
-        signatures: votes.iter().map(|v| v.signature.clone()).collect(),
-        votes,
-        dissenters: tally.dissenters.iter().map(|d| d.to_string()).collect(),
-        silent,
-        equivocations: tally.equivocations.iter().map(equivocation_sigs).collect(),
-        latency_ms: 0.0,
-        slowest_vote_ms: round1(slowest),
-        review: None,
-    }
-}
-
-fn equivocation_sigs(e: &Equivocation) -> [VoteSig; 2] {
-    [VoteSig::from(&e.a), VoteSig::from(&e.b)]
-}
-
-fn rejected_name(r: Rejected) -> &'static str {
-    match r {
-        Rejected::BadSignature => "bad signature",
-        Rejected::WrongCall => "signed for another call",
-        Rejected::NotMember => "signer is not a voter",
-        Rejected::Duplicate => "duplicate (counted once)",
-        Rejected::TooMany => "too many ballots",
-    }
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-/// What an offline check of a decision found.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyReport {
-    /// True if every check passed.
-    pub valid: bool,
-    /// Signatures that verified.
-    pub signatures_ok: usize,
-    /// Votes that count after the tally.
-    pub counted: usize,
-    /// The recomputed status.
-    pub status: String,
-    /// Problems found, empty if valid.
-    pub problems: Vec<String>,
-}
-
-/// Re-checks a decision offline: every signature (ed25519, vote context), that each vote
-/// signs this call and the hash of its recorded answer, that signers are among the voters,
-/// that the recomputed tally gives the same status, value and dissenters, and that each
-/// equivocation proof holds.
-pub fn verify_decision(d: &QuorumDecision) -> VerifyReport {
-    let mut problems = Vec::new();
-    let call_id: Option<[u8; 16]> = hex::decode(&d.call_id).ok().and_then(|v| v.try_into().ok());
-    let Some(call_id) = call_id else {
-        return VerifyReport {
-            valid: false,
-            signatures_ok: 0,
-            counted: 0,
-            status: "invalid".into(),
-            problems: vec!["call_id is not 16 hex bytes".into()],
         };
-    };
-    let threshold = match d.f {
-        Some(f) => Threshold::Byzantine { f },
-        None => Threshold::Majority,
-    };
-    match threshold.required(d.n) {
-        Ok(r) if r == d.required => {}
-        Ok(r) => problems.push(format!("required is {} but n/f give {r}", d.required)),
-        Err(e) => problems.push(format!("threshold: {e}")),
-    }
-    let mut voters = BTreeSet::new();
-    for v in &d.voters {
-        match v.parse::<NodeId>() {
-            Ok(n) => {
-                voters.insert(n);
-            }
-            Err(e) => problems.push(format!("voter {v}: {e}")),
+        out.push(Ballot { vote: *vote, value });
+        for o in others {
+            out.push(Ballot {
+                vote: *o,
+                value: o.vote.answer_hash,
+            });
         }
     }
-    if voters.len() != d.n as usize || d.n as usize > VOTERS_MAX {
-        problems.push(format!(
-            "{} distinct voters listed for n = {}",
-            voters.len(),
-            d.n
-        ));
-    }
-    let mut ballots = Vec::new();
-    let mut sig_ok = 0;
-    for (i, v) in d.votes.iter().enumerate() {
-        let sv = match v.signature.to_signed() {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(format!("votes[{i}]: {e}"));
-                continue;
-            }
-        };
-        if sv.verify().is_ok() {
-            sig_ok += 1;
-        } else {
-            problems.push(format!("votes[{i}]: signature does not verify"));
-        }
-        if sv.vote.node_id.to_string() != v.node_id {
-            problems.push(format!("votes[{i}]: signed by another node"));
-        }
-        if sv.vote.answer_hash != value_digest(&v.answer) {
-            problems.push(format!(
-                "votes[{i}]: signed hash is not the recorded answer's"
-            ));
-            continue;
-        }
-        let value = match compared_value(d.key.as_deref(), &v.answer) {
-            Ok(x) => x,
-            Err(e) => {
-                problems.push(format!("key: {e}"));
-                continue;
-            }
-        };
-        if value != v.value {
-            problems.push(format!(
-                "votes[{i}]: recorded value is not what the key picks"
-            ));
-        }
-        ballots.push(Ballot {
-            vote: sv,
-            value: match d.key {
-                None => sv.vote.answer_hash,
-                Some(_) => value_digest(&value),
-            },
-        });
-    }
-    // Equivocation proofs are ballots too: their votes must not count.
-    for (i, pair) in d.equivocations.iter().enumerate() {
-        let parsed: Result<Vec<SignedVote>, String> = pair.iter().map(VoteSig::to_signed).collect();
-        match parsed {
-            Ok(p) => {
-                let e = Equivocation { a: p[0], b: p[1] };
-                if e.verify().is_err() {
-                    problems.push(format!("equivocations[{i}]: not a valid proof"));
-                }
-                for sv in p {
-                    if !ballots.iter().any(|b| b.vote == sv) {
-                        ballots.push(Ballot {
-                            vote: sv,
-                            value: sv.vote.answer_hash,
-                        });
-                    }
-                }
-            }
-            Err(e) => problems.push(format!("equivocations[{i}]: {e}")),
-        }
-    }
-    let t = vote::tally(&call_id, &voters, d.required, &ballots);
-    let status = if t.decided.is_some() {
-        "decided"
-    } else {
-        "needs_review"
-    };
-    if status != d.status {
-        problems.push(format!(
-            "status is {} but the votes give {status}",
-            d.status
-        ));
-    }
-    if let Some(dv) = t.decided {
-        if value_digest(&d.value) != dv {
-            problems.push("the decided value is not the one the votes agree on".into());
-        }
-    }
-    let dissenters: BTreeSet<String> = t.dissenters.iter().map(|n| n.to_string()).collect();
-    let claimed: BTreeSet<String> = d.dissenters.iter().cloned().collect();
-    if dissenters != claimed {
-        problems.push("dissenters differ from the recomputed tally".into());
-    }
-    VerifyReport {
-        valid: problems.is_empty(),
-        signatures_ok: sig_ok,
-        counted: t.counted(),
-        status: status.into(),
-        problems,
-    }
+    out
 }
 
 #[cfg(test)]
@@ -810,71 +613,139 @@ mod tests {
         }
     }
 
+    const MESH: &str = "m";
+
+    fn root() -> Keypair {
+        Keypair::from_secret([200; 32])
+    }
+
+    fn cert_hex(root: &Keypair, k: &Keypair) -> String {
+        let c = agentmesh_crypto::AdmissionCert {
+            mesh_id: MESH.into(),
+            node_id: k.node_id(),
+            roles: vec!["agent".into()],
+            not_before: 0,
+            not_after: u64::MAX / 2,
+        }
+        .sign(root)
+        .unwrap();
+        hex::encode(c.to_bytes())
+    }
+
+    /// A decision as `run` renders it: each key votes its answer for `question`.
     fn decision_of(
         keys: &[Keypair],
         answers: &[serde_json::Value],
         key: Option<&str>,
+        question: &serde_json::Value,
+        capability: &str,
+        f: Option<u32>,
     ) -> QuorumDecision {
         let call_id = [5u8; 16];
         let voters: BTreeSet<NodeId> = keys.iter().map(Keypair::node_id).collect();
-        let mut replies = Vec::new();
-        for (k, a) in keys.iter().zip(answers) {
-            let bytes = serde_json::to_vec(a).unwrap();
-            let vote = Voter::with_epoch(k.clone(), 1).sign(call_id, &bytes);
-            replies.push(Reply {
-                node: k.node_id(),
-                agent: "a".into(),
-                latency_ms: 1.0,
-                result: Ok((a.clone(), vote)),
-            });
-        }
         let req = QuorumRequest {
-            payload: serde_json::json!({}),
+            payload: question.clone(),
             n: keys.len() as u32,
-            f: Some(1),
+            f,
             key: key.map(str::to_string),
             deadline_ms: None,
             review: None,
             policy: None,
         };
+        let terms = VoteTerms {
+            n: req.n,
+            f,
+            key: req.key.clone(),
+        };
+        let body = serde_json::to_vec(question).unwrap();
+        let mut replies = Vec::new();
+        let mut subject = None;
+        for (k, a) in keys.iter().zip(answers) {
+            let voter = Voter::with_epoch(k.clone(), MESH.into(), 1);
+            let s = voter.subject(capability, &terms, &body);
+            let bytes = serde_json::to_vec(a).unwrap();
+            let vote = voter.sign(call_id, &s, &bytes)[0];
+            subject = Some(s);
+            replies.push(Reply {
+                node: k.node_id(),
+                agent: "a".into(),
+                latency_ms: 1.0,
+                result: Ok((a.clone(), vote, Vec::new())),
+            });
+        }
+        let subject = subject.unwrap();
         let required = req.validate().unwrap();
-        let t = tally_replies(&call_id, &voters, required, key, &replies);
-        let mut d = render("c", &req, required, call_id, &[], &replies, &t);
-        d.voters = voters.iter().map(|n| n.to_string()).collect();
-        d
+        let t = vote::tally(
+            &call_id,
+            &subject.digest(),
+            &voters,
+            required,
+            &ballots_of(key, &replies),
+        );
+        let r = root();
+        let asked = Asked {
+            capability,
+            req: &req,
+            required,
+            call_id,
+            subject: &subject,
+            voters: voters.iter().copied().collect(),
+            certs: keys
+                .iter()
+                .map(|k| (k.node_id().to_string(), cert_hex(&r, k)))
+                .collect(),
+        };
+        render(&asked, &replies, &t)
+    }
+
+    fn keys(from: u8, n: u8) -> Vec<Keypair> {
+        (from..from + n)
+            .map(|b| Keypair::from_secret([b; 32]))
+            .collect()
+    }
+
+    fn refused(d: &QuorumDecision, fault: &str) {
+        let r = verify_decision(d, Some(&root().node_id()));
+        assert!(!r.valid, "accepted: {d:#?}");
+        assert!(
+            r.problems.iter().any(|p| p.contains(fault)),
+            "no problem names {fault:?}: {:#?}",
+            r.problems
+        );
     }
 
     #[test]
     fn decisions_verify_offline_and_tampering_is_found() {
-        let keys: Vec<Keypair> = (1..=4).map(|b| Keypair::from_secret([b; 32])).collect();
+        let keys = keys(1, 4);
+        let q = serde_json::json!({"q": "refund?"});
         let yes = serde_json::json!({"decision": "approve", "n": 1});
         let no = serde_json::json!({"decision": "deny"});
         let d = decision_of(
             &keys,
             &[yes.clone(), yes.clone(), yes.clone(), no],
             Some("decision"),
+            &q,
+            "c.x",
+            Some(1),
         );
         assert_eq!(d.status, "decided");
         assert_eq!(d.value, serde_json::json!("approve"));
         assert_eq!(d.dissenters, vec![keys[3].node_id().to_string()]);
-        let r = verify_decision(&d);
+        let r = verify_decision(&d, Some(&root().node_id()));
         assert!(r.valid, "{r:?}");
+        assert!(r.certificates_checked);
         assert_eq!(r.signatures_ok, 4);
 
         let mut forged = d.clone();
         forged.value = serde_json::json!("deny");
-        assert!(!verify_decision(&forged).valid);
+        refused(&forged, "decided value");
         let mut forged = d.clone();
         forged.votes[3].answer = serde_json::json!({"decision": "approve"});
         forged.votes[3].value = serde_json::json!("approve");
-        let r = verify_decision(&forged);
-        assert!(
-            !r.valid && r.problems.iter().any(|p| p.contains("signed hash")),
-            "{r:?}"
-        );
+        refused(&forged, "signed hash");
         let mut forged = d.clone();
         forged.status = "needs_review".into();
-        assert!(!verify_decision(&forged).valid);
+        refused(&forged, "status is needs_review");
 
         let split = decision_of(
             &keys,
@@ -885,8 +756,111 @@ mod tests {
                 serde_json::json!({"decision": "deny"}),
             ],
             Some("decision"),
+            &q,
+            "c.x",
+            Some(1),
         );
         assert_eq!(split.status, "needs_review");
-        assert!(verify_decision(&split).valid);
+        assert!(verify_decision(&split, Some(&root().node_id())).valid);
+    }
+
+    /// Each attack from issue 14 on a decision file, and the fault its refusal names.
+    #[test]
+    fn forged_decisions_are_refused_naming_the_fault() {
+        let honest = keys(1, 4);
+        let q = serde_json::json!({"q": "refund?"});
+        let yes = serde_json::json!({"decision": "approve"});
+        let no = serde_json::json!({"decision": "deny"});
+        let all_yes = [yes.clone(), yes.clone(), yes.clone(), yes.clone()];
+
+        // Fresh keys: valid signatures and a consistent tally, but certificates from the
+        // forger's own root, or none at all.
+        let fresh_keys = keys(50, 4);
+        let mut fresh = decision_of(&fresh_keys, &all_yes, Some("decision"), &q, "c.x", Some(1));
+        let forger = Keypair::from_secret([99; 32]);
+        for k in &fresh_keys {
+            fresh
+                .certs
+                .insert(k.node_id().to_string(), cert_hex(&forger, k));
+        }
+        assert!(
+            verify_decision(&fresh, None).valid,
+            "signatures alone prove nothing"
+        );
+        refused(&fresh, "not a voter admitted by this root");
+        refused(&fresh, "expected root");
+        fresh.certs.clear();
+        refused(&fresh, "no admission certificate recorded");
+
+        // Relabelled capability.
+        let mut d = decision_of(&honest, &all_yes, Some("decision"), &q, "c.x", Some(1));
+        d.capability = "c.other".into();
+        refused(&d, "relabelled capability");
+
+        // A genuine vote moved from another question.
+        let d = decision_of(
+            &honest,
+            &[yes.clone(), yes.clone(), no.clone(), no.clone()],
+            Some("decision"),
+            &q,
+            "c.x",
+            Some(1),
+        );
+        let other_q = decision_of(
+            &honest,
+            &all_yes,
+            Some("decision"),
+            &serde_json::json!({"q": "other"}),
+            "c.x",
+            Some(1),
+        );
+        let mut moved = d.clone();
+        moved.votes[2] = other_q.votes[2].clone();
+        moved.status = "decided".into();
+        moved.value = serde_json::json!("approve");
+        refused(&moved, "vote moved from another question");
+
+        // A duplicated voter: one yes vote listed twice to reach the threshold.
+        let mut dup = d.clone();
+        dup.votes[2] = dup.votes[0].clone();
+        dup.status = "decided".into();
+        dup.value = serde_json::json!("approve");
+        refused(&dup, "duplicated voter");
+        let mut dup = d.clone();
+        dup.voters[1] = dup.voters[0].clone();
+        refused(&dup, "listed twice");
+
+        // needs_review under f = 1 (2 against 2, n = 4) rewritten as a majority of n = 3.
+        assert_eq!(d.status, "needs_review");
+        let mut rewritten = d.clone();
+        let deny_node = rewritten.votes[3].node_id.clone();
+        rewritten.votes.retain(|v| v.node_id != deny_node);
+        rewritten.voters.retain(|v| *v != deny_node);
+        rewritten.n = 3;
+        rewritten.f = None;
+        rewritten.required = 2;
+        rewritten.status = "decided".into();
+        rewritten.value = serde_json::json!("approve");
+        rewritten.dissenters = vec![rewritten.votes[2].node_id.clone()];
+        refused(&rewritten, "quorum terms rewritten");
+    }
+
+    #[test]
+    fn answers_without_the_key_never_decide_null() {
+        let keys = keys(1, 3);
+        let err = serde_json::json!({"error": "upstream down"});
+        let d = decision_of(
+            &keys,
+            &[err.clone(), err.clone(), err],
+            Some("decision"),
+            &serde_json::json!({}),
+            "c.x",
+            None,
+        );
+        assert_eq!(d.status, "needs_review", "{d:#?}");
+        assert_eq!(d.value, serde_json::Value::Null);
+        let mut forged = d.clone();
+        forged.status = "decided".into();
+        refused(&forged, "status is decided but the votes give needs_review");
     }
 }

@@ -340,6 +340,21 @@ pub fn rank<R: Rng>(
     })
 }
 
+/// Whether a call pinned to `v` alone would be routed: its breaker admits calls and its
+/// judged success rate is at or above the floor; else why not.
+pub fn eligible_alone(v: &View, tiers: &QualityTiers) -> Result<(), String> {
+    if !v.admits {
+        return Err(format!("breaker {}", v.breaker.name()));
+    }
+    match judged_rate(v, tiers) {
+        Some(r) if r < tiers.floor => Err(format!(
+            "success rate {r:.2} below the quality floor {:.2}",
+            tiers.floor
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn judged_rate(v: &View, tiers: &QualityTiers) -> Option<f64> {
     (v.calls >= tiers.min_calls.max(1))
         .then_some(v.success_rate)

@@ -41,6 +41,7 @@ pub use crate::call::pipeline::DEADLINE_MAX_MS;
 pub use crate::security::admission::AdmissionMode;
 
 mod audit;
+mod evidence;
 mod join;
 mod obs;
 mod security;
@@ -95,6 +96,8 @@ pub struct RuntimeConfig {
     pub mesh: MeshConfig,
     /// RBAC policy, audit log and certificate renewal (`[rbac]`, `[audit]`).
     pub security: crate::security::SecurityConfig,
+    /// Signs quorum votes in place of the node key (None: the node key signs).
+    pub vote_signer: Option<Arc<dyn crate::security::vote::VoteSigner>>,
 }
 
 impl RuntimeConfig {
@@ -113,6 +116,7 @@ impl RuntimeConfig {
             priority: Priority::Standard,
             mesh: MeshConfig::default(),
             security: Default::default(),
+            vote_signer: None,
         }
     }
 }
@@ -130,6 +134,10 @@ struct Inner {
     joined: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     voter: crate::security::vote::Voter,
+    /// Equivocation proofs caught here or received by gossip.
+    evidence: crate::security::evidence::EvidenceStore,
+    /// Dissenting votes that arrived after their quorum's decision.
+    late_dissent: std::sync::atomic::AtomicU64,
 }
 
 /// The running mesh node. Cheap to clone.
@@ -242,7 +250,19 @@ impl MeshHandle {
             seeded: !cfg.seeds.is_empty(),
             joined: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
-            voter: crate::security::vote::Voter::new(cfg.key.clone()),
+            voter: {
+                let mesh_id = match &cfg.admission {
+                    AdmissionMode::Enforced { mesh_id, .. } => mesh_id.clone(),
+                    AdmissionMode::Open => String::new(),
+                };
+                let v = crate::security::vote::Voter::new(cfg.key.clone(), mesh_id);
+                match &cfg.vote_signer {
+                    Some(s) => v.with_signer(s.clone()),
+                    None => v,
+                }
+            },
+            evidence: Default::default(),
+            late_dissent: Default::default(),
         });
         let handle = MeshHandle(inner);
         handle.reapply_persisted_revocations().await;

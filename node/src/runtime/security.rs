@@ -39,6 +39,7 @@ impl MeshHandle {
                 }
             }
             self.adopt_gossiped_policy(&snap, &mut bad_policies).await;
+            self.adopt_gossiped_evidence(&snap);
             if n.is_multiple_of(CERT_CHECK_TICKS) {
                 self.reload_cert().await;
             }

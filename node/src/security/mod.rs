@@ -13,6 +13,7 @@ pub mod audit_proto;
 pub mod audit_query;
 pub mod audit_verify;
 pub mod certs;
+pub mod evidence;
 pub mod rbac;
 pub mod vote;
 pub mod witness;
