@@ -231,6 +231,7 @@ pub async fn send(pool: &AgentPool, req: AgentRequest) -> Result<AgentResponse, 
     let status = resp.status();
     if status >= 500 {
         let retryable = resp.header(H_RETRYABLE).is_some_and(|v| v == "true");
+        let no_retry = resp.header(H_RETRYABLE).is_some_and(|v| v == "false");
         let code = match resp.header(H_ERROR) {
             Some("loop_detected") => ErrorCode::LoopDetected,
             Some("deadline_exceeded") => ErrorCode::DeadlineExceeded,
@@ -245,6 +246,7 @@ pub async fn send(pool: &AgentPool, req: AgentRequest) -> Result<AgentResponse, 
             status: Some(status),
             body: Some(body),
             retryable,
+            no_retry,
             ..CallError::new(code, message)
         });
     }

@@ -217,9 +217,12 @@ impl Outbound {
     ) -> Result<CallResponse, CallError> {
         let offers = router::offers(&snapshot(&self.gossip).members, self.node_id, req);
         if offers.is_empty() {
-            return Err(CallError::new(
-                ErrorCode::NoCapability,
-                format!("no agent offers {}", req.capability),
+            return Err(self.refused(
+                &req.capability,
+                CallError::new(
+                    ErrorCode::NoCapability,
+                    format!("no agent offers {}", req.capability),
+                ),
             ));
         }
         let total = offers.len();
@@ -233,11 +236,14 @@ impl Outbound {
             return Err(self.sec.forbid_all(&forbidden, &req.capability));
         }
         if cands.is_empty() {
-            return Err(CallError::new(
-                ErrorCode::NoEligibleAgent,
-                format!(
-                    "{total} agent(s) offer {} but none matches the constraints",
-                    req.capability
+            return Err(self.refused(
+                &req.capability,
+                CallError::new(
+                    ErrorCode::NoEligibleAgent,
+                    format!(
+                        "{total} agent(s) offer {} but none matches the constraints",
+                        req.capability
+                    ),
                 ),
             ));
         }
@@ -290,8 +296,8 @@ impl Outbound {
             let cand = &cands[i];
             let err = match result {
                 Ok(a) => {
-                    let retry_it = transient_status(a.status)
-                        && attempts < settings.retry.max_attempts
+                    let retry_it = transient_status(a.status, &settings.retry)
+                        && attempts < settings.retry.max_attempts()
                         && res.withdraw(&req.capability, &settings.retry);
                     if !retry_it {
                         return Ok(CallResponse {
@@ -317,7 +323,9 @@ impl Outbound {
                     }
                 }
                 Err(e) => {
-                    if classify(&e) == Retry::Permanent || attempts >= settings.retry.max_attempts {
+                    if classify(&e, &settings.retry, idempotent(cand)) == Retry::Permanent
+                        || attempts >= settings.retry.max_attempts()
+                    {
                         return fail(e, attempts);
                     }
                     if !res.withdraw(&req.capability, &settings.retry) {
@@ -387,7 +395,7 @@ impl Outbound {
                 Some(done) = racing.next(), if !racing.is_empty() => {
                     let (i, result) = self.settle(cands, req, settings, note, done);
                     match result {
-                        Ok(a) if !transient_status(a.status) => {
+                        Ok(a) if !transient_status(a.status, &settings.retry) => {
                             return Ok(CallResponse {
                                 status: a.status,
                                 content_type: a.content_type,
@@ -411,7 +419,9 @@ impl Outbound {
                                 ..CallError::new(ErrorCode::Overloaded, "agent answered 429")
                             });
                         }
-                        Err(e) if classify(&e) == Retry::Permanent => return fail(e, attempts),
+                        Err(e) if classify(&e, &settings.retry, idempotent(&cands[i])) == Retry::Permanent => {
+                            return fail(e, attempts)
+                        }
                         Err(e) => last_err = Some(e),
                     }
                     hedge_now = may_hedge;
@@ -478,7 +488,9 @@ impl Outbound {
         let res = &self.res;
         let views = res.views(cands, &self.router, &self.agent, &settings.breaker);
         // Only a call's first attempt advances the round-robin cursor.
-        let ranking = res.rank(&views, req, settings, attempt_no == 1)?;
+        let ranking = res
+            .rank(&views, req, settings, attempt_no == 1)
+            .map_err(|e| self.refused(&req.capability, e))?;
         let untried = ranking
             .order
             .iter()
@@ -492,14 +504,14 @@ impl Outbound {
         let mut limited = false;
         let mut picked = None;
         for i in untried.chain(again) {
-            let Some(slot) = res.limit_acquire(cands[i].node_id, &settings.adaptive) else {
+            let Some(slot) = res.limit_acquire(cands[i].node_id, &req.capability, &settings.adaptive) else {
                 limited = true;
                 continue;
             };
             let permit = if ranking.panic {
                 Some(crate::resilience::breaker::Permit::Normal)
             } else {
-                res.acquire(cands[i].node_id, &settings.breaker)
+                res.acquire(cands[i].node_id, &req.capability, &settings.breaker)
             };
             if let Some(p) = permit {
                 picked = Some((i, p, slot));
@@ -507,7 +519,7 @@ impl Outbound {
             }
         }
         let Some((i, permit, slot)) = picked else {
-            return Err(if limited {
+            return Err(self.refused(&req.capability, if limited {
                 CallError::new(
                     ErrorCode::Overloaded,
                     "every admitting agent is at its adaptive concurrency limit",
@@ -517,7 +529,7 @@ impl Outbound {
                     ErrorCode::CircuitOpen,
                     "no candidate's breaker admits a call now",
                 )
-            });
+            }));
         };
         let remaining = deadline
             .saturating_duration_since(tokio::time::Instant::now())
@@ -560,6 +572,18 @@ impl Outbound {
         Ok((ranking, Box::pin(fut)))
     }
 
+    /// Counts a refusal by routing in `/metrics` (reason: the error code) and returns it.
+    fn refused(&self, capability: &str, e: CallError) -> CallError {
+        if e.code != ErrorCode::BadRequest {
+            let reason = serde_json::to_value(e.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "internal".into());
+            self.metrics.record_refusal(capability, &reason);
+        }
+        e
+    }
+
     /// Feeds a finished attempt to the breaker, the scoreboard, the adaptive limit and the
     /// hedging latency window.
     fn settle(
@@ -586,13 +610,19 @@ impl Outbound {
             .finish(rtt_ms, crate::routing::state::limit_sample(&seen));
         match &done.result {
             Ok(_) => {
-                res.observe(node, rtt_ms, true, done.permit, &settings.breaker);
+                res.observe(
+                    (node, &req.capability),
+                    rtt_ms,
+                    true,
+                    done.permit,
+                    &settings.breaker,
+                );
                 res.record_latency(&req.capability, rtt_ms);
             }
             Err(e) => {
                 tracing::debug!(target_node = %node, code = ?e.code, error = %e.message, "call attempt failed");
                 res.observe(
-                    node,
+                    (node, &req.capability),
                     rtt_ms,
                     !health_failure(e),
                     done.permit,
@@ -625,7 +655,10 @@ impl Outbound {
                 self.agent.max_concurrency(),
                 &shedding,
             )
-            .inspect_err(|_| self.metrics.record_shed(self.priority))?;
+            .inspect_err(|_| {
+                self.metrics.record_shed(self.priority);
+                self.metrics.record_refusal(&header.capability, "shed");
+            })?;
             caller::call_local(&self.agent, cand, &attempt, self.sec.roles()).await
         } else {
             caller::call_remote(
@@ -677,6 +710,19 @@ impl Drop for OutboundGuard {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// Whether the agent declared the capability safe to retry: the capability attribute
+/// `idempotent = "false"` says it is not (a retry after the request reached the agent could do
+/// the work twice).
+pub fn idempotent(c: &Candidate) -> bool {
+    !c.capability
+        .attributes
+        .get(IDEMPOTENT_ATTR)
+        .is_some_and(|a| a.matches("false"))
+}
+
+/// The capability attribute by which an agent declares a capability non-idempotent.
+pub const IDEMPOTENT_ATTR: &str = "idempotent";
 
 /// Splits offers into eligible candidates and `(candidate, why not)`.
 pub fn split_offers(

@@ -198,6 +198,9 @@ pub struct CallError {
     /// The agent marked its failure retryable (`x-mesh-retryable: true`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retryable: bool,
+    /// The agent said never to retry it (`x-mesh-retryable: false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_retry: bool,
 }
 
 impl CallError {
@@ -211,6 +214,7 @@ impl CallError {
             body: None,
             attempts: 0,
             retryable: false,
+            no_retry: false,
         }
     }
 

@@ -107,6 +107,9 @@ pub struct WireError {
     pub body: Option<String>,
     /// The agent marked the failure retryable.
     pub retryable: bool,
+    /// The agent said never to retry it. Last, so an older peer that stops reading before it
+    /// still decodes the frame.
+    pub no_retry: bool,
 }
 
 /// One frame of the response direction.
@@ -152,6 +155,7 @@ impl From<WireError> for CallError {
             status: w.status,
             body: w.body,
             retryable: w.retryable,
+            no_retry: w.no_retry,
             ..CallError::new(w.code, w.message)
         }
     }
@@ -165,6 +169,7 @@ impl From<&CallError> for WireError {
             status: e.status,
             body: e.body.as_deref().map(|b| truncate(b, ERROR_BODY_BYTES_MAX)),
             retryable: e.retryable,
+            no_retry: e.no_retry,
         }
     }
 }
@@ -413,6 +418,7 @@ mod tests {
                     status,
                     body: Some("boom".into()),
                     retryable: status.is_some(),
+                    no_retry: false,
                 })
             }),
         ]

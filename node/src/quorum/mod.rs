@@ -395,12 +395,12 @@ pub async fn run(
     if tally.decided.is_some() {
         for d in &tally.dissenters {
             tracing::info!(node = %d, capability, "quorum dissent counts against the agent's quality");
-            mesh.penalize(*d);
+            mesh.penalize(*d, capability);
         }
     }
     for e in &tally.equivocations {
         tracing::warn!(node = %e.a.vote.node_id, capability, "equivocation: two answers signed for one call");
-        mesh.penalize(e.a.vote.node_id);
+        mesh.penalize(e.a.vote.node_id, capability);
     }
     if decision.status == "needs_review" {
         if let Some(review) = &req.review {
