@@ -7,3 +7,4 @@ pub mod callee;
 pub mod caller;
 pub mod observe;
 pub mod pipeline;
+pub mod support;

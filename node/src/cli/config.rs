@@ -153,6 +153,6 @@ mod tests {
             t.lines().all(|l| l.chars().count() <= HUMAN_COLS_MAX),
             "{t}"
         );
-        assert!(t.contains("round_robin"));
+        assert!(t.contains("latency"));
     }
 }

@@ -144,7 +144,13 @@ pub enum Retry {
 /// after the request may have reached it. Routing refusals, loops, bad requests and RBAC
 /// denials are permanent.
 pub fn classify(e: &CallError, cfg: &RetryConfig, idempotent: bool) -> Retry {
-    let yes = |b: bool| if b { Retry::Transient } else { Retry::Permanent };
+    let yes = |b: bool| {
+        if b {
+            Retry::Transient
+        } else {
+            Retry::Permanent
+        }
+    };
     if e.no_retry {
         return Retry::Permanent;
     }
@@ -152,8 +158,8 @@ pub fn classify(e: &CallError, cfg: &RetryConfig, idempotent: bool) -> Retry {
         return Retry::Transient;
     }
     let status = e.status.unwrap_or(0);
-    let refused_before_work = e.code == ErrorCode::Overloaded
-        || (e.code == ErrorCode::AgentError && status == 429);
+    let refused_before_work =
+        e.code == ErrorCode::Overloaded || (e.code == ErrorCode::AgentError && status == 429);
     if !idempotent && !refused_before_work {
         return Retry::Permanent;
     }
@@ -169,6 +175,21 @@ pub fn classify(e: &CallError, cfg: &RetryConfig, idempotent: bool) -> Retry {
         }),
         _ => Retry::Permanent,
     }
+}
+
+/// Successful attempts observed before an attempt gets its own timeout.
+pub const ATTEMPT_TIMEOUT_MIN_SAMPLES: usize = 20;
+
+/// An attempt's own timeout: `attempt_timeout_p99_multiple` × the observed p99 latency, never
+/// below `attempt_timeout_min_ms`; `None` (the whole remaining deadline) while fewer than
+/// [`ATTEMPT_TIMEOUT_MIN_SAMPLES`] latencies are known or when turned off.
+pub fn attempt_timeout_ms(p99_ms: Option<f64>, samples: usize, cfg: &RetryConfig) -> Option<u64> {
+    if cfg.attempt_timeout_p99_multiple == 0 || samples < ATTEMPT_TIMEOUT_MIN_SAMPLES {
+        return None;
+    }
+    let p99 = p99_ms.filter(|p| p.is_finite() && *p >= 0.0)?;
+    let t = (p99 * cfg.attempt_timeout_p99_multiple as f64).ceil() as u64;
+    Some(t.clamp(cfg.attempt_timeout_min_ms, DEADLINE_MS_MAX))
 }
 
 /// Whether an agent's answer (status below 500) should be treated as a transient failure.
@@ -382,17 +403,50 @@ mod tests {
             retry_on: vec![RetryOn::Unavailable],
             ..RetryConfig::default()
         };
-        assert_eq!(classify(&err(AgentError, Some(503)), &only_503, true), Retry::Transient);
-        assert_eq!(classify(&err(AgentError, Some(500)), &only_503, true), Retry::Permanent);
+        assert_eq!(
+            classify(&err(AgentError, Some(503)), &only_503, true),
+            Retry::Transient
+        );
+        assert_eq!(
+            classify(&err(AgentError, Some(500)), &only_503, true),
+            Retry::Permanent
+        );
         // The names in node.toml.
-        let parsed: Vec<RetryOn> =
-            toml::Value::Array(["timeout", "unreachable", "overloaded", "5xx", "503", "429"]
+        let parsed: Vec<RetryOn> = toml::Value::Array(
+            ["timeout", "unreachable", "overloaded", "5xx", "503", "429"]
                 .iter()
                 .map(|s| toml::Value::String(s.to_string()))
-                .collect())
-            .try_into()
-            .unwrap();
+                .collect(),
+        )
+        .try_into()
+        .unwrap();
         assert_eq!(parsed.len(), 6);
+    }
+
+    #[test]
+    fn attempt_timeout_is_a_bounded_multiple_of_p99() {
+        let d = RetryConfig::default();
+        assert_eq!(
+            attempt_timeout_ms(Some(100.0), 5, &d),
+            None,
+            "too few samples"
+        );
+        assert_eq!(
+            attempt_timeout_ms(Some(100.0), 50, &d),
+            Some(2_000),
+            "floor"
+        );
+        assert_eq!(attempt_timeout_ms(Some(1_000.0), 50, &d), Some(5_000));
+        let off = RetryConfig {
+            attempt_timeout_p99_multiple: 0,
+            ..RetryConfig::default()
+        };
+        assert_eq!(attempt_timeout_ms(Some(1_000.0), 50, &off), None);
+        assert_eq!(
+            attempt_timeout_ms(Some(1e12), 50, &d),
+            Some(DEADLINE_MS_MAX),
+            "bounded"
+        );
     }
 
     #[test]
@@ -403,13 +457,21 @@ mod tests {
             no_retry: true,
             ..CallError::new(ErrorCode::AgentError, "x")
         };
-        assert_eq!(classify(&no, &d, true), Retry::Permanent, "x-mesh-retryable: false");
+        assert_eq!(
+            classify(&no, &d, true),
+            Retry::Permanent,
+            "x-mesh-retryable: false"
+        );
         let yes = CallError {
             status: Some(418),
             retryable: true,
             ..CallError::new(ErrorCode::AgentError, "x")
         };
-        assert_eq!(classify(&yes, &d, true), Retry::Transient, "x-mesh-retryable: true");
+        assert_eq!(
+            classify(&yes, &d, true),
+            Retry::Transient,
+            "x-mesh-retryable: true"
+        );
         // Non-idempotent: only refusals before any work are retried.
         use ErrorCode::*;
         for (code, status, want) in [
@@ -553,7 +615,11 @@ mod tests {
             ..RetryConfig::default()
         };
         assert_eq!(r.validate().unwrap_err().0, "max_retries");
-        assert_eq!(RetryConfig::default().max_attempts(), 4, "3 retries by default");
+        assert_eq!(
+            RetryConfig::default().max_attempts(),
+            4,
+            "3 retries by default"
+        );
         let d = DeadlineConfig {
             reserve_pct: 90,
             ..DeadlineConfig::default()

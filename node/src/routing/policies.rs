@@ -437,7 +437,15 @@ fn apply_tiers(
                 out_share * 100.0,
                 cfg.panic_threshold * 100.0
             );
-            mark_below(views, &set, &above_floor, tiers.floor, "floor", tiers, reasons);
+            mark_below(
+                views,
+                &set,
+                &above_floor,
+                tiers.floor,
+                "floor",
+                tiers,
+                reasons,
+            );
             return (above_floor, Some(why));
         }
         mark_below(views, &set, &keep, bar, name, tiers, reasons);
@@ -639,9 +647,9 @@ fn order_by<R: Rng>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+    use std::collections::HashMap;
 
     fn v(agent: &str) -> View {
         View {
@@ -771,8 +779,14 @@ mod tests {
                 Ok("a"),
             ),
             (
-                "below the floor is left out while someone is above it",
+                "tier panic: the fallback tier would leave out 2 of 3, so all above the floor (not a)",
                 vec![rate("a", 0.5, 50), rate("b", 0.8, 50), rate("c", 0.9, 50)],
+                ask(RoundRobin),
+                Ok("b"),
+            ),
+            (
+                "below the floor is left out while someone is above it",
+                vec![rate("a", 0.5, 50), rate("c", 0.9, 50)],
                 ask(RoundRobin),
                 Ok("c"),
             ),
@@ -999,7 +1013,10 @@ mod tests {
                 .or_default() += 1;
         }
         assert!(counts["fast"] >= 1900, "{counts:?}");
-        assert!(counts["slow"] > 0 && counts["mid"] > 0, "explored: {counts:?}");
+        assert!(
+            counts["slow"] > 0 && counts["mid"] > 0,
+            "explored: {counts:?}"
+        );
         // Many equal agents: P2C over the best quarter spreads the first pick.
         let crowd: Vec<View> = (0..16).map(|i| lat(&format!("a{i:02}"), 10.0)).collect();
         let mut picked = std::collections::HashSet::new();
@@ -1040,7 +1057,11 @@ mod tests {
     /// Agents left out by the tiers get a small share of probe calls.
     #[test]
     fn left_out_agents_are_probed() {
-        let views = vec![rate("good", 1.0, 50), rate("meh", 0.8, 50), rate("ok", 0.99, 50)];
+        let views = vec![
+            rate("good", 1.0, 50),
+            rate("meh", 0.8, 50),
+            rate("ok", 0.99, 50),
+        ];
         let mut counts: HashMap<String, u32> = HashMap::new();
         for seed in 0..2000 {
             *counts

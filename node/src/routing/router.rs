@@ -181,16 +181,15 @@ impl Router {
     pub fn judge(&self, cand: &Candidate) -> Judged {
         let m = lock(&self.load);
         let l = m.get(&cand.node_id).copied().unwrap_or_default();
-        let piggyback = l.reported_at.map(|t| {
-            (
-                l.reported_in_flight,
-                t.elapsed().as_secs_f64() * 1000.0,
-            )
-        });
+        let piggyback = l
+            .reported_at
+            .map(|t| (l.reported_in_flight, t.elapsed().as_secs_f64() * 1000.0));
         Judged {
             in_flight: l.in_flight,
             reported_in_flight: blend(piggyback, cand.record.in_flight),
-            reported_max: if l.reported_max > 0 && piggyback.is_some_and(|(_, a)| a < PIGGYBACK_TRUST_MS) {
+            reported_max: if l.reported_max > 0
+                && piggyback.is_some_and(|(_, a)| a < PIGGYBACK_TRUST_MS)
+            {
                 l.reported_max
             } else {
                 cand.record.max_concurrency
@@ -297,7 +296,10 @@ mod tests {
         c.record = Arc::new(rec);
         // Never called from here: the gossiped load and limit.
         let j = r.judge(&c);
-        assert_eq!((j.in_flight, j.reported_in_flight, j.reported_max), (0, 9, 10));
+        assert_eq!(
+            (j.in_flight, j.reported_in_flight, j.reported_max),
+            (0, 9, 10)
+        );
         // Just answered with its own report: that report.
         let g = r.start_call(c.node_id);
         r.observe_reported(c.node_id, 2, 10);

@@ -350,9 +350,14 @@ mod tests {
     #[test]
     fn retries_by_default_and_retry_on() {
         let c = load("").unwrap();
-        assert_eq!(c.defaults.policy, PolicyName::Latency, "best-agent routing by default");
+        assert_eq!(
+            c.defaults.policy,
+            PolicyName::Latency,
+            "best-agent routing by default"
+        );
         assert_eq!(c.defaults.retry.max_retries, 3);
-        let c = load("[capability.\"pay\".retry]\nretry_on = [\"timeout\"]\nmax_retries = 1").unwrap();
+        let c =
+            load("[capability.\"pay\".retry]\nretry_on = [\"timeout\"]\nmax_retries = 1").unwrap();
         let r = &c.for_capability("pay").retry;
         assert_eq!(r.retry_on, vec![crate::resilience::retry::RetryOn::Timeout]);
         assert_eq!(r.max_attempts(), 2);

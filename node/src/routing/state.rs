@@ -186,15 +186,7 @@ impl Resilience {
     ) {
         let now = self.now_ms();
         let mut rng = lock(&self.rng);
-        lock(&self.scores).observe(
-            (node, capability),
-            now,
-            rtt_ms,
-            ok,
-            permit,
-            cfg,
-            &mut *rng,
-        );
+        lock(&self.scores).observe((node, capability), now, rtt_ms, ok, permit, cfg, &mut *rng);
     }
 
     /// Counts a failure in `node`'s success window for `capability` (every capability when
@@ -238,6 +230,17 @@ impl Resilience {
             m.clear();
         }
         m.entry(capability.to_string()).or_default().push(ms);
+    }
+
+    /// The attempt timeout of `capability` now (see
+    /// [`crate::resilience::retry::attempt_timeout_ms`]).
+    pub fn attempt_timeout_ms(&self, capability: &str, cfg: &RetryConfig) -> Option<u64> {
+        if cfg.attempt_timeout_p99_multiple == 0 {
+            return None;
+        }
+        let m = lock(&self.latencies);
+        let w = m.get(capability)?;
+        crate::resilience::retry::attempt_timeout_ms(w.quantile(0.99), w.len(), cfg)
     }
 
     /// How long a hedged call waits before its next attempt.
