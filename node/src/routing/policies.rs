@@ -188,8 +188,10 @@ impl View {
         self.in_flight.saturating_add(self.reported_in_flight)
     }
 
+    /// At its concurrency limit: the larger of our in-flight count and its own (which already
+    /// counts ours as of its report; adding them would call it full at half its limit).
     fn at_capacity(&self) -> bool {
-        self.reported_max > 0 && self.load() >= self.reported_max
+        self.reported_max > 0 && self.in_flight.max(self.reported_in_flight) >= self.reported_max
     }
 
     fn latency_score(&self) -> f64 {
@@ -348,7 +350,7 @@ pub fn rank<R: Rng>(
         }
         reasons[i] = format!(
             "at capacity ({} of {} in flight): last resort",
-            views[i].load(),
+            views[i].in_flight.max(views[i].reported_in_flight),
             views[i].reported_max
         );
     }
