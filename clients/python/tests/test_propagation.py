@@ -43,7 +43,7 @@ def _relay_app(api: str):
         size = int(environ.get("CONTENT_LENGTH") or 0)
         req = json.loads(environ["wsgi.input"].read(size) or b"{}")
         try:
-            out = {"answer": client.call(req["to"], {"via": "relay"})}
+            out = {"answer": client.call(req["to"], {"to": req["to"], "via": "relay"})}
         except MeshError as e:
             out = {"code": e.code, "message": str(e)}
         body = json.dumps(out).encode()
@@ -106,7 +106,9 @@ def test_a_loop_through_a_python_agent_is_refused(relay_cluster):
     r = relay_cluster.client(0).call_raw("py.relay", {"to": "py.relay"}, deadline=5)
     # Without propagation the relay would call itself until the deadline; with it the node
     # sees the chain and refuses the second visit at once.
-    assert r.body.get("code") == "loop_detected", r.body
+    # The second visit's onward call is refused; that relay answers with the code, and the
+    # first relay passes it back as its answer.
+    assert r.body["answer"]["code"] == "loop_detected", r.body
     assert time.monotonic() - started < 4.0
 
 
