@@ -33,7 +33,7 @@ async fn reload_applies_a_new_file_keeps_calls_and_refuses_a_bad_one() {
     .await
     .unwrap();
     mesh.wait_offers(&caller, "slow", 1).await.unwrap();
-    assert_eq!(default_policy(&mesh, &caller).await, "round_robin");
+    assert_eq!(default_policy(&mesh, &caller).await, "latency");
     let file = caller.dir.join("node.toml");
     let original = std::fs::read_to_string(&file).unwrap();
 

@@ -205,6 +205,14 @@ async fn call_loop_is_refused_at_once() {
     assert_eq!(status, 508, "{v}");
     assert_eq!(h["x-mesh-error"], "loop_detected");
     assert_eq!(v["code"], "loop_detected", "{v}");
+    // The root cause at the top level: where the cycle closed, not escaped JSON per hop.
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("call loop: node"), "{v}");
+    assert!(msg.contains("loop.a"), "{v}");
+    assert!(v.get("body").is_none(), "no nested body: {v}");
+    let path = v["path"].as_array().cloned().unwrap_or_default();
+    assert!(!path.is_empty() && path.len() <= 16, "{v}");
+    assert!(v.to_string().len() < 2048, "{} bytes: {v}", v.to_string().len());
     assert_eq!(h["x-mesh-attempts"], "1", "a loop is never retried");
     assert!(took < Duration::from_secs(3), "{took:?}");
 }

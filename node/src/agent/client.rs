@@ -231,12 +231,20 @@ pub async fn send(pool: &AgentPool, req: AgentRequest) -> Result<AgentResponse, 
     let status = resp.status();
     if status >= 500 {
         let retryable = resp.header(H_RETRYABLE).is_some_and(|v| v == "true");
+        let no_retry = resp.header(H_RETRYABLE).is_some_and(|v| v == "false");
         let code = match resp.header(H_ERROR) {
             Some("loop_detected") => ErrorCode::LoopDetected,
             Some("deadline_exceeded") => ErrorCode::DeadlineExceeded,
             _ => ErrorCode::AgentError,
         };
         let body = read_capped(resp, ERROR_BODY_BYTES_MAX).await;
+        if code != ErrorCode::AgentError {
+            if let Some(mut root) = lift_downstream(code, &body) {
+                root.status = Some(status);
+                root.push_hop(format!("{} answered {status}", req.capability));
+                return Err(root);
+            }
+        }
         let message = match code {
             ErrorCode::AgentError => format!("agent answered {status}"),
             _ => format!("agent answered {status}: an onward call failed downstream"),
@@ -245,10 +253,33 @@ pub async fn send(pool: &AgentPool, req: AgentRequest) -> Result<AgentResponse, 
             status: Some(status),
             body: Some(body),
             retryable,
+            no_retry,
             ..CallError::new(code, message)
         });
     }
     Ok(resp)
+}
+
+/// A typed mesh error passed back by an agent from its onward call: the node's JSON error
+/// (`{"code", "message", "path"?}`) lifted to the top level, so the caller reads the root
+/// cause, not escaped JSON nested once per hop. `None` if the body is not such an error.
+pub fn lift_downstream(code: ErrorCode, body: &str) -> Option<CallError> {
+    #[derive(serde::Deserialize)]
+    struct Downstream {
+        code: ErrorCode,
+        message: String,
+        #[serde(default)]
+        path: Vec<String>,
+    }
+    let d: Downstream = serde_json::from_str(body).ok()?;
+    if d.code != code {
+        return None;
+    }
+    let mut e = CallError::new(code, truncate(&d.message, 4096));
+    for hop in d.path {
+        e.push_hop(hop);
+    }
+    Some(e)
 }
 
 /// Maps a client error to the caller-visible code.
@@ -277,4 +308,35 @@ async fn read_capped(resp: AgentResponse, max: usize) -> String {
         }
     }
     truncate(&String::from_utf8_lossy(&out), max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downstream_errors_are_lifted_not_nested() {
+        let inner = r#"{"code":"loop_detected","message":"call loop: node ab12 already called x at hop 1","path":["y answered 508"],"attempts":1}"#;
+        let e = lift_downstream(ErrorCode::LoopDetected, inner).unwrap();
+        assert!(e.message.starts_with("call loop: node ab12"));
+        assert_eq!(e.path, vec!["y answered 508".to_string()]);
+        assert!(e.body.is_none());
+        // Another code, not JSON, or JSON of something else: not lifted.
+        assert!(lift_downstream(ErrorCode::DeadlineExceeded, inner).is_none());
+        assert!(lift_downstream(ErrorCode::LoopDetected, "boom").is_none());
+        assert!(lift_downstream(ErrorCode::LoopDetected, r#"{"x":1}"#).is_none());
+        // The path stays bounded however deep the chain.
+        let mut e = CallError::new(ErrorCode::LoopDetected, "x");
+        for i in 0..100 {
+            e.push_hop(format!("hop {i} {}", "é".repeat(300)));
+        }
+        assert_eq!(e.path.len(), crate::contract::ERROR_PATH_HOPS_MAX);
+        assert!(e.path.iter().all(|h| h.len() <= crate::contract::ERROR_PATH_HOP_LEN_MAX));
+        assert!(e.path.last().unwrap().starts_with("hop 99"));
+        // Over the call plane the path survives (carried where the body would be).
+        let w = crate::net::call_proto::WireError::from(&e);
+        let back = CallError::from(w);
+        assert_eq!(back.path, e.path);
+        assert!(back.body.is_none());
+    }
 }

@@ -7,4 +7,5 @@ pub mod callee;
 pub mod caller;
 pub mod observe;
 pub mod pipeline;
+pub mod support;
 pub mod voters;

@@ -7,8 +7,9 @@
 use crate::agent::local::LocalAgent;
 use crate::call::callee::{self};
 use crate::call::caller::{self, Answer, Attempt};
-use crate::contract::names::{capability_name_rule, is_capability_name};
-use crate::contract::{CallError, CallRequest, CallResponse, Candidate, ErrorCode, BODY_BYTES_MAX};
+pub use crate::call::support::{idempotent, split_offers, IDEMPOTENT_ATTR};
+use crate::call::support::{outbound_record, validate_call, OutboundGuard};
+use crate::contract::{CallError, CallRequest, CallResponse, Candidate, ErrorCode};
 use crate::membership::driver::{snapshot, SharedSnapshot};
 use crate::net::call_proto::CallHeader;
 use crate::net::transport::Transport;
@@ -17,13 +18,15 @@ use crate::routing::router::{self, Router};
 use crate::routing::settings::CapabilitySettings;
 use crate::routing::state::{health_failure, spec_now, Resilience};
 use crate::security::admission::AdmissionTable;
-use crate::security::audit::CallRecord;
 use agentmesh_crypto::NodeId;
 use agentmesh_gossip::record::Priority;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How often an attempt in flight checks that gossip still sees its peer alive.
+pub const PEER_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Largest deadline accepted.
 pub const DEADLINE_MAX_MS: u64 = 10 * 60 * 1000;
@@ -219,9 +222,12 @@ impl Outbound {
     ) -> Result<CallResponse, CallError> {
         let offers = router::offers(&snapshot(&self.gossip).members, self.node_id, req);
         if offers.is_empty() {
-            return Err(CallError::new(
-                ErrorCode::NoCapability,
-                format!("no agent offers {}", req.capability),
+            return Err(self.refused(
+                &req.capability,
+                CallError::new(
+                    ErrorCode::NoCapability,
+                    format!("no agent offers {}", req.capability),
+                ),
             ));
         }
         let total = offers.len();
@@ -235,11 +241,14 @@ impl Outbound {
             return Err(self.sec.forbid_all(&forbidden, &req.capability));
         }
         if cands.is_empty() {
-            return Err(CallError::new(
-                ErrorCode::NoEligibleAgent,
-                format!(
-                    "{total} agent(s) offer {} but none matches the constraints",
-                    req.capability
+            return Err(self.refused(
+                &req.capability,
+                CallError::new(
+                    ErrorCode::NoEligibleAgent,
+                    format!(
+                        "{total} agent(s) offer {} but none matches the constraints",
+                        req.capability
+                    ),
                 ),
             ));
         }
@@ -292,8 +301,8 @@ impl Outbound {
             let cand = &cands[i];
             let err = match result {
                 Ok(a) => {
-                    let retry_it = transient_status(a.status)
-                        && attempts < settings.retry.max_attempts
+                    let retry_it = transient_status(a.status, &settings.retry)
+                        && attempts < settings.retry.max_attempts()
                         && res.withdraw(&req.capability, &settings.retry);
                     if !retry_it {
                         return Ok(CallResponse {
@@ -315,7 +324,9 @@ impl Outbound {
                     }
                 }
                 Err(e) => {
-                    if classify(&e) == Retry::Permanent || attempts >= settings.retry.max_attempts {
+                    if classify(&e, &settings.retry, idempotent(cand)) == Retry::Permanent
+                        || attempts >= settings.retry.max_attempts()
+                    {
                         return fail(e, attempts);
                     }
                     if !res.withdraw(&req.capability, &settings.retry) {
@@ -385,7 +396,7 @@ impl Outbound {
                 Some(done) = racing.next(), if !racing.is_empty() => {
                     let (i, result) = self.settle(cands, req, settings, note, done);
                     match result {
-                        Ok(a) if !transient_status(a.status) => {
+                        Ok(a) if !transient_status(a.status, &settings.retry) => {
                             return Ok(CallResponse {
                                 status: a.status,
                                 content_type: a.content_type,
@@ -409,7 +420,9 @@ impl Outbound {
                                 ..CallError::new(ErrorCode::Overloaded, "agent answered 429")
                             });
                         }
-                        Err(e) if classify(&e) == Retry::Permanent => return fail(e, attempts),
+                        Err(e) if classify(&e, &settings.retry, idempotent(&cands[i])) == Retry::Permanent => {
+                            return fail(e, attempts)
+                        }
                         Err(e) => last_err = Some(e),
                     }
                     hedge_now = may_hedge;
@@ -476,7 +489,9 @@ impl Outbound {
         let res = &self.res;
         let views = res.views(cands, &self.router, &self.agent, &settings.breaker);
         // Only a call's first attempt advances the round-robin cursor.
-        let ranking = res.rank(&views, req, settings, attempt_no == 1)?;
+        let ranking = res
+            .rank(&views, req, settings, attempt_no == 1)
+            .map_err(|e| self.refused(&req.capability, e))?;
         let untried = ranking
             .order
             .iter()
@@ -490,14 +505,16 @@ impl Outbound {
         let mut limited = false;
         let mut picked = None;
         for i in untried.chain(again) {
-            let Some(slot) = res.limit_acquire(cands[i].node_id, &settings.adaptive) else {
+            let Some(slot) =
+                res.limit_acquire(cands[i].node_id, &req.capability, &settings.adaptive)
+            else {
                 limited = true;
                 continue;
             };
             let permit = if ranking.panic {
                 Some(crate::resilience::breaker::Permit::Normal)
             } else {
-                res.acquire(cands[i].node_id, &settings.breaker)
+                res.acquire(cands[i].node_id, &req.capability, &settings.breaker)
             };
             if let Some(p) = permit {
                 picked = Some((i, p, slot));
@@ -505,22 +522,29 @@ impl Outbound {
             }
         }
         let Some((i, permit, slot)) = picked else {
-            return Err(if limited {
-                CallError::new(
-                    ErrorCode::Overloaded,
-                    "every admitting agent is at its adaptive concurrency limit",
-                )
-            } else {
-                CallError::new(
-                    ErrorCode::CircuitOpen,
-                    "no candidate's breaker admits a call now",
-                )
-            });
+            return Err(self.refused(
+                &req.capability,
+                if limited {
+                    CallError::new(
+                        ErrorCode::Overloaded,
+                        "every admitting agent is at its adaptive concurrency limit",
+                    )
+                } else {
+                    CallError::new(
+                        ErrorCode::CircuitOpen,
+                        "no candidate's breaker admits a call now",
+                    )
+                },
+            ));
         };
         let remaining = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .as_millis() as u64;
-        let budget_ms = hop_budget_ms(remaining, &settings.deadline)?;
+        let mut budget_ms = hop_budget_ms(remaining, &settings.deadline)?;
+        // An attempt has its own timeout, so one stuck agent does not hold the whole deadline.
+        if let Some(t) = res.attempt_timeout_ms(&req.capability, &settings.retry) {
+            budget_ms = budget_ms.min(t);
+        }
         tried.push(cands[i].node_id);
         let mut h = header.clone();
         h.deadline_ms = budget_ms;
@@ -558,6 +582,18 @@ impl Outbound {
         Ok((ranking, Box::pin(fut)))
     }
 
+    /// Counts a refusal by routing in `/metrics` (reason: the error code) and returns it.
+    fn refused(&self, capability: &str, e: CallError) -> CallError {
+        if e.code != ErrorCode::BadRequest {
+            let reason = serde_json::to_value(e.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "internal".into());
+            self.metrics.record_refusal(capability, &reason);
+        }
+        e
+    }
+
     /// Feeds a finished attempt to the breaker, the scoreboard, the adaptive limit and the
     /// hedging latency window.
     fn settle(
@@ -584,13 +620,19 @@ impl Outbound {
             .finish(rtt_ms, crate::routing::state::limit_sample(&seen));
         match &done.result {
             Ok(_) => {
-                res.observe(node, rtt_ms, true, done.permit, &settings.breaker);
+                res.observe(
+                    (node, &req.capability),
+                    rtt_ms,
+                    true,
+                    done.permit,
+                    &settings.breaker,
+                );
                 res.record_latency(&req.capability, rtt_ms);
             }
             Err(e) => {
                 tracing::debug!(target_node = %node, code = ?e.code, error = %e.message, "call attempt failed");
                 res.observe(
-                    node,
+                    (node, &req.capability),
                     rtt_ms,
                     !health_failure(e),
                     done.permit,
@@ -623,17 +665,46 @@ impl Outbound {
                 self.agent.max_concurrency(),
                 &shedding,
             )
-            .inspect_err(|_| self.metrics.record_shed(self.priority))?;
+            .inspect_err(|_| {
+                self.metrics.record_shed(self.priority);
+                self.metrics.record_refusal(&header.capability, "shed");
+            })?;
             caller::call_local(&self.agent, cand, &attempt, self.sec.roles()).await
         } else {
-            caller::call_remote(
+            let call = caller::call_remote(
                 &self.transport,
                 &self.admission,
                 &self.router,
                 cand,
                 &attempt,
-            )
-            .await
+            );
+            tokio::select! {
+                r = call => r,
+                e = self.peer_lost(cand.node_id) => Err(e),
+            }
+        }
+    }
+
+    /// Resolves when gossip stops seeing `node` as alive (suspect, dead, left or gone): the
+    /// attempt to it is abandoned at once and retried elsewhere within the same deadline.
+    async fn peer_lost(&self, node: NodeId) -> CallError {
+        let mut tick = tokio::time::interval(PEER_WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let snap = snapshot(&self.gossip);
+            let state = snap
+                .members
+                .iter()
+                .find(|m| m.node_id == node)
+                .map(|m| m.state);
+            if state != Some(agentmesh_gossip::MemberState::Alive) {
+                let what = state.map_or("gone".to_string(), |s| format!("{s:?}").to_lowercase());
+                return CallError::new(
+                    ErrorCode::AgentUnreachable,
+                    format!("peer is {what} in gossip: attempt abandoned"),
+                );
+            }
         }
     }
 
@@ -659,95 +730,4 @@ impl Outbound {
         let order = ranking.order.iter().copied().chain(rest);
         Ok(order.map(|i| cands[i].clone()).collect())
     }
-}
-
-struct OutboundGuard(Arc<std::sync::atomic::AtomicU32>);
-
-impl OutboundGuard {
-    fn new(c: Arc<std::sync::atomic::AtomicU32>) -> Self {
-        c.fetch_add(1, Ordering::AcqRel);
-        OutboundGuard(c)
-    }
-}
-
-impl Drop for OutboundGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Splits offers into eligible candidates and `(candidate, why not)`.
-pub fn split_offers(
-    offers: Vec<(Candidate, Option<String>)>,
-) -> (Vec<Candidate>, Vec<(Candidate, String)>) {
-    let mut ok = Vec::new();
-    let mut not = Vec::new();
-    for (c, why) in offers {
-        match why {
-            None => ok.push(c),
-            Some(w) => not.push((c, w)),
-        }
-    }
-    (ok, not)
-}
-
-fn validate_call(req: &CallRequest) -> Result<(), CallError> {
-    if !is_capability_name(&req.capability) {
-        return Err(CallError::bad_field(
-            "capability",
-            capability_name_rule(&req.capability),
-        ));
-    }
-    if req.body.len() > BODY_BYTES_MAX {
-        return Err(CallError::bad_field(
-            "body",
-            format!("body exceeds {BODY_BYTES_MAX} bytes"),
-        ));
-    }
-    if req.attrs.len() > crate::net::call_proto::CALL_ATTRS_MAX {
-        return Err(CallError::bad_field(
-            "attrs",
-            "too many attribute constraints",
-        ));
-    }
-    Ok(())
-}
-
-/// Completes an outbound audit entry from the call's result.
-fn outbound_record(
-    mut rec: CallRecord,
-    res: &Result<CallResponse, CallError>,
-    latency: Duration,
-) -> CallRecord {
-    rec.latency_ms = latency.as_secs_f64() * 1000.0;
-    match res {
-        Ok(r) => {
-            let (node, agent) = r.served_by.split_once('/').unwrap_or((&r.served_by, ""));
-            rec.callee_node = node.to_string();
-            rec.callee_agent = Some(agent.to_string());
-            rec.decision = "allow".into();
-            rec.status = Some(r.status);
-            rec.outcome = if r.status >= 500 { "agent_error" } else { "ok" }.into();
-        }
-        Err(e) => {
-            rec.decision = if e.code == ErrorCode::Forbidden {
-                "deny"
-            } else {
-                "allow"
-            }
-            .into();
-            rec.rule = e
-                .message
-                .rsplit_once('(')
-                .map(|(_, r)| r.trim_end_matches(')').to_string())
-                .filter(|_| e.code == ErrorCode::Forbidden)
-                .unwrap_or_default();
-            rec.status = e.status;
-            rec.outcome = serde_json::to_value(e.code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-        }
-    }
-    rec
 }

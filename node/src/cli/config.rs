@@ -94,7 +94,7 @@ fn show(v: &serde_json::Value, json: bool) {
 pub fn settings_table(v: &serde_json::Value) -> String {
     let mut lines = vec![format!(
         "{:<24} {:<12} {:>8} {:>5} {:>6} {:>6} {:<16}",
-        "CAPABILITY", "POLICY", "DEADLINE", "TRIES", "BRK_FR", "PANIC", "FALLBACK"
+        "CAPABILITY", "POLICY", "DEADLINE", "RETRY", "BRK_FR", "PANIC", "FALLBACK"
     )];
     let row = |name: &str, s: &serde_json::Value| {
         let line = format!(
@@ -102,7 +102,7 @@ pub fn settings_table(v: &serde_json::Value) -> String {
             crate::cli::clip(name, 24),
             s["policy"].as_str().unwrap_or("?"),
             s["deadline"]["default_ms"].as_u64().unwrap_or(0),
-            s["retry"]["max_attempts"].as_u64().unwrap_or(0),
+            s["retry"]["max_retries"].as_u64().unwrap_or(0),
             s["breaker"]["failure_rate"].as_f64().unwrap_or(0.0),
             s["breaker"]["panic_threshold"].as_f64().unwrap_or(0.0),
             s["fallback"].as_str().unwrap_or("-"),
@@ -153,6 +153,6 @@ mod tests {
             t.lines().all(|l| l.chars().count() <= HUMAN_COLS_MAX),
             "{t}"
         );
-        assert!(t.contains("round_robin"));
+        assert!(t.contains("latency"));
     }
 }

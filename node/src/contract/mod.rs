@@ -225,7 +225,20 @@ pub struct CallError {
     /// The agent marked its failure retryable (`x-mesh-retryable: true`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retryable: bool,
+    /// The agent said never to retry it (`x-mesh-retryable: false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_retry: bool,
+    /// For a typed mesh error raised downstream (`loop_detected`, `deadline_exceeded`): the
+    /// hops it came back through, nearest last (at most [`ERROR_PATH_HOPS_MAX`]); `message`
+    /// is the root cause's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
 }
+
+/// Most hops an error's `path` keeps (the oldest are dropped first).
+pub const ERROR_PATH_HOPS_MAX: usize = 16;
+/// Longest entry of an error's `path`, in bytes.
+pub const ERROR_PATH_HOP_LEN_MAX: usize = 256;
 
 impl CallError {
     /// An error with a code and message.
@@ -238,6 +251,25 @@ impl CallError {
             body: None,
             attempts: 0,
             retryable: false,
+            no_retry: false,
+            path: Vec::new(),
+        }
+    }
+
+    /// Adds a hop to `path`, keeping it bounded.
+    pub fn push_hop(&mut self, hop: String) {
+        let mut hop = hop;
+        if hop.len() > ERROR_PATH_HOP_LEN_MAX {
+            let mut end = ERROR_PATH_HOP_LEN_MAX;
+            while !hop.is_char_boundary(end) {
+                end -= 1;
+            }
+            hop.truncate(end);
+        }
+        self.path.push(hop);
+        if self.path.len() > ERROR_PATH_HOPS_MAX {
+            let extra = self.path.len() - ERROR_PATH_HOPS_MAX;
+            self.path.drain(..extra);
         }
     }
 

@@ -108,6 +108,9 @@ pub struct WireError {
     pub body: Option<String>,
     /// The agent marked the failure retryable.
     pub retryable: bool,
+    /// The agent said never to retry it. Last, so an older peer that stops reading before it
+    /// still decodes the frame.
+    pub no_retry: bool,
 }
 
 /// One frame of the response direction.
@@ -147,14 +150,35 @@ pub enum ProtoError {
     Unexpected(&'static str),
 }
 
+/// The body a typed error with a hop path and no body of its own travels with (the path has
+/// no field of its own on the wire, so older peers still decode the frame).
+#[derive(Serialize, Deserialize)]
+struct PathOnly {
+    path: Vec<String>,
+}
+
 impl From<WireError> for CallError {
     fn from(w: WireError) -> Self {
-        CallError {
+        let path = w
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<PathOnly>(b).ok())
+            .map(|p| p.path);
+        let (body, path) = match path {
+            Some(p) => (None, p),
+            None => (w.body, Vec::new()),
+        };
+        let mut e = CallError {
             status: w.status,
-            body: w.body,
+            body,
             retryable: w.retryable,
+            no_retry: w.no_retry,
             ..CallError::new(w.code, w.message)
+        };
+        for hop in path {
+            e.push_hop(hop);
         }
+        e
     }
 }
 
@@ -164,8 +188,16 @@ impl From<&CallError> for WireError {
             code: e.code,
             message: truncate(&e.message, ERROR_MESSAGE_LEN_MAX),
             status: e.status,
-            body: e.body.as_deref().map(|b| truncate(b, ERROR_BODY_BYTES_MAX)),
+            body: match (&e.body, e.path.is_empty()) {
+                (Some(b), _) => Some(truncate(b, ERROR_BODY_BYTES_MAX)),
+                (None, false) => serde_json::to_string(&PathOnly {
+                    path: e.path.clone(),
+                })
+                .ok(),
+                (None, true) => None,
+            },
             retryable: e.retryable,
+            no_retry: e.no_retry,
         }
     }
 }
@@ -427,6 +459,7 @@ mod tests {
                     status,
                     body: Some("boom".into()),
                     retryable: status.is_some(),
+                    no_retry: false,
                 })
             }),
         ]

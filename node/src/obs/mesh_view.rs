@@ -93,6 +93,9 @@ pub struct BreakerRow {
     pub node_id: String,
     /// Its agent.
     pub agent: String,
+    /// The capability the breaker guards (breakers are per agent and capability).
+    #[serde(default)]
+    pub capability: String,
     /// `closed | half_open | open`.
     pub state: String,
 }

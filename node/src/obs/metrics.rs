@@ -8,7 +8,10 @@
 //! - `call_attempts_total{capability,outcome}`, `call_retries_total{capability}`;
 //! - `inbound_calls_total{source_agent,capability,outcome}`: calls served for other nodes;
 //! - `shed_total{priority}`, `overloaded_total`, `in_flight{direction}`;
-//! - `breaker_state{target_node,target_agent}`: 0 closed, 1 half open, 2 open (this node's view);
+//! - `breaker_state{target_node,target_agent,capability}`: 0 closed, 1 half open, 2 open (this
+//!   node's view; one breaker per agent and capability);
+//! - `routing_refusals_total{capability,reason}`: calls routing refused without reaching an
+//!   agent (`no_eligible_agent`, `overloaded`, `shed`, `circuit_open`, `no_capability`, …);
 //! - `gossip_members{state}`, `gossip_messages_total{direction}`, `gossip_bytes_total{direction}`,
 //!   `gossip_suspicions_total`, `gossip_refutations_total`;
 //! - `rbac_allowed_total`, `rbac_denied_total{caller_role,capability}` (caller pre-check and
@@ -131,6 +134,17 @@ pub struct BreakerLabels {
     pub target_node: String,
     /// Its agent.
     pub target_agent: String,
+    /// The capability the breaker guards.
+    pub capability: String,
+}
+
+/// Labels of the routing refusal counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The capability asked for.
+    pub capability: String,
+    /// Why routing refused: the error code.
+    pub reason: String,
 }
 
 /// Labels of the RBAC denial counter.
@@ -193,8 +207,8 @@ pub struct ScrapeState {
     pub members: Vec<(&'static str, u64)>,
     /// The gossip state machine's counters.
     pub gossip: agentmesh_gossip::Stats,
-    /// `(node id, agent, state 0/1/2)` of each breaker this node holds.
-    pub breakers: Vec<(String, String, i64)>,
+    /// `(node id, agent, capability, state 0/1/2)` of each breaker this node holds.
+    pub breakers: Vec<(String, String, String, i64)>,
     /// Security totals.
     pub security: SecurityScrape,
 }
@@ -209,6 +223,7 @@ pub struct Metrics {
     retries: Family<CapLabels, Counter>,
     inbound: Family<InboundLabels, Counter>,
     shed: Family<PriorityLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
     overloaded: Counter,
     in_flight: Family<DirLabels, Gauge>,
     breaker: Family<BreakerLabels, Gauge>,
@@ -257,6 +272,7 @@ impl Metrics {
             retries: Family::default(),
             inbound: Family::default(),
             shed: Family::default(),
+            refusals: Family::default(),
             overloaded: Counter::default(),
             in_flight: Family::default(),
             breaker: Family::default(),
@@ -299,6 +315,11 @@ impl Metrics {
             m.inbound.clone(),
         );
         registry.register("shed", "Calls shed by caller priority", m.shed.clone());
+        registry.register(
+            "routing_refusals",
+            "Calls routing refused without an agent answering, by reason",
+            m.refusals.clone(),
+        );
         registry.register(
             "overloaded",
             "Calls refused because the agent was at max_concurrency",
@@ -504,6 +525,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Records a call that routing refused (`reason`: the error code's name).
+    pub fn record_refusal(&self, capability: &str, reason: &str) {
+        let capability = self.cap(capability);
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                capability,
+                reason: label(reason),
+            })
+            .inc();
+    }
+
     /// Records a call shed for a caller of `priority`.
     pub fn record_shed(&self, priority: agentmesh_gossip::record::Priority) {
         self.shed
@@ -550,16 +582,18 @@ impl Metrics {
         self.apply_security(&s.security);
         // Breakers come and go with members: rebuild the family each scrape.
         self.breaker.clear();
-        for (i, (node, agent, state)) in s.breakers.iter().enumerate() {
+        for (i, (node, agent, capability, state)) in s.breakers.iter().enumerate() {
             let labels = if i < METRIC_BREAKERS_MAX {
                 BreakerLabels {
                     target_node: label(node),
                     target_agent: label(agent),
+                    capability: label(capability),
                 }
             } else {
                 BreakerLabels {
                     target_node: OTHER_LABEL.into(),
                     target_agent: OTHER_LABEL.into(),
+                    capability: OTHER_LABEL.into(),
                 }
             };
             let g = self.breaker.get_or_create(&labels);
@@ -655,7 +689,7 @@ mod tests {
                 suspicions: 2,
                 ..Default::default()
             },
-            breakers: vec![("n1".into(), "a1".into(), 2)],
+            breakers: vec![("n1".into(), "a1".into(), "c1".into(), 2)],
             security: SecurityScrape {
                 rbac_denied: vec![("processing".into(), "admin.reset".into(), 4)],
                 admission_refused: 2,
@@ -681,7 +715,7 @@ mod tests {
         assert_eq!(
             value(
                 &text,
-                r#"agentmesh_breaker_state{target_node="n1",target_agent="a1"}"#
+                r#"agentmesh_breaker_state{target_node="n1",target_agent="a1",capability="c1"}"#
             ),
             Some(2.0)
         );

@@ -365,7 +365,7 @@ pub async fn run(
     if tally.decided.is_some() {
         for d in &tally.dissenters {
             tracing::info!(node = %d, capability, "quorum dissent counts against the agent's quality");
-            mesh.penalize(*d);
+            mesh.penalize(*d, capability);
         }
     }
     for e in &tally.equivocations {

@@ -5,18 +5,60 @@ use crate::contract::{CallError, ErrorCode};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// Most attempts a capability may configure.
-pub const RETRY_ATTEMPTS_MAX: u32 = 10;
+/// Most retries a capability may configure (attempts: one more).
+pub const RETRIES_MAX: u32 = 9;
+/// Most attempts a capability may configure (the old `max_attempts` spelling).
+pub const RETRY_ATTEMPTS_MAX: u32 = RETRIES_MAX + 1;
 /// Largest retry budget balance, in retries (bounds a burst after a quiet period).
 pub const RETRY_BUDGET_BALANCE_MAX: f64 = 1000.0;
+/// Largest `retry_on` list.
+pub const RETRY_ON_MAX: usize = 16;
 pub use crate::agent::client::H_RETRYABLE;
+
+/// A failure class a capability may retry (`retry_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetryOn {
+    /// The attempt ran out of time (`deadline_exceeded`, the attempt timeout).
+    #[serde(rename = "timeout")]
+    Timeout,
+    /// The agent or its node could not be reached, or the connection was lost.
+    #[serde(rename = "unreachable")]
+    Unreachable,
+    /// Refused before any work: `overloaded` (at capacity, shed, adaptive limit).
+    #[serde(rename = "overloaded")]
+    Overloaded,
+    /// The agent answered 500–599.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// The agent answered 503.
+    #[serde(rename = "503")]
+    Unavailable,
+    /// The agent answered 429.
+    #[serde(rename = "429")]
+    TooMany,
+}
+
+/// The default `retry_on`: timeouts, unreachable agents and 5xx answers, plus the two answers
+/// that say "not now" before any work was done (`overloaded`, 429).
+pub fn retry_on_default() -> Vec<RetryOn> {
+    vec![
+        RetryOn::Timeout,
+        RetryOn::Unreachable,
+        RetryOn::Overloaded,
+        RetryOn::ServerError,
+        RetryOn::TooMany,
+    ]
+}
 
 /// Retry settings (`[defaults.retry]`, `[capability."x".retry]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
-    /// Attempts per call, first included (1 turns retries off).
-    pub max_attempts: u32,
+    /// Retries after the first attempt (0 turns retries off). `max_attempts = n` in node.toml
+    /// is read as `max_retries = n - 1`.
+    pub max_retries: u32,
+    /// The failures that are retried.
+    pub retry_on: Vec<RetryOn>,
     /// Backoff ceiling of the first retry, in ms (full jitter below it).
     pub backoff_base_ms: u64,
     /// Largest backoff ceiling, in ms.
@@ -25,25 +67,41 @@ pub struct RetryConfig {
     pub budget_ratio: f64,
     /// Retries allowed per second whatever the traffic (the floor).
     pub budget_min_per_s: f64,
+    /// An attempt's own timeout as a multiple of the capability's observed p99 latency
+    /// (0: none, the attempt may use the whole remaining deadline).
+    pub attempt_timeout_p99_multiple: u32,
+    /// The attempt timeout is never below this, in ms.
+    pub attempt_timeout_min_ms: u64,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
-            max_attempts: 3,
+            max_retries: 3,
+            retry_on: retry_on_default(),
             backoff_base_ms: 10,
             backoff_max_ms: 500,
             budget_ratio: 0.2,
             budget_min_per_s: 10.0,
+            attempt_timeout_p99_multiple: 5,
+            attempt_timeout_min_ms: 2_000,
         }
     }
 }
 
 impl RetryConfig {
+    /// Attempts per call, the first included.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_retries.saturating_add(1)
+    }
+
     /// Checks ranges; `Err((key, what is valid))`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(1..=RETRY_ATTEMPTS_MAX).contains(&self.max_attempts) {
-            return Err(("max_attempts", format!("must be 1 to {RETRY_ATTEMPTS_MAX}")));
+        if self.max_retries > RETRIES_MAX {
+            return Err(("max_retries", format!("must be 0 to {RETRIES_MAX}")));
+        }
+        if self.retry_on.len() > RETRY_ON_MAX {
+            return Err(("retry_on", format!("at most {RETRY_ON_MAX} entries")));
         }
         if self.backoff_base_ms > self.backoff_max_ms {
             return Err(("backoff_base_ms", "must be at most backoff_max_ms".into()));
@@ -54,7 +112,20 @@ impl RetryConfig {
         if !(0.0..=1000.0).contains(&self.budget_min_per_s) {
             return Err(("budget_min_per_s", "must be 0 to 1000".into()));
         }
+        if self.attempt_timeout_p99_multiple > 100 {
+            return Err(("attempt_timeout_p99_multiple", "must be 0 to 100".into()));
+        }
+        if !(1..=DEADLINE_MS_MAX).contains(&self.attempt_timeout_min_ms) {
+            return Err((
+                "attempt_timeout_min_ms",
+                format!("must be 1 to {DEADLINE_MS_MAX}"),
+            ));
+        }
         Ok(())
+    }
+
+    fn on(&self, r: RetryOn) -> bool {
+        self.retry_on.contains(&r)
     }
 }
 
@@ -67,25 +138,63 @@ pub enum Retry {
     Permanent,
 }
 
-/// Classifies a failed attempt. Transient: timeouts, connection failures, overload, and agent
-/// answers 503 and 429; an `agent_error` only if the agent marked it retryable
-/// ([`H_RETRYABLE`]). Everything else (4xx, `forbidden`, `loop_detected`, `bad_request`, …) is
-/// permanent.
-pub fn classify(e: &CallError) -> Retry {
+/// Classifies a failed attempt against the capability's `retry_on`. The agent's own word wins:
+/// `x-mesh-retryable: false` is never retried, `true` always is. A non-idempotent capability
+/// is retried only on failures that prove the agent did no work (`overloaded`, 429): never
+/// after the request may have reached it. Routing refusals, loops, bad requests and RBAC
+/// denials are permanent.
+pub fn classify(e: &CallError, cfg: &RetryConfig, idempotent: bool) -> Retry {
+    let yes = |b: bool| {
+        if b {
+            Retry::Transient
+        } else {
+            Retry::Permanent
+        }
+    };
+    if e.no_retry {
+        return Retry::Permanent;
+    }
+    if e.retryable && e.code == ErrorCode::AgentError {
+        return Retry::Transient;
+    }
+    let status = e.status.unwrap_or(0);
+    let refused_before_work =
+        e.code == ErrorCode::Overloaded || (e.code == ErrorCode::AgentError && status == 429);
+    if !idempotent && !refused_before_work {
+        return Retry::Permanent;
+    }
     match e.code {
-        ErrorCode::DeadlineExceeded | ErrorCode::AgentUnreachable | ErrorCode::Overloaded => {
-            Retry::Transient
-        }
-        ErrorCode::AgentError if e.retryable || matches!(e.status, Some(503) | Some(429)) => {
-            Retry::Transient
-        }
+        ErrorCode::DeadlineExceeded => yes(cfg.on(RetryOn::Timeout)),
+        ErrorCode::AgentUnreachable => yes(cfg.on(RetryOn::Unreachable)),
+        ErrorCode::Overloaded => yes(cfg.on(RetryOn::Overloaded)),
+        ErrorCode::AgentError => yes(match status {
+            429 => cfg.on(RetryOn::TooMany),
+            503 => cfg.on(RetryOn::Unavailable) || cfg.on(RetryOn::ServerError),
+            500..=599 => cfg.on(RetryOn::ServerError),
+            _ => false,
+        }),
         _ => Retry::Permanent,
     }
 }
 
+/// Successful attempts observed before an attempt gets its own timeout.
+pub const ATTEMPT_TIMEOUT_MIN_SAMPLES: usize = 20;
+
+/// An attempt's own timeout: `attempt_timeout_p99_multiple` × the observed p99 latency, never
+/// below `attempt_timeout_min_ms`; `None` (the whole remaining deadline) while fewer than
+/// [`ATTEMPT_TIMEOUT_MIN_SAMPLES`] latencies are known or when turned off.
+pub fn attempt_timeout_ms(p99_ms: Option<f64>, samples: usize, cfg: &RetryConfig) -> Option<u64> {
+    if cfg.attempt_timeout_p99_multiple == 0 || samples < ATTEMPT_TIMEOUT_MIN_SAMPLES {
+        return None;
+    }
+    let p99 = p99_ms.filter(|p| p.is_finite() && *p >= 0.0)?;
+    let t = (p99 * cfg.attempt_timeout_p99_multiple as f64).ceil() as u64;
+    Some(t.clamp(cfg.attempt_timeout_min_ms, DEADLINE_MS_MAX))
+}
+
 /// Whether an agent's answer (status below 500) should be treated as a transient failure.
-pub fn transient_status(status: u16) -> bool {
-    status == 429
+pub fn transient_status(status: u16, cfg: &RetryConfig) -> bool {
+    status == 429 && cfg.on(RetryOn::TooMany)
 }
 
 /// Full-jitter backoff before retry number `retry` (1 = first retry): uniform in
@@ -235,6 +344,7 @@ mod tests {
             retryable,
             ..CallError::new(code, "x")
         };
+        let d = RetryConfig::default();
         use ErrorCode::*;
         let cases = [
             (e(DeadlineExceeded, None, false), Retry::Transient),
@@ -242,9 +352,10 @@ mod tests {
             (e(Overloaded, None, false), Retry::Transient),
             (e(AgentError, Some(503), false), Retry::Transient),
             (e(AgentError, Some(429), false), Retry::Transient),
-            (e(AgentError, Some(500), false), Retry::Permanent),
+            (e(AgentError, Some(500), false), Retry::Transient),
+            (e(AgentError, Some(502), false), Retry::Transient),
+            (e(AgentError, Some(504), false), Retry::Transient),
             (e(AgentError, Some(500), true), Retry::Transient),
-            (e(AgentError, Some(502), false), Retry::Permanent),
             (e(LoopDetected, None, true), Retry::Permanent),
             (e(Forbidden, None, false), Retry::Permanent),
             (e(BadRequest, None, false), Retry::Permanent),
@@ -252,11 +363,130 @@ mod tests {
             (e(CircuitOpen, None, false), Retry::Permanent),
         ];
         for (err, want) in cases {
-            assert_eq!(classify(&err), want, "{err:?}");
+            assert_eq!(classify(&err, &d, true), want, "{err:?}");
         }
-        assert!(transient_status(429));
+        assert!(transient_status(429, &d));
         for s in [200, 400, 403, 404, 409] {
-            assert!(!transient_status(s), "{s}");
+            assert!(!transient_status(s, &d), "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_on_is_the_users_choice() {
+        let only_timeouts = RetryConfig {
+            retry_on: vec![RetryOn::Timeout],
+            ..RetryConfig::default()
+        };
+        let err = |code, status| CallError {
+            status,
+            ..CallError::new(code, "x")
+        };
+        use ErrorCode::*;
+        assert_eq!(
+            classify(&err(DeadlineExceeded, None), &only_timeouts, true),
+            Retry::Transient
+        );
+        for (code, status) in [
+            (AgentError, Some(500)),
+            (AgentError, Some(429)),
+            (AgentUnreachable, None),
+            (Overloaded, None),
+        ] {
+            assert_eq!(
+                classify(&err(code, status), &only_timeouts, true),
+                Retry::Permanent,
+                "{code:?} {status:?}"
+            );
+        }
+        assert!(!transient_status(429, &only_timeouts));
+        let only_503 = RetryConfig {
+            retry_on: vec![RetryOn::Unavailable],
+            ..RetryConfig::default()
+        };
+        assert_eq!(
+            classify(&err(AgentError, Some(503)), &only_503, true),
+            Retry::Transient
+        );
+        assert_eq!(
+            classify(&err(AgentError, Some(500)), &only_503, true),
+            Retry::Permanent
+        );
+        // The names in node.toml.
+        let parsed: Vec<RetryOn> = toml::Value::Array(
+            ["timeout", "unreachable", "overloaded", "5xx", "503", "429"]
+                .iter()
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        )
+        .try_into()
+        .unwrap();
+        assert_eq!(parsed.len(), 6);
+    }
+
+    #[test]
+    fn attempt_timeout_is_a_bounded_multiple_of_p99() {
+        let d = RetryConfig::default();
+        assert_eq!(
+            attempt_timeout_ms(Some(100.0), 5, &d),
+            None,
+            "too few samples"
+        );
+        assert_eq!(
+            attempt_timeout_ms(Some(100.0), 50, &d),
+            Some(2_000),
+            "floor"
+        );
+        assert_eq!(attempt_timeout_ms(Some(1_000.0), 50, &d), Some(5_000));
+        let off = RetryConfig {
+            attempt_timeout_p99_multiple: 0,
+            ..RetryConfig::default()
+        };
+        assert_eq!(attempt_timeout_ms(Some(1_000.0), 50, &off), None);
+        assert_eq!(
+            attempt_timeout_ms(Some(1e12), 50, &d),
+            Some(DEADLINE_MS_MAX),
+            "bounded"
+        );
+    }
+
+    #[test]
+    fn the_agents_word_and_idempotency_win() {
+        let d = RetryConfig::default();
+        let no = CallError {
+            status: Some(500),
+            no_retry: true,
+            ..CallError::new(ErrorCode::AgentError, "x")
+        };
+        assert_eq!(
+            classify(&no, &d, true),
+            Retry::Permanent,
+            "x-mesh-retryable: false"
+        );
+        let yes = CallError {
+            status: Some(418),
+            retryable: true,
+            ..CallError::new(ErrorCode::AgentError, "x")
+        };
+        assert_eq!(
+            classify(&yes, &d, true),
+            Retry::Transient,
+            "x-mesh-retryable: true"
+        );
+        // Non-idempotent: only refusals before any work are retried.
+        use ErrorCode::*;
+        for (code, status, want) in [
+            (Overloaded, None, Retry::Transient),
+            (AgentError, Some(429), Retry::Transient),
+            (DeadlineExceeded, None, Retry::Permanent),
+            (AgentUnreachable, None, Retry::Permanent),
+            (AgentError, Some(500), Retry::Permanent),
+            (AgentError, Some(503), Retry::Permanent),
+        ] {
+            let e = CallError {
+                status,
+                ..CallError::new(code, "x")
+            };
+            assert_eq!(classify(&e, &d, false), want, "{code:?} {status:?}");
         }
     }
 
@@ -381,10 +611,15 @@ mod tests {
         RetryConfig::default().validate().unwrap();
         DeadlineConfig::default().validate().unwrap();
         let r = RetryConfig {
-            max_attempts: 0,
+            max_retries: 10,
             ..RetryConfig::default()
         };
-        assert_eq!(r.validate().unwrap_err().0, "max_attempts");
+        assert_eq!(r.validate().unwrap_err().0, "max_retries");
+        assert_eq!(
+            RetryConfig::default().max_attempts(),
+            4,
+            "3 retries by default"
+        );
         let d = DeadlineConfig {
             reserve_pct: 90,
             ..DeadlineConfig::default()

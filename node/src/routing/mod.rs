@@ -1,8 +1,9 @@
 //! Routing: who could serve a call (candidates from the gossip snapshot and observed load),
 //! how they are ranked (the policies and quality tiers), the settings per capability, and the
-//! per-node scoreboard, breakers and limits.
+//! per-(agent, capability) scoreboard, breakers and limits.
 
 pub mod policies;
 pub mod router;
+pub mod scoreboard;
 pub mod settings;
 pub mod state;

@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex};
 pub const ROUTER_PEERS_MAX: usize = 16_384;
 pub use crate::contract::Candidate;
 
+/// Time constant of the trust in a piggybacked load report, in ms: a report this old counts
+/// for 1/e, the gossiped load for the rest.
+pub const PIGGYBACK_TRUST_MS: f64 = 1_000.0;
+
 /// Load observed for one node.
 #[derive(Debug, Default, Clone, Copy)]
 struct Load {
@@ -20,6 +24,32 @@ struct Load {
     /// What it reported on its last answer.
     reported_in_flight: u32,
     reported_max: u32,
+    /// When it last reported.
+    reported_at: Option<std::time::Instant>,
+}
+
+/// The load of a candidate as routing judges it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Judged {
+    /// Calls from here in flight to it.
+    pub in_flight: u32,
+    /// Its own in-flight count: the piggybacked report while fresh, blended by age into the
+    /// gossiped one.
+    pub reported_in_flight: u32,
+    /// Its concurrency limit (0: unknown).
+    pub reported_max: u32,
+}
+
+/// Blends a piggybacked report `age_ms` old with the gossiped load: weight
+/// `exp(-age / PIGGYBACK_TRUST_MS)` on the report. No report: the gossiped load.
+pub fn blend(piggyback: Option<(u32, f64)>, gossiped: u32) -> u32 {
+    match piggyback {
+        None => gossiped,
+        Some((load, age_ms)) => {
+            let w = (-age_ms.max(0.0) / PIGGYBACK_TRUST_MS).exp();
+            (w * load as f64 + (1.0 - w) * gossiped as f64).round() as u32
+        }
+    }
 }
 
 /// Router state: the load observed per node.
@@ -134,6 +164,7 @@ impl Router {
         if let Some(l) = lock(&self.load).get_mut(&node) {
             l.reported_in_flight = in_flight;
             l.reported_max = max;
+            l.reported_at = Some(std::time::Instant::now());
         }
     }
 
@@ -143,6 +174,27 @@ impl Router {
             .get(node)
             .map(|l| (l.in_flight, l.reported_in_flight, l.reported_max))
             .unwrap_or((0, 0, 0))
+    }
+
+    /// The load of `cand` as routing judges it: in flight from here, plus its own count (the
+    /// piggybacked report while fresh, the gossiped one in its record otherwise), and its limit.
+    pub fn judge(&self, cand: &Candidate) -> Judged {
+        let m = lock(&self.load);
+        let l = m.get(&cand.node_id).copied().unwrap_or_default();
+        let piggyback = l
+            .reported_at
+            .map(|t| (l.reported_in_flight, t.elapsed().as_secs_f64() * 1000.0));
+        Judged {
+            in_flight: l.in_flight,
+            reported_in_flight: blend(piggyback, cand.record.in_flight),
+            reported_max: if l.reported_max > 0
+                && piggyback.is_some_and(|(_, a)| a < PIGGYBACK_TRUST_MS)
+            {
+                l.reported_max
+            } else {
+                cand.record.max_concurrency
+            },
+        }
     }
 
     /// Calls from here in flight to `node`.
@@ -232,5 +284,35 @@ mod tests {
         assert_eq!(r.in_flight(&c.node_id), 1);
         drop(g2);
         assert_eq!(r.in_flight(&c.node_id), 0);
+    }
+
+    #[test]
+    fn gossiped_load_counts_when_no_fresh_report() {
+        let r = Router::new();
+        let (mut c, _) = cand(3, "c", Proficiency::Expert, "eu");
+        let mut rec = (*c.record).clone();
+        rec.in_flight = 9;
+        rec.max_concurrency = 10;
+        c.record = Arc::new(rec);
+        // Never called from here: the gossiped load and limit.
+        let j = r.judge(&c);
+        assert_eq!(
+            (j.in_flight, j.reported_in_flight, j.reported_max),
+            (0, 9, 10)
+        );
+        // Just answered with its own report: that report.
+        let g = r.start_call(c.node_id);
+        r.observe_reported(c.node_id, 2, 10);
+        assert_eq!(r.judge(&c).reported_in_flight, 2);
+        drop(g);
+    }
+
+    #[test]
+    fn blend_weighs_reports_by_age() {
+        assert_eq!(blend(None, 7), 7);
+        assert_eq!(blend(Some((2, 0.0)), 10), 2);
+        assert_eq!(blend(Some((2, 1_000_000.0)), 10), 10);
+        let mid = blend(Some((0, PIGGYBACK_TRUST_MS)), 100);
+        assert!((60..=66).contains(&mid), "{mid}");
     }
 }

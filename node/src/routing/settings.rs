@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [defaults]                       # every capability, unless overridden
-//! policy = "latency"               # round_robin | random | least_loaded | latency | cost | quality
+//! policy = "latency"               # the default; round_robin | random | least_loaded | cost | quality | preference (or prefer)
 //! hop_limit = 8
 //! [defaults.deadline]
 //! default_ms = 30000
@@ -10,7 +10,10 @@
 //! reserve_min_ms = 5
 //! min_ms = 10                      # less than this left: deadline_exceeded, not sent
 //! [defaults.retry]
-//! max_attempts = 3
+//! max_retries = 3                  # retries after the first attempt (max_attempts = n: n - 1)
+//! retry_on = ["timeout", "unreachable", "overloaded", "5xx", "429"]
+//! attempt_timeout_p99_multiple = 5 # an attempt's own timeout: 5 × observed p99 (0: none) …
+//! attempt_timeout_min_ms = 2000    # … never below this
 //! backoff_base_ms = 10
 //! backoff_max_ms = 500
 //! budget_ratio = 0.2               # retries ≤ 20 % of calls …
@@ -83,7 +86,8 @@ pub struct CapabilitySettings {
 impl Default for CapabilitySettings {
     fn default() -> Self {
         CapabilitySettings {
-            policy: PolicyName::RoundRobin,
+            // The fastest agents by default (Linkerd's default too): see ARCHITECTURE.md.
+            policy: PolicyName::Latency,
             fallback: None,
             hop_limit: HOP_LIMIT_DEFAULT,
             deadline: DeadlineConfig::default(),
@@ -153,6 +157,7 @@ impl MeshConfig {
                 s
             }
         };
+        let defaults = attempts_to_retries("defaults", defaults)?;
         let base = builtin_table();
         let merged_defaults = merge(base, &defaults);
         let eff_defaults = settings("defaults", &merged_defaults)?;
@@ -171,7 +176,8 @@ impl MeshConfig {
                     "shedding is per node: set it in [defaults.shedding]",
                 ));
             }
-            let s = settings(&at, &merge(merged_defaults.clone(), table))?;
+            let table = attempts_to_retries(&at, table.clone())?;
+            let s = settings(&at, &merge(merged_defaults.clone(), &table))?;
             if s.fallback.as_deref() == Some(name.as_str()) {
                 return Err(spec_err(
                     format!("{at}.fallback"),
@@ -202,6 +208,31 @@ fn check_shedding(s: &SheddingConfig) -> Result<(), SpecError> {
         ));
     }
     Ok(())
+}
+
+/// Reads the old `retry.max_attempts = n` (attempts, first included) as `max_retries = n - 1`,
+/// so existing files keep their meaning.
+fn attempts_to_retries(at: &str, mut t: toml::Table) -> Result<toml::Table, SpecError> {
+    let Some(toml::Value::Table(retry)) = t.get_mut("retry") else {
+        return Ok(t);
+    };
+    let Some(v) = retry.remove("max_attempts") else {
+        return Ok(t);
+    };
+    let key = format!("{at}.retry.max_attempts");
+    let max = crate::resilience::retry::RETRY_ATTEMPTS_MAX as i64;
+    let n = match v {
+        toml::Value::Integer(n) if (1..=max).contains(&n) => n,
+        _ => return Err(spec_err(key, format!("must be 1 to {max}"))),
+    };
+    if retry.contains_key("max_retries") {
+        return Err(spec_err(
+            key,
+            "set max_retries or max_attempts (= max_retries + 1), not both",
+        ));
+    }
+    retry.insert("max_retries".into(), toml::Value::Integer(n - 1));
+    Ok(t)
 }
 
 fn builtin_table() -> toml::Table {
@@ -320,6 +351,22 @@ mod tests {
     }
 
     #[test]
+    fn retries_by_default_and_retry_on() {
+        let c = load("").unwrap();
+        assert_eq!(
+            c.defaults.policy,
+            PolicyName::Latency,
+            "best-agent routing by default"
+        );
+        assert_eq!(c.defaults.retry.max_retries, 3);
+        let c =
+            load("[capability.\"pay\".retry]\nretry_on = [\"timeout\"]\nmax_retries = 1").unwrap();
+        let r = &c.for_capability("pay").retry;
+        assert_eq!(r.retry_on, vec![crate::resilience::retry::RetryOn::Timeout]);
+        assert_eq!(r.max_attempts(), 2);
+    }
+
+    #[test]
     fn empty_is_builtin_defaults() {
         let c = load("").unwrap();
         assert_eq!(c.defaults, CapabilitySettings::default());
@@ -347,7 +394,9 @@ max_attempts = 2
         let s = c.for_capability("inv.query");
         assert_eq!(s.policy, PolicyName::Cost);
         assert_eq!(s.fallback.as_deref(), Some("inv.batch"));
-        assert_eq!(s.retry.max_attempts, 2);
+        assert_eq!(s.retry.max_attempts(), 2);
+        assert_eq!(s.retry.max_retries, 1, "max_attempts = 2 is one retry");
+        assert_eq!(c.defaults.retry.max_retries, 3);
         assert_eq!(
             s.retry.backoff_max_ms, 900,
             "inherited from [defaults.retry]"
@@ -373,6 +422,21 @@ max_attempts = 2
                 "[defaults.retry]\nmax_attempts = 0",
                 "defaults.retry.max_attempts",
                 "1 to 10",
+            ),
+            (
+                "[defaults.retry]\nmax_attempts = 2\nmax_retries = 1",
+                "defaults.retry.max_attempts",
+                "not both",
+            ),
+            (
+                "[defaults.retry]\nmax_retries = 12",
+                "defaults.retry.max_retries",
+                "0 to 9",
+            ),
+            (
+                "[defaults.retry]\nretry_on = [\"5xx\", \"sometimes\"]",
+                "defaults.retry",
+                "unknown variant",
             ),
             (
                 "[defaults.retry]\nmax_atempts = 2",

@@ -85,12 +85,20 @@ impl Resilience {
         cands
             .iter()
             .map(|c| {
-                let (in_flight, reported, max) = if c.local {
-                    (0, local.in_flight(), local.max_concurrency())
+                let load = if c.local {
+                    crate::routing::router::Judged {
+                        in_flight: 0,
+                        reported_in_flight: local.in_flight(),
+                        reported_max: local.max_concurrency(),
+                    }
                 } else {
-                    router.load_of(&c.node_id)
+                    router.judge(c)
                 };
-                let s = scores.entry(c.node_id, now);
+                let (s, reset) =
+                    scores.entry_at(c.node_id, &c.capability.name, c.record.incarnation, now);
+                if reset {
+                    tracing::info!(node = %c.node_id, capability = %c.capability.name, "member returned with a new incarnation: its scores start afresh");
+                }
                 let (success_rate, calls) = s.success(now);
                 let state = s.breaker.state(now);
                 let admits = !breaker.enabled || s.breaker.would_admit(now, breaker);
@@ -100,13 +108,9 @@ impl Resilience {
                     agent: c.agent.clone(),
                     proficiency: c.capability.proficiency,
                     cost: c.capability.cost,
-                    in_flight,
-                    reported_in_flight: reported,
-                    reported_max: if max > 0 {
-                        max
-                    } else {
-                        c.record.max_concurrency
-                    },
+                    in_flight: load.in_flight,
+                    reported_in_flight: load.reported_in_flight,
+                    reported_max: load.reported_max,
                     latency_ms: s.ewma.get(),
                     success_rate,
                     calls,
@@ -155,24 +159,26 @@ impl Resilience {
     }
 
     /// Every breaker this node holds and its state now.
-    pub fn breaker_states(&self) -> Vec<(NodeId, crate::resilience::breaker::BreakerState)> {
+    pub fn breaker_states(
+        &self,
+    ) -> Vec<(NodeId, String, crate::resilience::breaker::BreakerState)> {
         let now = self.now_ms();
         lock(&self.scores).breakers(now)
     }
 
-    /// Asks `node`'s breaker for a call slot.
-    pub fn acquire(&self, node: NodeId, cfg: &BreakerConfig) -> Option<Permit> {
+    /// Asks the breaker of (`node`, `capability`) for a call slot.
+    pub fn acquire(&self, node: NodeId, capability: &str, cfg: &BreakerConfig) -> Option<Permit> {
         let now = self.now_ms();
         lock(&self.scores)
-            .entry(node, now)
+            .entry(node, capability, now)
             .breaker
             .try_acquire(now, cfg)
     }
 
-    /// Records an attempt's outcome.
+    /// Records an attempt's outcome for (`node`, `capability`).
     pub fn observe(
         &self,
-        node: NodeId,
+        (node, capability): (NodeId, &str),
         rtt_ms: f64,
         ok: bool,
         permit: Permit,
@@ -180,13 +186,14 @@ impl Resilience {
     ) {
         let now = self.now_ms();
         let mut rng = lock(&self.rng);
-        lock(&self.scores).observe(node, now, rtt_ms, ok, permit, cfg, &mut *rng);
+        lock(&self.scores).observe((node, capability), now, rtt_ms, ok, permit, cfg, &mut *rng);
     }
 
-    /// Counts a failure in `node`'s success window (not its breaker): a quorum dissent.
-    pub fn penalize(&self, node: NodeId) {
+    /// Counts a failure in `node`'s success window for `capability` (every capability when
+    /// `None`), not its breaker: a quorum dissent.
+    pub fn penalize(&self, node: NodeId, capability: Option<&str>) {
         let now = self.now_ms();
-        lock(&self.scores).penalize(node, now);
+        lock(&self.scores).penalize(node, capability, now);
     }
 
     /// Records a call against the capability's retry budget.
@@ -225,6 +232,17 @@ impl Resilience {
         m.entry(capability.to_string()).or_default().push(ms);
     }
 
+    /// The attempt timeout of `capability` now (see
+    /// [`crate::resilience::retry::attempt_timeout_ms`]).
+    pub fn attempt_timeout_ms(&self, capability: &str, cfg: &RetryConfig) -> Option<u64> {
+        if cfg.attempt_timeout_p99_multiple == 0 {
+            return None;
+        }
+        let m = lock(&self.latencies);
+        let w = m.get(capability)?;
+        crate::resilience::retry::attempt_timeout_ms(w.quantile(0.99), w.len(), cfg)
+    }
+
     /// How long a hedged call waits before its next attempt.
     pub fn hedge_delay(&self, capability: &str, cfg: &HedgingConfig) -> std::time::Duration {
         let ms = lock(&self.latencies)
@@ -235,24 +253,40 @@ impl Resilience {
 
     /// Takes a slot under `node`'s adaptive concurrency limit (always granted when the
     /// capability does not enable it); `None` when the agent is at its limit.
-    pub fn limit_acquire(&self, node: NodeId, cfg: &AdaptiveConfig) -> Option<LimitSlot<'_>> {
+    pub fn limit_acquire(
+        &self,
+        node: NodeId,
+        capability: &str,
+        cfg: &AdaptiveConfig,
+    ) -> Option<LimitSlot<'_>> {
         if cfg.enabled {
             let now = self.now_ms();
-            if !lock(&self.scores).entry(node, now).limiter.try_acquire(cfg) {
+            if !lock(&self.scores)
+                .entry(node, capability, now)
+                .limiter
+                .try_acquire(cfg)
+            {
                 return None;
             }
         }
         Some(LimitSlot {
             res: self,
             node,
+            capability: capability.to_string(),
             cfg: cfg.enabled.then(|| cfg.clone()),
         })
     }
 
-    fn limit_release(&self, node: NodeId, cfg: &AdaptiveConfig, rtt_ms: f64, sample: Sample) {
+    fn limit_release(
+        &self,
+        (node, capability): (NodeId, &str),
+        cfg: &AdaptiveConfig,
+        rtt_ms: f64,
+        sample: Sample,
+    ) {
         let now = self.now_ms();
         lock(&self.scores)
-            .entry(node, now)
+            .entry(node, capability, now)
             .limiter
             .release(cfg, rtt_ms, sample);
     }
@@ -328,7 +362,7 @@ impl Resilience {
             let now = self.now_ms();
             let mut scores = lock(&self.scores);
             for (r, c) in rows.iter_mut().zip(cands) {
-                let l = &scores.entry(c.node_id, now).limiter;
+                let l = &scores.entry(c.node_id, &c.capability.name, now).limiter;
                 r.adaptive_limit =
                     Some(format!("{}/{}", l.in_flight(), l.limit(&settings.adaptive)));
             }
@@ -364,6 +398,7 @@ fn row(c: &Candidate, v: &View, rank: Option<u32>, reason: String) -> RouteCandi
 pub struct LimitSlot<'a> {
     res: &'a Resilience,
     node: NodeId,
+    capability: String,
     cfg: Option<AdaptiveConfig>,
 }
 
@@ -371,7 +406,8 @@ impl LimitSlot<'_> {
     /// Releases the slot with the attempt's latency and outcome.
     pub fn finish(mut self, rtt_ms: f64, sample: Sample) {
         if let Some(cfg) = self.cfg.take() {
-            self.res.limit_release(self.node, &cfg, rtt_ms, sample);
+            self.res
+                .limit_release((self.node, &self.capability), &cfg, rtt_ms, sample);
         }
     }
 }
@@ -380,7 +416,7 @@ impl Drop for LimitSlot<'_> {
     fn drop(&mut self) {
         if let Some(cfg) = self.cfg.take() {
             self.res
-                .limit_release(self.node, &cfg, 0.0, Sample::Ignored);
+                .limit_release((self.node, &self.capability), &cfg, 0.0, Sample::Ignored);
         }
     }
 }

@@ -474,8 +474,8 @@ impl MeshHandle {
 
     /// Counts a failure against `node`'s observed quality (a quorum dissent or
     /// equivocation): routing by `quality` then sends it less traffic.
-    pub fn penalize(&self, node: NodeId) {
-        self.0.calls.res.penalize(node);
+    pub fn penalize(&self, node: NodeId, capability: &str) {
+        self.0.calls.res.penalize(node, Some(capability));
     }
 
     /// This node's vote signer.

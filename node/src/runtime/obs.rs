@@ -77,7 +77,7 @@ impl MeshHandle {
                         "half_open" => 1,
                         _ => 0,
                     };
-                    (b.node_id, b.agent, v)
+                    (b.node_id, b.agent, b.capability, v)
                 })
                 .collect(),
             security: self.security_scrape(),
@@ -93,7 +93,7 @@ impl MeshHandle {
             .res
             .breaker_states()
             .into_iter()
-            .map(|(node, state)| {
+            .map(|(node, capability, state)| {
                 let agent = snap
                     .members
                     .iter()
@@ -103,6 +103,7 @@ impl MeshHandle {
                 crate::obs::mesh_view::BreakerRow {
                     node_id: node.to_string(),
                     agent,
+                    capability,
                     state: state.name().into(),
                 }
             })

@@ -288,6 +288,7 @@ mod tests {
             status: None,
             body: None,
             retryable: false,
+            no_retry: false,
         });
         assert_eq!(AuditAnswer::decode(&e.encode().unwrap()).unwrap(), e);
         assert!(AuditAnswer::decode(&[7, 1, 2]).is_err());

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
+from .propagation import outbound_headers
+
 #: The node API used when neither ``api=`` nor ``$AGENTMESH_API`` is given.
 API_DEFAULT = "http://127.0.0.1:7600"
 #: Extra time the HTTP request gets beyond the call's own deadline, in seconds: the node
@@ -210,8 +212,8 @@ class Client:
         then ``{"done": body_or_None}`` or ``{"error": message}``. An agent that does not stream
         yields one ``{"done": answer}``. Failures before the stream starts raise
         :class:`MeshError`."""
-        h = {"accept": "text/event-stream"}
-        ms = _deadline_ms(deadline)
+        h, ms = outbound_headers(_deadline_ms(deadline))
+        h["accept"] = "text/event-stream"
         if ms is not None:
             h["x-mesh-deadline-ms"] = str(ms)
         if policy:
@@ -259,9 +261,11 @@ class Client:
         attrs: Optional[Mapping[str, str]] = None,
         headers: Optional[Mapping[str, str]] = None,
     ) -> CallResult:
-        """Like :meth:`call`, returning the answer with who served it and the attempts."""
-        h: Dict[str, str] = dict(headers or {})
-        ms = _deadline_ms(deadline)
+        """Like :meth:`call`, returning the answer with who served it and the attempts. While
+        serving a mesh call (see :mod:`agentmesh.propagation`), its chain, deadline and trace
+        headers are sent on."""
+        h, ms = outbound_headers(_deadline_ms(deadline))
+        h.update(headers or {})
         if ms is not None:
             h["x-mesh-deadline-ms"] = str(ms)
         if policy:

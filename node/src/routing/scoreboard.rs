@@ -1,0 +1,328 @@
+//! What this node observed about each (agent, capability): peak-EWMA latency, a success window
+//! whose old outcomes weigh less, a breaker and an adaptive concurrency limit. Keyed by
+//! (node, capability), so failures on one capability never black out the agent's others, and
+//! one breaker follows one capability's thresholds. Reset when the member returns with a new
+//! incarnation: a restarted agent starts clean, not with the failures of its crash.
+
+use crate::resilience::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
+use agentmesh_crypto::NodeId;
+use rand::Rng;
+use std::collections::{HashMap, VecDeque};
+
+/// Time constant of the peak-EWMA decay, in ms.
+pub const PEAK_EWMA_DECAY_MS: f64 = 10_000.0;
+/// Latency a failed attempt counts as, at least, in ms: a fast failure counts as slow, so a
+/// failing agent does not attract traffic (linkerd2 #11669).
+pub const FAILURE_LATENCY_MS: f64 = 1_000.0;
+/// Outcomes kept per (agent, capability) for the success rate.
+pub const QUALITY_WINDOW_CALLS_MAX: usize = 100;
+/// Outcomes older than this leave the success-rate window, in ms.
+pub const QUALITY_WINDOW_MS: u64 = 60_000;
+/// Half-life of an outcome's weight in the success rate, in ms: a failure 10 s old counts half
+/// as much as a fresh one, so an agent that recovered is judged on what it does now.
+pub const QUALITY_HALF_LIFE_MS: f64 = 10_000.0;
+/// (agent, capability) pairs with observations kept.
+pub const SCOREBOARD_PEERS_MAX: usize = 16_384;
+
+/// Peak-EWMA latency (Finagle/tower): jumps up to a slower sample at once, decays toward
+/// faster ones with time constant [`PEAK_EWMA_DECAY_MS`].
+#[derive(Debug, Clone, Default)]
+pub struct PeakEwma {
+    value_ms: Option<f64>,
+    last_ms: u64,
+}
+
+impl PeakEwma {
+    /// Adds a sample.
+    pub fn observe(&mut self, now_ms: u64, rtt_ms: f64) {
+        let v = match self.value_ms {
+            None => rtt_ms,
+            Some(v) if rtt_ms > v => rtt_ms,
+            Some(v) => {
+                let dt = now_ms.saturating_sub(self.last_ms) as f64;
+                let w = (-dt / PEAK_EWMA_DECAY_MS).exp();
+                v * w + rtt_ms * (1.0 - w)
+            }
+        };
+        self.value_ms = Some(v);
+        self.last_ms = now_ms;
+    }
+
+    /// The current estimate.
+    pub fn get(&self) -> Option<f64> {
+        self.value_ms
+    }
+}
+
+/// Everything observed about one agent for one capability.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStats {
+    /// Latency estimate.
+    pub ewma: PeakEwma,
+    outcomes: VecDeque<(u64, bool)>,
+    /// Its breaker.
+    pub breaker: Breaker,
+    /// Its adaptive concurrency limit.
+    pub limiter: crate::resilience::adaptive::AimdLimiter,
+    touched_ms: u64,
+    incarnation: u64,
+}
+
+impl PeerStats {
+    /// Success rate (outcomes weighted by age, half-life [`QUALITY_HALF_LIFE_MS`]) and the
+    /// outcome count in the window.
+    pub fn success(&mut self, now_ms: u64) -> (Option<f64>, u32) {
+        while self
+            .outcomes
+            .front()
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > QUALITY_WINDOW_MS)
+        {
+            self.outcomes.pop_front();
+        }
+        let n = self.outcomes.len();
+        if n == 0 {
+            return (None, 0);
+        }
+        let (mut ok, mut all) = (0.0, 0.0);
+        for &(t, good) in &self.outcomes {
+            let age = now_ms.saturating_sub(t) as f64;
+            let w = (-age * std::f64::consts::LN_2 / QUALITY_HALF_LIFE_MS).exp();
+            all += w;
+            if good {
+                ok += w;
+            }
+        }
+        let rate = if all > 0.0 { ok / all } else { 1.0 };
+        (Some(rate), n as u32)
+    }
+
+    fn push(&mut self, now_ms: u64, ok: bool) {
+        self.outcomes.push_back((now_ms, ok));
+        while self.outcomes.len() > QUALITY_WINDOW_CALLS_MAX {
+            self.outcomes.pop_front();
+        }
+    }
+}
+
+/// Observations per (agent, capability). Bounded by [`SCOREBOARD_PEERS_MAX`].
+#[derive(Debug, Default)]
+pub struct Scoreboard {
+    peers: HashMap<(NodeId, String), PeerStats>,
+}
+
+impl Scoreboard {
+    /// Every breaker held and its state now (metrics, dashboard, `routes`).
+    pub fn breakers(&mut self, now_ms: u64) -> Vec<(NodeId, String, BreakerState)> {
+        self.peers
+            .iter_mut()
+            .map(|((k, c), s)| (*k, c.clone(), s.breaker.state(now_ms)))
+            .collect()
+    }
+
+    /// The stats of `node` for `capability`, created if absent (evicting the least recently
+    /// used if full).
+    pub fn entry(&mut self, node: NodeId, capability: &str, now_ms: u64) -> &mut PeerStats {
+        let key = (node, capability.to_string());
+        if !self.peers.contains_key(&key) && self.peers.len() >= SCOREBOARD_PEERS_MAX {
+            if let Some(old) = self
+                .peers
+                .iter()
+                .min_by_key(|(_, s)| s.touched_ms)
+                .map(|(k, _)| k.clone())
+            {
+                self.peers.remove(&old);
+            }
+        }
+        let s = self.peers.entry(key).or_default();
+        s.touched_ms = now_ms;
+        s
+    }
+
+    /// [`Scoreboard::entry`], first forgetting what was observed under an older incarnation of
+    /// the member: a restarted agent is judged afresh (its breaker closed, no stale failures).
+    /// Returns whether it was reset.
+    pub fn entry_at(
+        &mut self,
+        node: NodeId,
+        capability: &str,
+        incarnation: u64,
+        now_ms: u64,
+    ) -> (&mut PeerStats, bool) {
+        let s = self.entry(node, capability, now_ms);
+        let mut reset = false;
+        if s.incarnation != incarnation {
+            if s.incarnation != 0 || !s.outcomes.is_empty() {
+                *s = PeerStats::default();
+                reset = true;
+            }
+            s.incarnation = incarnation;
+            s.touched_ms = now_ms;
+        }
+        (s, reset)
+    }
+
+    /// Records an attempt's outcome: latency (a failure counts as at least
+    /// [`FAILURE_LATENCY_MS`]), success, and the breaker's verdict.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe<R: Rng>(
+        &mut self,
+        (node, capability): (NodeId, &str),
+        now_ms: u64,
+        rtt_ms: f64,
+        ok: bool,
+        permit: Permit,
+        breaker: &BreakerConfig,
+        rng: &mut R,
+    ) {
+        let s = self.entry(node, capability, now_ms);
+        let sample = if ok {
+            rtt_ms
+        } else {
+            rtt_ms.max(FAILURE_LATENCY_MS)
+        };
+        s.ewma.observe(now_ms, sample);
+        s.push(now_ms, ok);
+        s.breaker.on_result(now_ms, permit, ok, breaker, rng);
+    }
+
+    /// Counts a failure in `node`'s success windows without touching its breakers or latency:
+    /// the agent answered, but a quorum found the answer wrong. `None` counts it against every
+    /// capability observed for the node.
+    pub fn penalize(&mut self, node: NodeId, capability: Option<&str>, now_ms: u64) {
+        match capability {
+            Some(c) => self.entry(node, c, now_ms).push(now_ms, false),
+            None => {
+                for ((n, _), s) in self.peers.iter_mut() {
+                    if *n == node {
+                        s.push(now_ms, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// (agent, capability) pairs observed.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// True if nothing was observed.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn node(b: u8) -> NodeId {
+        agentmesh_crypto::Keypair::from_secret([b; 32]).node_id()
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let mut e = PeakEwma::default();
+        e.observe(0, 10.0);
+        e.observe(1, 100.0);
+        assert_eq!(e.get(), Some(100.0));
+        e.observe(10_000, 10.0);
+        let v = e.get().unwrap();
+        assert!((40.0..50.0).contains(&v), "one time constant later: {v}");
+        for t in 1..=10 {
+            e.observe(10_000 + t * 10_000, 10.0);
+        }
+        assert!(e.get().unwrap() < 11.0);
+    }
+
+    #[test]
+    fn failures_count_as_slow_and_trip_the_breaker() {
+        let mut sb = Scoreboard::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let n = node(1);
+        let bc = BreakerConfig {
+            min_calls: 4,
+            ..BreakerConfig::default()
+        };
+        for t in 0..4 {
+            sb.observe((n, "c"), t, 1.0, false, Permit::Normal, &bc, &mut rng);
+        }
+        let s = sb.entry(n, "c", 4);
+        assert!(s.ewma.get().unwrap() >= FAILURE_LATENCY_MS);
+        assert_eq!(s.success(4), (Some(0.0), 4));
+        assert_eq!(s.breaker.state(4), BreakerState::Open);
+        // The success window forgets after QUALITY_WINDOW_MS.
+        assert_eq!(s.success(4 + QUALITY_WINDOW_MS + 1), (None, 0));
+    }
+
+    #[test]
+    fn scores_are_per_capability() {
+        let mut sb = Scoreboard::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let n = node(2);
+        let bc = BreakerConfig {
+            min_calls: 2,
+            ..BreakerConfig::default()
+        };
+        for t in 0..4 {
+            sb.observe((n, "bad"), t, 1.0, false, Permit::Normal, &bc, &mut rng);
+        }
+        assert_eq!(sb.entry(n, "bad", 5).breaker.state(5), BreakerState::Open);
+        let good = sb.entry(n, "good", 5);
+        assert_eq!(good.breaker.state(5), BreakerState::Closed);
+        assert_eq!(good.success(5), (None, 0));
+    }
+
+    #[test]
+    fn old_failures_weigh_less_than_fresh_successes() {
+        let mut s = PeerStats::default();
+        for t in 0..10 {
+            s.push(t, false);
+        }
+        // 30 s (three half-lives) later, ten successes: the rate is judged mostly on them.
+        for t in 0..10 {
+            s.push(30_000 + t, true);
+        }
+        let (rate, n) = s.success(30_010);
+        assert_eq!(n, 20);
+        assert!(rate.unwrap() > 0.85, "{rate:?}");
+    }
+
+    #[test]
+    fn a_new_incarnation_starts_clean() {
+        let mut sb = Scoreboard::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let n = node(3);
+        let bc = BreakerConfig {
+            min_calls: 2,
+            ..BreakerConfig::default()
+        };
+        assert!(!sb.entry_at(n, "c", 7, 0).1, "first sight is not a reset");
+        for t in 0..4 {
+            sb.observe((n, "c"), t, 1.0, false, Permit::Normal, &bc, &mut rng);
+        }
+        let (s, reset) = sb.entry_at(n, "c", 7, 5);
+        assert!(!reset);
+        assert_eq!(s.breaker.state(5), BreakerState::Open);
+        let (s, reset) = sb.entry_at(n, "c", 8, 6);
+        assert!(reset);
+        assert_eq!(s.breaker.state(6), BreakerState::Closed);
+        assert_eq!(s.success(6), (None, 0));
+        assert_eq!(s.ewma.get(), None);
+    }
+
+    #[test]
+    fn penalize_hits_one_or_every_capability() {
+        let mut sb = Scoreboard::default();
+        let n = node(4);
+        sb.entry(n, "a", 0);
+        sb.entry(n, "b", 0);
+        sb.penalize(n, Some("a"), 1);
+        assert_eq!(sb.entry(n, "a", 1).success(1).1, 1);
+        assert_eq!(sb.entry(n, "b", 1).success(1).1, 0);
+        sb.penalize(n, None, 2);
+        assert_eq!(sb.entry(n, "b", 2).success(2).1, 1);
+    }
+}
