@@ -27,3 +27,10 @@ pub enum CryptoError {
         limit: usize,
     },
 }
+
+/// Lets `?` carry a text-parse failure where a [`CryptoError`] is expected.
+impl From<crate::identity::ParseNodeIdError> for CryptoError {
+    fn from(e: crate::identity::ParseNodeIdError) -> Self {
+        CryptoError::InvalidNodeId(e.to_string())
+    }
+}

@@ -7,8 +7,18 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// What an ed25519 `PeerId` puts before the 32 key bytes: identity multihash (0x00) of 36
+/// bytes (0x24) over the protobuf public key: field 1 `KeyType::Ed25519` (0x08 0x01), field 2
+/// of 32 bytes (0x12 0x20). Fixed, so printing and parsing need no curve arithmetic.
+const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+/// Bytes in an ed25519 `PeerId`: prefix and key.
+const PEER_ID_LEN: usize = PEER_ID_PREFIX.len() + 32;
+/// Upper bound on its base58 text (38 bytes give 52 characters; extra room is harmless).
+const PEER_ID_TEXT_MAX: usize = 64;
+
 /// A node's identity: the 32-byte ed25519 public key. It prints (and parses) as the libp2p
-/// `PeerId` of that key, so the mutual-TLS handshake of libp2p proves it.
+/// `PeerId` of that key, so the mutual-TLS handshake of libp2p proves it. Printing and parsing
+/// work on the bytes alone, without decompressing the point.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub [u8; 32]);
 
@@ -28,15 +38,13 @@ impl NodeId {
     /// Recovers the node id from a libp2p `PeerId` of an ed25519 key (identity multihash).
     /// Fails for peer ids of other key types and for key bytes that are not a curve point.
     pub fn from_peer_id(peer: &libp2p_identity::PeerId) -> Result<Self, CryptoError> {
-        // An ed25519 PeerId is an identity multihash over the protobuf-encoded public key:
-        // 0x00 0x24 | 0x08 0x01 0x12 0x20 | 32 key bytes.
         let bytes = peer.to_bytes();
-        match bytes.as_slice() {
-            [0x00, 0x24, 0x08, 0x01, 0x12, 0x20, key @ ..] if key.len() == 32 => {
+        match bytes.strip_prefix(&PEER_ID_PREFIX[..]) {
+            Some(key) if key.len() == 32 => {
                 let mut out = [0u8; 32];
                 out.copy_from_slice(key);
                 // A peer id is only a hash wrapper: it does not prove the bytes are a curve
-                // point. Refuse them here so that every parsed NodeId prints back as itself.
+                // point. This path feeds the transport, which needs usable keys, so it checks.
                 ed25519_dalek::VerifyingKey::from_bytes(&out)
                     .map_err(|_| CryptoError::InvalidNodeId(peer.to_base58()))?;
                 Ok(NodeId(out))
@@ -58,11 +66,17 @@ impl NodeId {
 }
 
 impl fmt::Display for NodeId {
+    /// The libp2p `PeerId` text of this key, built from the bytes alone: no point
+    /// decompression, so printing is cheap and works for any 32 bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.to_peer_id() {
-            Ok(p) => write!(f, "{p}"),
-            Err(_) => write!(f, "invalid:{}", hex::encode(self.0)),
-        }
+        let mut raw = [0u8; PEER_ID_LEN];
+        raw[..PEER_ID_PREFIX.len()].copy_from_slice(&PEER_ID_PREFIX);
+        raw[PEER_ID_PREFIX.len()..].copy_from_slice(&self.0);
+        let mut text = [0u8; PEER_ID_TEXT_MAX];
+        let n = bs58::encode(&raw)
+            .onto(&mut text[..])
+            .map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&text[..n]).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -72,12 +86,44 @@ impl fmt::Debug for NodeId {
     }
 }
 
+/// Why text is not a node id (see [`NodeId`]'s `FromStr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseNodeIdError {
+    /// The text is longer than any ed25519 peer id; refused before decoding.
+    #[error("node id text is {0} characters, at most {PEER_ID_TEXT_MAX}")]
+    TooLong(usize),
+    /// The text is not base58btc.
+    #[error("node id is not base58btc")]
+    Base58,
+    /// The text decodes to the wrong number of bytes (an ed25519 peer id has 38).
+    #[error("node id decodes to {0} bytes, expected {PEER_ID_LEN}")]
+    Length(usize),
+    /// The bytes do not start as the peer id of an ed25519 key does.
+    #[error("node id is not the peer id of an ed25519 key")]
+    Prefix,
+}
+
 impl FromStr for NodeId {
-    type Err = CryptoError;
+    type Err = ParseNodeIdError;
+    /// Parses the text [`Display`](fmt::Display) prints. Only the shape is checked, not that
+    /// the bytes are a curve point: signature checks and [`NodeId::to_peer_id`] refuse those.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let peer = libp2p_identity::PeerId::from_str(s)
-            .map_err(|_| CryptoError::InvalidNodeId(s.to_string()))?;
-        NodeId::from_peer_id(&peer)
+        if s.len() > PEER_ID_TEXT_MAX {
+            return Err(ParseNodeIdError::TooLong(s.len()));
+        }
+        let raw = bs58::decode(s)
+            .into_vec()
+            .map_err(|_| ParseNodeIdError::Base58)?;
+        if raw.len() != PEER_ID_LEN {
+            return Err(ParseNodeIdError::Length(raw.len()));
+        }
+        let (prefix, key) = raw.split_at(PEER_ID_PREFIX.len());
+        if prefix != PEER_ID_PREFIX {
+            return Err(ParseNodeIdError::Prefix);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(key);
+        Ok(NodeId(out))
     }
 }
 

@@ -17,6 +17,6 @@ pub use audit::{line_hash, ChainBreak, ChainChecker, ChainHash, Checkpoint, GENE
 pub use cert::{AdmissionCert, CertError, SignedCert};
 pub use envelope::Signed;
 pub use error::CryptoError;
-pub use identity::{Keypair, NodeId};
+pub use identity::{Keypair, NodeId, ParseNodeIdError};
 pub use revocation::{Revocation, SignedRevocation};
 pub use sign::{domain_message, Context, Signature, SIGNATURE_LEN};

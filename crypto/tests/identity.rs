@@ -1,7 +1,8 @@
 //! Node identities: a `NodeId` is exactly the libp2p `PeerId` of the same ed25519 key.
 
-use agentmesh_crypto::{CryptoError, Keypair, NodeId};
+use agentmesh_crypto::{CryptoError, Keypair, NodeId, ParseNodeIdError};
 use ed25519_dalek::VerifyingKey;
+use proptest::prelude::*;
 use std::str::FromStr;
 
 fn key(seed: u8) -> Keypair {
@@ -72,18 +73,44 @@ fn distinct_keys_have_distinct_ids() {
 }
 
 #[test]
-fn from_str_refuses_garbage() {
-    for s in [
-        "",
-        "not a peer id",
-        "12D3KooW",
-        "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
-    ] {
-        assert!(
-            matches!(NodeId::from_str(s), Err(CryptoError::InvalidNodeId(_))),
-            "{s:?} must be refused"
-        );
+fn from_str_refuses_text_of_the_wrong_shape() {
+    use ParseNodeIdError::*;
+    let good = key(1).node_id().to_string();
+    let b58 = |b: &[u8]| bs58::encode(b).into_string();
+    let mut wrong_type = ed25519_peer_id_bytes(&[7; 32]);
+    wrong_type[3] = 0x02; // KeyType::Secp256k1 with 32 bytes
+    let mut wrong_len_byte = ed25519_peer_id_bytes(&[7; 32]);
+    wrong_len_byte[1] = 0x25;
+    let mut sha = vec![0x12, 0x20]; // sha256 multihash, as RSA peer ids are
+    sha.extend_from_slice(&[0xab; 32]);
+    let mut secp = vec![0x00, 0x25, 0x08, 0x02, 0x12, 0x21, 0x02];
+    secp.extend_from_slice(&[0x11; 32]);
+    let cases: Vec<(String, ParseNodeIdError)> = vec![
+        (String::new(), Length(0)),
+        ("not a peer id".into(), Base58),
+        ("12D3KooW".into(), Length(6)),
+        (format!(" {good}"), Base58),
+        (format!("{good}\n"), Base58),
+        (good.replacen('W', "0", 1), Base58), // 0 is not in the alphabet
+        (good.replacen('W', "l", 1), Base58), // nor l
+        (format!("1{good}"), Length(39)),     // a leading 1 is one more zero byte
+        (good[..good.len() - 1].to_string(), Length(37)),
+        ("x".repeat(65), TooLong(65)),
+        (b58(&wrong_type), Prefix),
+        (b58(&wrong_len_byte), Prefix),
+        (b58(&sha), Length(34)),
+        (b58(&secp), Length(39)),
+        (
+            "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N".into(),
+            Length(34),
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(NodeId::from_str(&text), Err(want), "{text:?}");
     }
+    // Through `?` into a CryptoError, as node code does.
+    let e: CryptoError = NodeId::from_str("12D3KooW").unwrap_err().into();
+    assert!(matches!(e, CryptoError::InvalidNodeId(_)));
 }
 
 #[test]
@@ -114,7 +141,6 @@ fn from_peer_id_refuses_key_bytes_that_are_not_a_point() {
         NodeId::from_peer_id(&peer),
         Err(CryptoError::InvalidNodeId(_))
     ));
-    assert!(NodeId::from_str(&peer.to_base58()).is_err());
     // The same framing around a real key is accepted: the refusal is about the point.
     let good = *key(8).node_id().as_bytes();
     let peer = libp2p_identity::PeerId::from_bytes(&ed25519_peer_id_bytes(&good)).unwrap();
@@ -122,10 +148,56 @@ fn from_peer_id_refuses_key_bytes_that_are_not_a_point() {
 }
 
 #[test]
-fn invalid_point_node_id_displays_as_invalid_and_has_no_peer_id() {
+fn text_does_not_check_the_point_but_to_peer_id_does() {
+    // Printing and parsing never decompress, so bytes off the curve print as peer id text and
+    // parse back; whatever needs a usable key (to_peer_id, signatures) still refuses them.
     let id = NodeId(not_a_point());
+    let peer = libp2p_identity::PeerId::from_bytes(&ed25519_peer_id_bytes(&id.0)).unwrap();
+    assert_eq!(id.to_string(), peer.to_base58());
+    assert_eq!(NodeId::from_str(&id.to_string()), Ok(id));
     assert_eq!(id.to_peer_id(), Err(CryptoError::InvalidPublicKey));
-    assert_eq!(id.to_string(), format!("invalid:{}", hex::encode(id.0)));
+    let sig = key(1).sign(agentmesh_crypto::Context::Vote, b"m");
+    assert!(id
+        .verify(agentmesh_crypto::Context::Vote, b"m", &sig)
+        .is_err());
+}
+
+#[test]
+fn the_fixed_prefix_is_what_libp2p_encodes() {
+    // Identity multihash (0x00, 36 bytes) over the protobuf key libp2p encodes itself.
+    let kp = key(11);
+    let pk = kp.to_libp2p().public();
+    let proto = pk.encode_protobuf();
+    assert_eq!(proto.len(), 36);
+    assert_eq!(&proto[..4], &[0x08, 0x01, 0x12, 0x20]);
+    assert_eq!(&proto[4..], kp.node_id().as_bytes());
+    let peer = pk.to_peer_id().to_bytes();
+    assert_eq!(peer, ed25519_peer_id_bytes(kp.node_id().as_bytes()));
+}
+
+proptest! {
+    /// For random keys the text equals libp2p's `PeerId` text (which decompresses the point)
+    /// and parses back to the same id.
+    #[test]
+    fn display_matches_libp2p_and_round_trips(secret in any::<[u8; 32]>()) {
+        let kp = Keypair::from_secret(secret);
+        let id = kp.node_id();
+        let libp2p_text = kp.to_libp2p().public().to_peer_id().to_string();
+        prop_assert_eq!(id.to_string(), libp2p_text.clone());
+        prop_assert_eq!(id.to_peer_id().unwrap().to_base58(), libp2p_text.clone());
+        prop_assert_eq!(NodeId::from_str(&libp2p_text), Ok(id));
+        let peer = libp2p_identity::PeerId::from_str(&id.to_string()).unwrap();
+        prop_assert_eq!(NodeId::from_peer_id(&peer).unwrap(), id);
+    }
+
+    /// Any 32 bytes, point or not, print as libp2p would frame them and parse back.
+    #[test]
+    fn any_bytes_round_trip(bytes in any::<[u8; 32]>()) {
+        let id = NodeId(bytes);
+        let peer = libp2p_identity::PeerId::from_bytes(&ed25519_peer_id_bytes(&bytes)).unwrap();
+        prop_assert_eq!(id.to_string(), peer.to_base58());
+        prop_assert_eq!(NodeId::from_str(&id.to_string()), Ok(id));
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod score;
 pub mod state;
 pub mod suspicion;
 mod table;
+mod time;
 pub mod verify;
 pub mod wire;
 

@@ -5,7 +5,7 @@ use agentmesh_crypto::NodeId;
 
 use crate::config::Config;
 use crate::member::SignedAccusation;
-use crate::state::Millis;
+use crate::time::Millis;
 use std::sync::Arc;
 
 /// Most confirmations remembered per suspicion (`k` never needs more).

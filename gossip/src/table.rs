@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::member::{MemberInfo, MemberState, SignedMember};
 use crate::record::{NodeRecord, SignedRecord, Version};
-use crate::state::Millis;
+use crate::time::Millis;
 
 /// One known member.
 pub(crate) struct Entry {
