@@ -8,6 +8,7 @@
 //! `/v1/openapi.json`; a test checks that every route below appears in it.
 
 pub mod a2a;
+pub mod mcp;
 pub mod obs;
 pub mod workflow;
 
@@ -78,6 +79,8 @@ pub struct ApiState {
     /// The workflows served by `POST /v1/workflows/{name}/run`.
     pub(crate) workflows: Arc<crate::workflow::WorkflowSet>,
     token: Option<Arc<str>>,
+    /// The MCP servers joined through this node (`/v1/mcp/…`).
+    pub(crate) mcp: Arc<crate::mcp::agents::McpAgents>,
 }
 
 /// An API error: a [`CallError`] and, when it differs from the code's, the HTTP status.
@@ -129,10 +132,22 @@ pub fn router(
     token: Option<String>,
     workflows: crate::workflow::WorkflowSet,
 ) -> Router {
+    let mcp = crate::mcp::agents::McpAgents::new(mesh.clone(), "mcp".into(), 64);
+    router_with_mcp(mesh, token, workflows, mcp)
+}
+
+/// [`router`] with the node's MCP servers (`[mcp]` in `node.toml`).
+pub fn router_with_mcp(
+    mesh: MeshHandle,
+    token: Option<String>,
+    workflows: crate::workflow::WorkflowSet,
+    mcp: Arc<crate::mcp::agents::McpAgents>,
+) -> Router {
     let state = ApiState {
         mesh,
         workflows: Arc::new(workflows),
         token: token.map(Arc::from),
+        mcp,
     };
     Router::new()
         .route("/v1/agent", put(put_agent).get(get_agent))
@@ -158,6 +173,10 @@ pub fn router(
         .route("/v1/mesh/summary", get(get_mesh_summary))
         .route("/ui", get(get_ui))
         .merge(crate::api::a2a::routes(state.mesh.clone()))
+        .route_service("/mcp", crate::mcp::http_service(state.mesh.clone()).0)
+        .route("/v1/mcp/server", put(mcp::put_server))
+        .route("/v1/mcp/servers", get(mcp::get_servers))
+        .route("/v1/mcp/server/{name}", axum::routing::delete(mcp::delete_server))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -547,7 +566,8 @@ async fn get_members(State(st): State<ApiState>) -> Response {
 
 async fn get_capabilities(State(st): State<ApiState>) -> Response {
     let caps: BTreeMap<String, Vec<String>> = st.mesh.capabilities();
-    Json(serde_json::json!({ "capabilities": caps })).into_response()
+    let details = st.mesh.capability_details().await;
+    Json(serde_json::json!({ "capabilities": caps, "details": details })).into_response()
 }
 
 async fn get_openapi() -> Response {

@@ -6,3 +6,4 @@ pub mod policies;
 pub mod router;
 pub mod settings;
 pub mod state;
+pub mod schemas;
