@@ -355,7 +355,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             let url = format!("{}/mcp", a.api.trim_end_matches('/'));
             crate::mcp::stdio::run(&url, a.token)
                 .await
-                .map_err(|e| fail(exit::UNAVAILABLE, e.to_string()))
+                .map_err(|e| fail(exit::UNREACHABLE, e.to_string()))
         }
         Command::Routes(a) => routes(a).await,
         Command::Call(a) => call(a).await,

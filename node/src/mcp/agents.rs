@@ -177,7 +177,6 @@ impl Default for McpSection {
 /// One registered tool: the capability it is offered as and where it lives.
 #[derive(Debug, Clone)]
 struct ToolEntry {
-    server: String,
     tool: String,
     spec: CapabilitySpec,
 }
@@ -457,7 +456,6 @@ fn entries(spec: &McpServerSpec, tools: &[Tool]) -> (Vec<ToolEntry>, Vec<String>
                 };
                 match crate::contract::validate_registration(&probe) {
                     Ok(()) => out.push(ToolEntry {
-                        server: spec.name.clone(),
                         tool: t.name.to_string(),
                         spec: c,
                     }),
