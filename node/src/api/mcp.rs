@@ -11,7 +11,10 @@ use axum::Json;
 
 /// `PUT /v1/mcp/server`: adds or replaces an MCP server; its tools are registered as
 /// capabilities once it is reached (see `GET /v1/mcp/servers`).
-pub(crate) async fn put_server(State(st): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn put_server(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     if body.len() > API_BODY_BYTES_MAX {
         return Err(ApiError {
             status: Some(StatusCode::PAYLOAD_TOO_LARGE),
@@ -42,6 +45,10 @@ pub(crate) async fn delete_server(
     if st.mcp.remove(&name).await {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(CallError::new(ErrorCode::NoCapability, format!("no MCP server named {name:?}")).into())
+        Err(CallError::new(
+            ErrorCode::NoCapability,
+            format!("no MCP server named {name:?}"),
+        )
+        .into())
     }
 }

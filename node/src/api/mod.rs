@@ -176,7 +176,10 @@ pub fn router_with_mcp(
         .route_service("/mcp", crate::mcp::http_service(state.mesh.clone()).0)
         .route("/v1/mcp/server", put(mcp::put_server))
         .route("/v1/mcp/servers", get(mcp::get_servers))
-        .route("/v1/mcp/server/{name}", axum::routing::delete(mcp::delete_server))
+        .route(
+            "/v1/mcp/server/{name}",
+            axum::routing::delete(mcp::delete_server),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -118,7 +118,10 @@ pub(crate) async fn capabilities(a: ReadArgs) -> CmdResult {
 pub fn capabilities_text(v: &serde_json::Value) -> String {
     let empty = vec![];
     let list = v["details"].as_array().unwrap_or(&empty);
-    let mut lines = vec![format!("{:<24} {:<28} {}", "CAPABILITY", "OFFERED BY", "DESCRIPTION")];
+    let mut lines = vec![format!(
+        "{:<24} {:<28} {}",
+        "CAPABILITY", "OFFERED BY", "DESCRIPTION"
+    )];
     for d in list {
         let by: Vec<&str> = d["offered_by"]
             .as_array()

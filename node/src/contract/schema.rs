@@ -156,6 +156,58 @@ mod tests {
         assert!(compile(&json!({"$ref": "http://127.0.0.1:9/s.json"})).is_err());
     }
 
+    /// The gossiped record stays small: schemas travel as 33-byte hashes. Prints the sizes
+    /// (run with `--nocapture`) for 8 typed capabilities: untyped, typed (description + hashes),
+    /// and what inlining the schemas would cost.
+    #[test]
+    fn record_size_with_schemas() {
+        use agentmesh_gossip::record::{AgentInfo, NodeRecord, RECORD_BYTES_MAX};
+        let schema = json!({
+            "type": "object",
+            "required": ["city"],
+            "additionalProperties": false,
+            "properties": {
+                "city": {"type": "string", "minLength": 1, "description": "City name"},
+                "days": {"type": "integer", "minimum": 1, "maximum": 14},
+                "units": {"enum": ["metric", "imperial"]}
+            }
+        });
+        let specs: Vec<crate::contract::CapabilitySpec> = (0..8)
+            .map(|i| crate::contract::CapabilitySpec {
+                description: Some(format!("Forecast number {i} for a city, by day")),
+                input_schema: Some(schema.clone()),
+                output_schema: Some(json!({"type": "object"})),
+                ..crate::contract::CapabilitySpec::named(format!("weather.forecast{i}"))
+            })
+            .collect();
+        let size = |caps: Vec<agentmesh_gossip::record::Capability>| {
+            let mut r = NodeRecord::new(agentmesh_crypto::Keypair::from_secret([1; 32]).node_id());
+            r.agent = Some(AgentInfo {
+                name: "weather".into(),
+                capabilities: caps,
+            });
+            postcard::to_allocvec(&r).unwrap().len()
+        };
+        let untyped = size(
+            specs
+                .iter()
+                .map(|s| crate::contract::CapabilitySpec::named(&s.name).to_capability())
+                .collect(),
+        );
+        let typed = size(specs.iter().map(|s| s.to_capability()).collect());
+        let inline_extra: usize = specs
+            .iter()
+            .map(|s| canonical(s.input_schema.as_ref().unwrap()).len() + 16 - 33 - 33)
+            .sum();
+        eprintln!(
+            "record with 8 capabilities: untyped {untyped} B, typed (description + schema \
+             hashes) {typed} B, schemas inlined would be {} B",
+            typed + inline_extra
+        );
+        assert!(typed < RECORD_BYTES_MAX / 4);
+        assert!(typed + inline_extra > typed);
+    }
+
     /// The validation table: input → the exact error (`field`, `message`), or accepted.
     #[test]
     fn validation_table() {

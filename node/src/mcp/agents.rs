@@ -252,7 +252,10 @@ fn tool_spec(t: &Tool, o: Option<&ToolOverride>) -> Result<CapabilitySpec, Strin
     let o = o.cloned().unwrap_or_default();
     let name = o.capability.unwrap_or_else(|| t.name.to_string());
     if !is_capability_name(&name) {
-        return Err(format!("tool {:?}: {name:?} is not a capability name; map it in [mcp.servers.tools]", t.name));
+        return Err(format!(
+            "tool {:?}: {name:?} is not a capability name; map it in [mcp.servers.tools]",
+            t.name
+        ));
     }
     Ok(CapabilitySpec {
         name,
@@ -261,7 +264,10 @@ fn tool_spec(t: &Tool, o: Option<&ToolOverride>) -> Result<CapabilitySpec, Strin
         cost: o.cost.unwrap_or(0.0),
         description: short_description(t.description.as_deref()),
         input_schema: Some(Value::Object((*t.input_schema).clone())),
-        output_schema: t.output_schema.as_ref().map(|s| Value::Object((**s).clone())),
+        output_schema: t
+            .output_schema
+            .as_ref()
+            .map(|s| Value::Object((**s).clone())),
     })
 }
 
@@ -606,13 +612,11 @@ async fn forward(
         .unwrap_or(TOOL_DEADLINE_MS_DEFAULT);
     let mut params = CallToolRequestParams::new(tool);
     params.arguments = Some(arguments);
-    match tokio::time::timeout(
-        Duration::from_millis(deadline_ms),
-        peer.call_tool(params),
-    )
-    .await
-    {
-        Err(_) => error(ErrorCode::DeadlineExceeded, "the MCP tool did not answer in time"),
+    match tokio::time::timeout(Duration::from_millis(deadline_ms), peer.call_tool(params)).await {
+        Err(_) => error(
+            ErrorCode::DeadlineExceeded,
+            "the MCP tool did not answer in time",
+        ),
         Ok(Err(e)) => error(ErrorCode::AgentError, format!("MCP server: {e}")),
         Ok(Ok(r)) if r.is_error == Some(true) => {
             // A tool error is the agent's 5xx: the caller sees agent_error with the body.

@@ -138,10 +138,7 @@ pub fn call_request(
                 .ok_or_else(|| {
                     CallError::bad_field(
                         &format!("_meta.{META_DEADLINE_MS}"),
-                        format!(
-                            "must be an integer 1 to {} (ms)",
-                            MCP_DEADLINE_MS_MAX
-                        ),
+                        format!("must be an integer 1 to {} (ms)", MCP_DEADLINE_MS_MAX),
                     )
                 })?,
         ),

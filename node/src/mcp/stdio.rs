@@ -10,7 +10,9 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt};
+use rmcp::{
+    ClientHandler, ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt,
+};
 use std::sync::{Arc, Mutex};
 
 /// The stdio side's peer, once the host initialized it (to pass `list_changed` on).
@@ -72,11 +74,7 @@ impl ServerHandler for Bridge {
         if request.meta.is_none() && !context.meta.0 .0.is_empty() {
             request.meta = Some(context.meta.clone());
         }
-        let r = self
-            .node
-            .call_tool(request)
-            .await
-            .map_err(upstream_error)?;
+        let r = self.node.call_tool(request).await.map_err(upstream_error)?;
         Ok(r.into())
     }
 

@@ -4,6 +4,6 @@
 
 pub mod policies;
 pub mod router;
+pub mod schemas;
 pub mod settings;
 pub mod state;
-pub mod schemas;

@@ -156,11 +156,7 @@ fn gossip_admission(m: &AdmissionMode) -> Admission {
 fn agent_info(reg: &AgentRegistration) -> AgentInfo {
     AgentInfo {
         name: reg.name.clone(),
-        capabilities: reg
-            .capabilities
-            .iter()
-            .map(|c| c.to_capability())
-            .collect(),
+        capabilities: reg.capabilities.iter().map(|c| c.to_capability()).collect(),
     }
 }
 

@@ -150,9 +150,9 @@ impl MeshHandle {
                     .as_ref()
                     .and_then(|r| r.agent.as_ref())
                     .is_some_and(|a| {
-                        a.capabilities.iter().any(|c| {
-                            c.input_schema == Some(h) || c.output_schema == Some(h)
-                        })
+                        a.capabilities
+                            .iter()
+                            .any(|c| c.input_schema == Some(h) || c.output_schema == Some(h))
                     })
             })
             .take(SCHEMA_OWNERS_ASKED_MAX)
@@ -267,7 +267,8 @@ impl MeshHandle {
         if offers.is_empty() || offers.iter().any(|(_, c)| c.input_schema.is_none()) {
             return Ok(());
         }
-        let mut distinct: Vec<SchemaHash> = offers.iter().filter_map(|(_, c)| c.input_schema).collect();
+        let mut distinct: Vec<SchemaHash> =
+            offers.iter().filter_map(|(_, c)| c.input_schema).collect();
         distinct.sort();
         distinct.dedup();
         let mut first_err = None;
