@@ -200,3 +200,20 @@ def test_list_changed_when_an_agent_joins(mesh):
 
     after = run(with_session(mcp_url(mesh, 0), f, handler))
     assert "late.cap" in after
+
+
+def test_a_server_that_goes_away_is_unregistered(mesh):
+    """Runs last: stops the FastMCP server; node2 unregisters its tools and the mesh stops
+    offering them."""
+    for p in mesh.extra:
+        p.kill()
+        p.wait(timeout=10)
+    wait_until("tools.add gone from node1", 30, lambda: "tools.add" not in tools_of(mesh.nodes[0]["api"]))
+    servers = http_json("GET", f"{mesh.nodes[1]['api']}/v1/mcp/servers")["servers"]  # type: ignore[index]
+    assert servers[0]["tools"] == {}
+    assert servers[0]["status"] != "connected"
+
+    async def f(s: ClientSession):
+        return await s.call_tool("tools.add", {"a": 1, "b": 1})
+
+    assert error_of(run(with_session(mcp_url(mesh, 0), f)))["code"] == "no_capability"

@@ -23,7 +23,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -178,7 +178,7 @@ pub fn router_with_mcp(
         .route("/v1/mcp/servers", get(mcp::get_servers))
         .route(
             "/v1/mcp/server/{name}",
-            axum::routing::delete(mcp::delete_server),
+            delete(mcp::delete_server),
         )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -912,7 +912,7 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
         assert_eq!(doc["openapi"].as_str().unwrap(), "3.1.0");
         let src = include_str!("mod.rs");
-        let body = src.split("fn router(").nth(1).unwrap();
+        let body = src.split("fn router_with_mcp(").nth(1).unwrap();
         let body = body.split("\n}\n").next().unwrap();
         let mut seen = 0;
         for chunk in body.split(".route(\"").skip(1) {
@@ -926,14 +926,17 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 22, "router routes parsed");
+        assert_eq!(seen, 25, "router routes parsed");
+        // `/mcp` is a service (rmcp's Streamable HTTP), not a `.route`.
+        assert!(body.contains(".route_service(\"/mcp\""));
+        assert!(doc["paths"]["/mcp"]["post"].is_object());
         for (method, path) in crate::api::a2a::ROUTES {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(
             paths.len(),
-            seen + crate::api::a2a::ROUTES.len(),
+            seen + crate::api::a2a::ROUTES.len() + 1,
             "openapi.json documents a route the router lacks"
         );
     }
