@@ -55,6 +55,21 @@ def test_tools_list_shows_the_whole_mesh_with_schemas(mesh):
     assert set(add.inputSchema["properties"]) == {"a", "b"}
 
 
+def test_capabilities_cli_and_api_show_descriptions_and_schemas(mesh):
+    # node1 holds none of these schemas: it fetched them from their owners by hash.
+    v = http_json("GET", f"{mesh.nodes[0]['api']}/v1/capabilities")
+    d = {c["name"]: c for c in v["details"]}  # type: ignore[index]
+    fc = d["weather.forecast"]
+    assert fc["description"] == "Forecast for a city"
+    assert fc["input_schema"]["properties"]["days"]["maximum"] == 14
+    assert len(fc["input_schema_hash"]) == 64
+    assert d["tools.add"]["output_schema"]["properties"]["result"]["type"] == "integer"
+    out = mesh.cli("capabilities", "--api", mesh.nodes[0]["api"])
+    line = next(l for l in out.splitlines() if l.startswith("weather.forecast"))
+    assert "weather@" in line and "Forecast for a city" in line
+    assert '"maximum":14' in out
+
+
 def test_call_is_routed_to_another_node(mesh):
     async def f(s: ClientSession):
         return await s.call_tool(
