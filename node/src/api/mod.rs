@@ -176,10 +176,7 @@ pub fn router_with_mcp(
         .route_service("/mcp", crate::mcp::http_service(state.mesh.clone()).0)
         .route("/v1/mcp/server", put(mcp::put_server))
         .route("/v1/mcp/servers", get(mcp::get_servers))
-        .route(
-            "/v1/mcp/server/{name}",
-            delete(mcp::delete_server),
-        )
+        .route("/v1/mcp/server/{name}", delete(mcp::delete_server))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -914,6 +911,13 @@ mod tests {
         let src = include_str!("mod.rs");
         let body = src.split("fn router_with_mcp(").nth(1).unwrap();
         let body = body.split("\n}\n").next().unwrap();
+        // rustfmt may break a long `.route(` over lines: read it as one line.
+        let body = body
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace("( ", "(")
+            .replace(", )", ")");
         let mut seen = 0;
         for chunk in body.split(".route(\"").skip(1) {
             let path = chunk.split('"').next().unwrap();
