@@ -10,6 +10,8 @@ pub const RECORD_BYTES_MAX: usize = 16 * 1024;
 pub const CAPABILITIES_MAX: usize = 64;
 /// Most attributes on one capability.
 pub const ATTRIBUTES_MAX: usize = 32;
+/// Longest capability description, in bytes (the full text belongs in the schema).
+pub const DESCRIPTION_LEN_MAX: usize = 256;
 /// Most opaque extension entries in a record (traffic summaries, policy digests, …).
 pub const EXTENSIONS_MAX: usize = 8;
 
@@ -105,7 +107,7 @@ impl AttrValue {
 
 /// One skill an agent offers. Unknown fields are refused (a typo such as `proficency` in
 /// `node.toml` or `PUT /v1/agent` must not pass as the default).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Capability {
     /// Dotted name, e.g. `inventory.query`.
@@ -119,6 +121,68 @@ pub struct Capability {
     /// Cost per call in the mesh's cost unit.
     #[serde(default)]
     pub cost: f64,
+    /// Short human description (at most [`DESCRIPTION_LEN_MAX`] bytes).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Hash of the input JSON Schema; the schema itself is fetched from the owner on demand,
+    /// so records stay small.
+    #[serde(default)]
+    pub input_schema: Option<SchemaHash>,
+    /// Hash of the output JSON Schema.
+    #[serde(default)]
+    pub output_schema: Option<SchemaHash>,
+}
+
+/// SHA-256 of a JSON Schema's canonical bytes (serde_json of the parsed value, keys sorted).
+/// Content-addressed: any node holding the schema may serve it and the fetcher checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SchemaHash(pub [u8; 32]);
+
+impl SchemaHash {
+    /// The hash of `canonical` schema bytes.
+    pub fn of(canonical: &[u8]) -> SchemaHash {
+        use sha2::Digest;
+        SchemaHash(sha2::Sha256::digest(canonical).into())
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<SchemaHash> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(SchemaHash(out))
+    }
+}
+
+impl Serialize for SchemaHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            self.to_hex().serialize(s)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            SchemaHash::from_hex(&s)
+                .ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+        } else {
+            Ok(SchemaHash(<[u8; 32]>::deserialize(d)?))
+        }
+    }
 }
 
 /// The agent beside a node.
@@ -219,6 +283,13 @@ impl NodeRecord {
                 .any(|c| c.attributes.len() > ATTRIBUTES_MAX)
             {
                 return Err("attributes");
+            }
+            if a.capabilities.iter().any(|c| {
+                c.description
+                    .as_ref()
+                    .is_some_and(|d| d.len() > DESCRIPTION_LEN_MAX)
+            }) {
+                return Err("description");
             }
         }
         if self.ext.len() > EXTENSIONS_MAX {

@@ -19,6 +19,7 @@ fn cap(name: &str, p: Proficiency, attrs: &[(&str, AttrValue)]) -> Capability {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
         cost: 1.0,
+        ..Default::default()
     }
 }
 

@@ -20,6 +20,7 @@ fn agent(name: &str) -> AgentInfo {
             proficiency: Default::default(),
             attributes: Default::default(),
             cost: 1.0,
+            ..Default::default()
         }],
     }
 }

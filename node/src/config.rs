@@ -111,6 +111,10 @@ pub struct FileConfig {
     /// (see [`crate::a2a::bridge`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub a2a: Option<crate::a2a::bridge::A2aSection>,
+    /// `[mcp]`: MCP servers joined to the mesh as this node's agent
+    /// (see [`crate::mcp::agents`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<crate::mcp::agents::McpSection>,
     /// `[capability."name"]`: per-capability overrides of `[defaults]`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub capability: std::collections::BTreeMap<String, toml::Table>,
@@ -311,6 +315,28 @@ impl NodeConfig {
         if let Some(agent) = &file.agent {
             crate::contract::validate_registration(agent)
                 .map_err(|e| err(&format!("agent.{}", e.field), e.message))?;
+        }
+        if let Some(m) = &file.mcp {
+            if file.agent.is_some() || file.a2a.is_some() {
+                return Err(err(
+                    "mcp",
+                    "a node has one agent: set [agent], [a2a] or [mcp], not several".into(),
+                ));
+            }
+            if m.servers.len() > crate::mcp::agents::MCP_SERVERS_MAX {
+                return Err(err(
+                    "mcp.servers",
+                    format!("at most {}", crate::mcp::agents::MCP_SERVERS_MAX),
+                ));
+            }
+            for (i, s) in m.servers.iter().enumerate() {
+                s.validate().map_err(|e| {
+                    err(
+                        &format!("mcp.servers[{i}].{}", e.field.as_deref().unwrap_or("")),
+                        e.message,
+                    )
+                })?;
+            }
         }
         if let Some(t) = &file.telemetry {
             t.validate().map_err(|(f, m)| err(f, m))?;

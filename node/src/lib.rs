@@ -17,6 +17,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod mcp;
 pub mod membership;
 pub mod net;
 pub mod obs;

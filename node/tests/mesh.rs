@@ -2,8 +2,8 @@
 //! Every wait is on a condition with a timeout.
 
 use agentmesh_crypto::{AdmissionCert, Keypair, NodeId, SignedCert};
-use agentmesh_gossip::record::{AttrValue, Capability, Proficiency};
-use agentmesh_node::contract::{AgentRegistration, CallRequest, ErrorCode};
+use agentmesh_gossip::record::{AttrValue, Proficiency};
+use agentmesh_node::contract::{AgentRegistration, CallRequest, CapabilitySpec, ErrorCode};
 use agentmesh_node::runtime::{AdmissionMode, MeshHandle, RuntimeConfig};
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
@@ -79,7 +79,7 @@ fn registration(name: &str, handler: &str, caps: &[&str]) -> AgentRegistration {
         handler: handler.into(),
         capabilities: caps
             .iter()
-            .map(|c| Capability {
+            .map(|c| CapabilitySpec {
                 name: (*c).into(),
                 proficiency: Proficiency::Expert,
                 attributes: BTreeMap::from([(
@@ -87,6 +87,7 @@ fn registration(name: &str, handler: &str, caps: &[&str]) -> AgentRegistration {
                     AttrValue::Many(vec!["eu".into(), "us".into()]),
                 )]),
                 cost: 1.0,
+                ..Default::default()
             })
             .collect(),
         max_concurrency: 8,

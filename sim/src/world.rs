@@ -602,12 +602,14 @@ pub fn agent_for(i: usize, rev: u32) -> AgentInfo {
                 proficiency: agentmesh_gossip::Proficiency::Experienced,
                 attributes,
                 cost: 1.0 + (rev % 7) as f64,
+                ..Default::default()
             },
             Capability {
                 name: caps[(i + 1) % caps.len()].to_string(),
                 proficiency: agentmesh_gossip::Proficiency::Novice,
                 attributes: BTreeMap::new(),
                 cost: 2.0,
+                ..Default::default()
             },
         ],
     }

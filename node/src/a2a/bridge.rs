@@ -201,7 +201,17 @@ pub async fn register(
     let registration = AgentRegistration {
         name: card.name.clone(),
         handler: format!("http://{addr}"),
-        capabilities: caps.into_iter().map(|(c, _)| c).collect(),
+        capabilities: caps
+            .into_iter()
+            .map(|(c, _)| crate::contract::CapabilitySpec {
+                name: c.name,
+                proficiency: c.proficiency,
+                attributes: c.attributes,
+                cost: c.cost,
+                description: c.description,
+                ..Default::default()
+            })
+            .collect(),
         max_concurrency,
     };
     mesh.register_agent(registration.clone()).await?;

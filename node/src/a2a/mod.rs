@@ -213,6 +213,7 @@ pub fn capabilities(
                 proficiency: o.proficiency.unwrap_or_default(),
                 attributes: o.attributes,
                 cost: o.cost.unwrap_or(0.0),
+                ..Default::default()
             },
             id.clone(),
         ));

@@ -10,6 +10,7 @@
 
 pub mod a2a;
 pub mod edge;
+pub mod mcp;
 pub mod obs;
 pub mod query;
 pub mod workflow;
@@ -25,7 +26,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub struct ApiState {
     /// The workflows served by `POST /v1/workflows/{name}/run`.
     pub(crate) workflows: Arc<crate::workflow::WorkflowSet>,
     token: Option<Arc<str>>,
+    /// The MCP servers joined through this node (`/v1/mcp/…`).
+    pub(crate) mcp: Arc<crate::mcp::agents::McpAgents>,
 }
 
 /// An API error: a [`CallError`] and, when it differs from the code's, the HTTP status.
@@ -133,10 +136,22 @@ pub fn router(
     token: Option<String>,
     workflows: crate::workflow::WorkflowSet,
 ) -> Router {
+    let mcp = crate::mcp::agents::McpAgents::new(mesh.clone(), "mcp".into(), 64);
+    router_with_mcp(mesh, token, workflows, mcp)
+}
+
+/// [`router`] with the node's MCP servers (`[mcp]` in `node.toml`).
+pub fn router_with_mcp(
+    mesh: MeshHandle,
+    token: Option<String>,
+    workflows: crate::workflow::WorkflowSet,
+    mcp: Arc<crate::mcp::agents::McpAgents>,
+) -> Router {
     let state = ApiState {
         mesh,
         workflows: Arc::new(workflows),
         token: token.map(Arc::from),
+        mcp,
     };
     Router::new()
         .route("/v1/agent", put(put_agent).get(get_agent))
@@ -163,6 +178,10 @@ pub fn router(
         .route("/v1/mesh/summary", get(get_mesh_summary))
         .route("/ui", get(get_ui))
         .merge(crate::api::a2a::routes(state.mesh.clone()))
+        .route_service("/mcp", crate::mcp::http_service(state.mesh.clone()).0)
+        .route("/v1/mcp/server", put(mcp::put_server))
+        .route("/v1/mcp/servers", get(mcp::get_servers))
+        .route("/v1/mcp/server/{name}", delete(mcp::delete_server))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -564,7 +583,8 @@ async fn get_members(State(st): State<ApiState>) -> Response {
 
 async fn get_capabilities(State(st): State<ApiState>) -> Response {
     let caps: BTreeMap<String, Vec<String>> = st.mesh.capabilities();
-    Json(serde_json::json!({ "capabilities": caps })).into_response()
+    let details = st.mesh.capability_details().await;
+    Json(serde_json::json!({ "capabilities": caps, "details": details })).into_response()
 }
 
 async fn get_openapi() -> Response {
@@ -914,8 +934,15 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
         assert_eq!(doc["openapi"].as_str().unwrap(), "3.1.0");
         let src = include_str!("mod.rs");
-        let body = src.split("fn router(").nth(1).unwrap();
+        let body = src.split("fn router_with_mcp(").nth(1).unwrap();
         let body = body.split("\n}\n").next().unwrap();
+        // rustfmt may break a long `.route(` over lines: read it as one line.
+        let body = body
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace("( ", "(")
+            .replace(", )", ")");
         let mut seen = 0;
         for chunk in body.split(".route(\"").skip(1) {
             let path = chunk.split('"').next().unwrap();
@@ -928,14 +955,17 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 22, "router routes parsed");
+        assert_eq!(seen, 25, "router routes parsed");
+        // `/mcp` is a service (rmcp's Streamable HTTP), not a `.route`.
+        assert!(body.contains(".route_service(\"/mcp\""));
+        assert!(doc["paths"]["/mcp"]["post"].is_object());
         for (method, path) in crate::api::a2a::ROUTES {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }
         let paths = doc["paths"].as_object().unwrap();
         assert_eq!(
             paths.len(),
-            seen + crate::api::a2a::ROUTES.len(),
+            seen + crate::api::a2a::ROUTES.len() + 1,
             "openapi.json documents a route the router lacks"
         );
     }

@@ -103,6 +103,52 @@ pub(crate) async fn members(a: ReadArgs) -> CmdResult {
     Ok(())
 }
 
+pub(crate) async fn capabilities(a: ReadArgs) -> CmdResult {
+    let v = get_json(&a.api, "/v1/capabilities").await?;
+    if a.json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!("{}", capabilities_text(&v));
+    Ok(())
+}
+
+/// The human text of `agentmesh capabilities`: one line per capability (name, offers,
+/// description), then its schemas indented, compact JSON.
+pub fn capabilities_text(v: &serde_json::Value) -> String {
+    let empty = vec![];
+    let list = v["details"].as_array().unwrap_or(&empty);
+    let mut lines = vec![format!(
+        "{:<24} {:<28} {}",
+        "CAPABILITY", "OFFERED BY", "DESCRIPTION"
+    )];
+    for d in list {
+        let by: Vec<&str> = d["offered_by"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        let line = format!(
+            "{:<24} {:<28} {}",
+            clip(d["name"].as_str().unwrap_or("?"), 24),
+            clip(&by.join(","), 28),
+            d["description"].as_str().unwrap_or("-")
+        );
+        lines.push(clip(&line, HUMAN_COLS_MAX));
+        for (label, key, hash) in [
+            ("input", "input_schema", "input_schema_hash"),
+            ("output", "output_schema", "output_schema_hash"),
+        ] {
+            match (d.get(key), d[hash].as_str()) {
+                (Some(s), _) => lines.push(format!("    {label}: {s}")),
+                (None, Some(h)) => lines.push(format!("    {label}: sha256:{h} (not fetched)")),
+                _ => {}
+            }
+        }
+    }
+    lines.push(format!("{} capabilities", list.len()));
+    lines.join("\n")
+}
+
 /// The human table of `agentmesh members`, each line at most [`HUMAN_COLS_MAX`] columns.
 pub fn members_table(v: &serde_json::Value) -> String {
     let empty = vec![];

@@ -84,6 +84,8 @@ pub enum Command {
     Node(NodeArgs),
     /// List the mesh members a node sees.
     Members(ReadArgs),
+    /// List the mesh's capabilities with descriptions, schemas and who offers them.
+    Capabilities(ReadArgs),
     /// Show the ranked candidates for a capability and why.
     Routes(RoutesArgs),
     /// Call a capability through a node and print the answer.
@@ -109,6 +111,16 @@ pub enum Command {
     /// Validate, sign or distribute an RBAC policy.
     #[command(subcommand)]
     Policy(crate::cli::security::PolicyCommand),
+    /// MCP: bridge a node's MCP endpoint to stdio for hosts that launch servers as processes.
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+/// `agentmesh mcp …`.
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve MCP on stdin/stdout, passing every request to the node's `/mcp`.
+    Stdio(ApiArgs),
 }
 
 /// `agentmesh mesh …`.
@@ -339,6 +351,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Admit(a) => admit(a),
         Command::Node(a) => run_node(a).await,
         Command::Members(a) => members(a).await,
+        Command::Capabilities(a) => crate::cli::api_client::capabilities(a).await,
+        Command::Mcp(McpCommand::Stdio(a)) => {
+            let url = format!("{}/mcp", a.api.trim_end_matches('/'));
+            crate::mcp::stdio::run(&url, a.token)
+                .await
+                .map_err(|e| fail(exit::UNREACHABLE, e.to_string()))
+        }
         Command::Routes(a) => routes(a).await,
         Command::Call(a) => call(a).await,
         Command::DemoAgent(a) => demo_agent(a).await,

@@ -211,7 +211,16 @@ pub(crate) async fn serve_node(
         }
         None => Default::default(),
     };
-    let app = crate::api::router(mesh.clone(), cfg.file.api.token.clone(), workflows);
+    let mcp_cfg = cfg.file.mcp.clone().unwrap_or_default();
+    let mcp = crate::mcp::agents::McpAgents::new(
+        mesh.clone(),
+        mcp_cfg.agent.clone(),
+        mcp_cfg.max_concurrency,
+    );
+    mcp.start_config(&mcp_cfg)
+        .await
+        .map_err(|e| fail(exit::CONFIG, format!("mcp: {e}")))?;
+    let app = crate::api::router_with_mcp(mesh.clone(), cfg.file.api.token.clone(), workflows, mcp);
     if let Some(a2a) = cfg.file.a2a.clone() {
         a2a.card_url().map_err(|e| fail(exit::CONFIG, e))?;
         tokio::spawn(crate::a2a::bridge::register_from_config(mesh.clone(), a2a));

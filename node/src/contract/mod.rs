@@ -5,11 +5,12 @@ mod candidate;
 pub mod jmes;
 pub mod names;
 pub mod registration;
+pub mod schema;
 
 pub use candidate::Candidate;
 pub use registration::{check_http_url, validate_registration, FieldError};
 
-use agentmesh_gossip::record::{Capability, Proficiency};
+use agentmesh_gossip::record::{AttrValue, Capability, Proficiency};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -25,7 +26,7 @@ pub struct AgentRegistration {
     /// Base URL the node forwards inbound calls to, as `POST {handler}/{capability}`.
     pub handler: String,
     /// Skills offered.
-    pub capabilities: Vec<Capability>,
+    pub capabilities: Vec<CapabilitySpec>,
     /// Calls accepted at once.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
@@ -33,6 +34,56 @@ pub struct AgentRegistration {
 
 fn default_max_concurrency() -> u32 {
     64
+}
+
+/// One capability as registered: the gossiped [`Capability`] fields plus its JSON Schemas
+/// in full (gossip carries only their hashes; see [`schema`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilitySpec {
+    /// Dotted name, e.g. `inventory.query`.
+    pub name: String,
+    /// Self-declared proficiency.
+    #[serde(default)]
+    pub proficiency: Proficiency,
+    /// Attributes used by constraint matching.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Cost per call.
+    #[serde(default)]
+    pub cost: f64,
+    /// Short description (at most `DESCRIPTION_LEN_MAX` bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of the call body; callers' nodes validate against it before routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
+    /// JSON Schema of the answer (informative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
+}
+
+impl CapabilitySpec {
+    /// A spec without schemas or description.
+    pub fn named(name: impl Into<String>) -> Self {
+        CapabilitySpec {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The record form: schemas replaced by their hashes.
+    pub fn to_capability(&self) -> Capability {
+        Capability {
+            name: self.name.clone(),
+            proficiency: self.proficiency,
+            attributes: self.attributes.clone(),
+            cost: self.cost,
+            description: self.description.clone(),
+            input_schema: self.input_schema.as_ref().map(schema::hash),
+            output_schema: self.output_schema.as_ref().map(schema::hash),
+        }
+    }
 }
 
 /// A call as the local API or a workflow asks for it.

@@ -6,7 +6,7 @@ use super::names::{
     HANDLER_URL_LEN_MAX, MAX_CONCURRENCY_MAX,
 };
 use super::{AgentRegistration, CallError};
-use agentmesh_gossip::record::{ATTRIBUTES_MAX, CAPABILITIES_MAX};
+use agentmesh_gossip::record::{ATTRIBUTES_MAX, CAPABILITIES_MAX, DESCRIPTION_LEN_MAX};
 
 /// An invalid field of an agent registration, shared by `node.toml` and `PUT /v1/agent`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,9 +74,43 @@ pub fn validate_registration(reg: &AgentRegistration) -> Result<(), FieldError> 
         for (k, v) in &c.attributes {
             check_attr(k, v).map_err(|m| field_err(format!("{}.{k}", at("attributes")), m))?;
         }
+        if let Some(d) = &c.description {
+            if d.len() > DESCRIPTION_LEN_MAX || d.chars().any(char::is_control) {
+                return Err(field_err(
+                    at("description"),
+                    format!("at most {DESCRIPTION_LEN_MAX} bytes, no control characters"),
+                ));
+            }
+        }
+        for (f, s) in [
+            ("input_schema", &c.input_schema),
+            ("output_schema", &c.output_schema),
+        ] {
+            if let Some(s) = s {
+                super::schema::compile(s).map_err(|e| field_err(at(f), e.0))?;
+            }
+        }
+    }
+    let info = agentmesh_gossip::record::AgentInfo {
+        name: reg.name.clone(),
+        capabilities: reg.capabilities.iter().map(|c| c.to_capability()).collect(),
+    };
+    let len = postcard::to_allocvec(&info).map_or(usize::MAX, |v| v.len());
+    if len > AGENT_RECORD_BYTES_MAX {
+        return Err(field_err(
+            "capabilities",
+            format!(
+                "the agent takes {len} bytes of the gossiped record; at most \
+                 {AGENT_RECORD_BYTES_MAX} (shorten descriptions or offer fewer capabilities)"
+            ),
+        ));
     }
     Ok(())
 }
+
+/// Most bytes the agent (name and capabilities, schemas as hashes) may take in the gossiped
+/// record, leaving room under `RECORD_BYTES_MAX` for the certificate and extensions.
+pub const AGENT_RECORD_BYTES_MAX: usize = 10 * 1024;
 
 /// Checks that `url` is an `http://` or `https://` URL with a host, at most
 /// [`HANDLER_URL_LEN_MAX`] bytes: the only URLs the node sends requests to or fetches (a

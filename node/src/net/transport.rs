@@ -26,6 +26,8 @@ pub const ADMIT_PROTOCOL_NAME: &str = "/agentmesh/admit/1";
 pub const AUDIT_PROTOCOL: StreamProtocol = StreamProtocol::new(AUDIT_PROTOCOL_NAME);
 /// The audit query protocol's name.
 pub const AUDIT_PROTOCOL_NAME: &str = "/agentmesh/audit/1";
+/// The schema fetch protocol: a capability's JSON Schema by its hash, from its owner.
+pub const SCHEMA_PROTOCOL: StreamProtocol = StreamProtocol::new("/agentmesh/schema/1");
 /// Identify protocol version string.
 pub const IDENTIFY_VERSION: &str = "/agentmesh/1.0.0";
 /// Commands queued to the swarm task.

@@ -250,6 +250,7 @@ mod tests {
                     proficiency: Default::default(),
                     attributes: Default::default(),
                     cost: 0.0,
+                    ..Default::default()
                 })
                 .collect(),
         });

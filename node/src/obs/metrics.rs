@@ -241,6 +241,8 @@ pub struct Metrics {
     audit_entries: Counter,
     audit_dropped: Counter,
     audit_checkpoints: Counter,
+    input_rejected: Family<CapLabels, Counter>,
+    schema_unavailable: Counter,
     pairs: Mutex<HashSet<(String, String, String)>>,
     caps: Mutex<HashSet<String>>,
 }
@@ -290,6 +292,8 @@ impl Metrics {
             audit_entries: Counter::default(),
             audit_dropped: Counter::default(),
             audit_checkpoints: Counter::default(),
+            input_rejected: Family::default(),
+            schema_unavailable: Counter::default(),
             pairs: Mutex::new(HashSet::new()),
             caps: Mutex::new(HashSet::new()),
         };
@@ -361,6 +365,16 @@ impl Metrics {
             m.refutations.clone(),
         );
         m.register_security(&mut registry);
+        registry.register(
+            "input_rejected",
+            "Calls refused before routing: the input broke the capability's schema",
+            m.input_rejected.clone(),
+        );
+        registry.register(
+            "schema_unavailable",
+            "Input checks skipped: no owner could serve the capability's schema",
+            m.schema_unavailable.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -534,6 +548,21 @@ impl Metrics {
                 reason: label(reason),
             })
             .inc();
+    }
+
+    /// Counts a call refused before routing for breaking `capability`'s input schema.
+    pub fn input_rejected(&self, capability: &str) {
+        let capability = self.cap(capability);
+        self.input_rejected
+            .get_or_create(&CapLabels {
+                capability,
+            })
+            .inc();
+    }
+
+    /// Counts an input check skipped because the schema could not be fetched.
+    pub fn schema_unavailable(&self) {
+        self.schema_unavailable.inc();
     }
 
     /// Records a call shed for a caller of `priority`.

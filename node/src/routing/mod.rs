@@ -4,6 +4,7 @@
 
 pub mod policies;
 pub mod router;
+pub mod schemas;
 pub mod scoreboard;
 pub mod settings;
 pub mod state;

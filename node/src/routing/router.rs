@@ -217,6 +217,7 @@ mod tests {
             proficiency: prof,
             attributes: BTreeMap::from([("region".to_string(), AttrValue::One(region.into()))]),
             cost: 1.0,
+            ..Default::default()
         };
         let mut rec = NodeRecord::new(id);
         rec.agent = Some(AgentInfo {

@@ -44,6 +44,7 @@ mod audit;
 mod evidence;
 mod join;
 mod obs;
+mod schemas;
 mod security;
 pub use audit::{NodeAudit, AUDIT_ANSWER_TIMEOUT};
 
@@ -133,6 +134,7 @@ struct Inner {
     seeded: bool,
     joined: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    schemas: Arc<crate::routing::schemas::SchemaStore>,
     voter: crate::security::vote::Voter,
     /// Equivocation proofs caught here or received by gossip.
     evidence: crate::security::evidence::EvidenceStore,
@@ -163,7 +165,7 @@ fn gossip_admission(m: &AdmissionMode) -> Admission {
 fn agent_info(reg: &AgentRegistration) -> AgentInfo {
     AgentInfo {
         name: reg.name.clone(),
-        capabilities: reg.capabilities.clone(),
+        capabilities: reg.capabilities.iter().map(|c| c.to_capability()).collect(),
     }
 }
 
@@ -250,6 +252,7 @@ impl MeshHandle {
             seeded: !cfg.seeds.is_empty(),
             joined: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            schemas: Arc::new(crate::routing::schemas::SchemaStore::default()),
             voter: {
                 let mesh_id = match &cfg.admission {
                     AdmissionMode::Enforced { mesh_id, .. } => mesh_id.clone(),
@@ -265,6 +268,9 @@ impl MeshHandle {
             late_dissent: Default::default(),
         });
         let handle = MeshHandle(inner);
+        if let Some(reg) = &cfg.agent {
+            handle.0.schemas.set_local(&reg.capabilities);
+        }
         handle.reapply_persisted_revocations().await;
         let hello = AdmitHello {
             cert: cfg.cert.clone(),
@@ -276,7 +282,11 @@ impl MeshHandle {
         let audit_in = control
             .accept(transport::AUDIT_PROTOCOL)
             .map_err(|e| anyhow::anyhow!("audit protocol: {e}"))?;
+        let schema_in = control
+            .accept(transport::SCHEMA_PROTOCOL)
+            .map_err(|e| anyhow::anyhow!("schema protocol: {e}"))?;
         let mut tasks = vec![
+            tokio::spawn(handle.clone().schema_accept_loop(schema_in)),
             tokio::spawn(handle.clone().connection_events(events, hello, cfg.mdns)),
             tokio::spawn(handle.clone().admit_inbound(admit_in)),
             tokio::spawn(callee::accept_loop(
@@ -447,6 +457,7 @@ impl MeshHandle {
         crate::contract::validate_registration(&reg)?;
         let info = agent_info(&reg);
         let max = reg.max_concurrency;
+        self.0.schemas.set_local(&reg.capabilities);
         self.0.calls.agent.set_registration(Some(reg));
         for u in [
             RecordUpdate::MaxConcurrency(max),
@@ -462,8 +473,10 @@ impl MeshHandle {
     }
 
     /// Routes and performs a call with the capability's policy, breakers, retries and
-    /// deadline (see [`Outbound::call`]).
+    /// deadline (see [`Outbound::call`]). The input is first checked against the capability's
+    /// input schema when its offers declare one: a bad input is a `bad_request`, no hop made.
     pub async fn call(&self, req: CallRequest) -> Result<CallResponse, CallError> {
+        self.check_input(&req).await?;
         self.0.calls.call(req).await
     }
 
