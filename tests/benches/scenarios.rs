@@ -29,7 +29,13 @@ fn env(name: &str, default: usize) -> usize {
 
 /// `n` calls with `conc` in flight all the time (a pool, not waves): latencies of the
 /// successful ones (ms) and the count of failures.
-async fn pool(mesh: &Mesh, caller: &Node, policy: &str, n: usize, conc: usize) -> (Vec<f64>, usize) {
+async fn pool(
+    mesh: &Mesh,
+    caller: &Node,
+    policy: &str,
+    n: usize,
+    conc: usize,
+) -> (Vec<f64>, usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let workers = (0..conc).map(|_| {
         let next = next.clone();
@@ -80,7 +86,10 @@ fn stats(ms: &mut [f64], failed: usize) -> serde_json::Value {
 async fn overloaded(agents: &[Node]) -> anyhow::Result<u64> {
     let mut total = 0;
     for a in agents {
-        let text = reqwest::get(format!("{}/metrics", a.api)).await?.text().await?;
+        let text = reqwest::get(format!("{}/metrics", a.api))
+            .await?
+            .text()
+            .await?;
         for line in text.lines() {
             if let Some(v) = line.strip_prefix("agentmesh_overloaded_total ") {
                 total += v.trim().parse::<f64>().unwrap_or(0.0) as u64;

@@ -96,7 +96,10 @@ async fn byzantine_quorum_on_real_processes() {
         .await;
         if status == 404 && round >= 2 {
             let msg = d["message"].as_str().unwrap_or_default();
-            assert!(msg.contains(&liar.id) && msg.contains("quality floor"), "{d:#}");
+            assert!(
+                msg.contains(&liar.id) && msg.contains("quality floor"),
+                "{d:#}"
+            );
             break;
         }
         assert_eq!(status, 200, "{d:#}");

@@ -212,7 +212,11 @@ async fn call_loop_is_refused_at_once() {
     assert!(v.get("body").is_none(), "no nested body: {v}");
     let path = v["path"].as_array().cloned().unwrap_or_default();
     assert!(!path.is_empty() && path.len() <= 16, "{v}");
-    assert!(v.to_string().len() < 2048, "{} bytes: {v}", v.to_string().len());
+    assert!(
+        v.to_string().len() < 2048,
+        "{} bytes: {v}",
+        v.to_string().len()
+    );
     assert_eq!(h["x-mesh-attempts"], "1", "a loop is never retried");
     assert!(took < Duration::from_secs(3), "{took:?}");
 }

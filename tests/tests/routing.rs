@@ -34,7 +34,13 @@ async fn declare(node: &Node, proficiency: &str, region: &str) {
 }
 
 /// Who served each of `n` calls of `CAP?query` with `headers`.
-async fn served(mesh: &Mesh, caller: &Node, query: &str, headers: &[(&str, &str)], n: usize) -> Vec<String> {
+async fn served(
+    mesh: &Mesh,
+    caller: &Node,
+    query: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> Vec<String> {
     let mut out = Vec::new();
     for _ in 0..n {
         let r = mesh
@@ -50,7 +56,10 @@ async fn served(mesh: &Mesh, caller: &Node, query: &str, headers: &[(&str, &str)
 #[tokio::test(flavor = "multi_thread")]
 async fn attributes_proficiency_and_complexity_pick_the_right_agent() {
     let mut mesh = Mesh::new().unwrap();
-    let caller = mesh.start_node(NodeOpts::caps(&["caller.only"])).await.unwrap();
+    let caller = mesh
+        .start_node(NodeOpts::caps(&["caller.only"]))
+        .await
+        .unwrap();
     let novice_eu = mesh.start_node(NodeOpts::caps(&[CAP])).await.unwrap();
     let expert_us = mesh.start_node(NodeOpts::caps(&[CAP])).await.unwrap();
     let experienced_eu = mesh.start_node(NodeOpts::caps(&[CAP])).await.unwrap();

@@ -331,7 +331,10 @@ mod tests {
             e.push_hop(format!("hop {i} {}", "é".repeat(300)));
         }
         assert_eq!(e.path.len(), crate::contract::ERROR_PATH_HOPS_MAX);
-        assert!(e.path.iter().all(|h| h.len() <= crate::contract::ERROR_PATH_HOP_LEN_MAX));
+        assert!(e
+            .path
+            .iter()
+            .all(|h| h.len() <= crate::contract::ERROR_PATH_HOP_LEN_MAX));
         assert!(e.path.last().unwrap().starts_with("hop 99"));
         // Over the call plane the path survives (carried where the body would be).
         let w = crate::net::call_proto::WireError::from(&e);

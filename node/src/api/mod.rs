@@ -255,6 +255,14 @@ async fn not_found() -> Response {
 }
 
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    // A declared Content-Length over the limit is refused before reading a byte: reading part
+    // of it and closing would reset the connection under the client's feet, losing the 413.
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(ApiError {
+            status: Some(StatusCode::PAYLOAD_TOO_LARGE),
+            err: CallError::bad_field("body", format!("body exceeds {limit} bytes")),
+        });
+    }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .map(|s| s.to_string().contains("length limit"))

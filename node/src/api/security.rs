@@ -124,17 +124,15 @@ pub async fn get_witnessed(
 ) -> Result<Response, ApiError> {
     let raw = query.as_deref().unwrap_or("");
     let mut node = None;
-    for pair in raw.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
+    for (k, v) in crate::api::query::query_pairs(raw)? {
+        match k.as_str() {
             "node" => {
                 node = Some(
-                    percent_decode(v)
-                        .parse::<agentmesh_crypto::NodeId>()
+                    v.parse::<agentmesh_crypto::NodeId>()
                         .map_err(|_| bad("node", "not a node id"))?,
                 )
             }
-            _ => return Err(bad(k, "unknown parameter")),
+            _ => return Err(bad(&k, "unknown parameter")),
         }
     }
     let node = node.ok_or_else(|| bad("node", "required"))?;

@@ -554,9 +554,7 @@ impl Metrics {
     pub fn input_rejected(&self, capability: &str) {
         let capability = self.cap(capability);
         self.input_rejected
-            .get_or_create(&CapLabels {
-                capability,
-            })
+            .get_or_create(&CapLabels { capability })
             .inc();
     }
 

@@ -449,7 +449,7 @@ impl LateVotes {
                 .any(|(v, nodes)| *v != decided && nodes.contains(&node));
             if dissent {
                 tracing::info!(node = %node, capability = %self.capability, "late quorum dissent counts against the agent's quality");
-                self.mesh.penalize(node);
+                self.mesh.penalize(node, &self.capability);
                 self.mesh.count_late_dissent();
             }
         }

@@ -27,7 +27,7 @@ impl MeshHandle {
 
     fn penalize_equivocator(&self, node: NodeId) {
         for _ in 0..EQUIVOCATION_FAILURES {
-            self.penalize(node);
+            self.penalize_node(node);
         }
     }
 

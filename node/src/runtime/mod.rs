@@ -491,6 +491,12 @@ impl MeshHandle {
         self.0.calls.res.penalize(node, Some(capability));
     }
 
+    /// Counts a failure against every capability `node` serves (an equivocation proof from
+    /// gossip names the node, not the capability it lied about).
+    pub fn penalize_node(&self, node: NodeId) {
+        self.0.calls.res.penalize(node, None);
+    }
+
     /// This node's vote signer.
     pub fn voter(&self) -> &crate::security::vote::Voter {
         &self.0.voter

@@ -51,7 +51,7 @@ impl MeshHandle {
     }
 
     /// Keeps the newest audit checkpoint each other member publishes in its record.
-    fn witness_checkpoints(&self, snap: &gossip_driver::Snapshot) {
+    fn witness_checkpoints(&self, snap: &crate::membership::driver::Snapshot) {
         let now = now_ms();
         for m in &snap.members {
             if m.node_id == self.0.calls.node_id {

@@ -354,6 +354,8 @@ impl Security {
     }
 
     /// The callee's authoritative check of an inbound call.
+    // A refusal is the cold path; boxing it would cost every caller a match on a Box.
+    #[allow(clippy::result_large_err)]
     pub fn check_inbound(
         &self,
         from: &NodeId,

@@ -186,6 +186,8 @@ impl Run<'_> {
         Value::Object(m)
     }
 
+    // A failure ends the run; its size does not matter on that path.
+    #[allow(clippy::result_large_err)]
     fn eval(&self, step: &str, field: &str, e: &str, ctx: &Value) -> Result<Value, Failure> {
         self.wf.exprs.search(e, ctx).map_err(|m| Failure {
             step: step.into(),
