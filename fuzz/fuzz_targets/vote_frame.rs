@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.verify();
     }
     if let Ok(d) = serde_json::from_slice::<QuorumDecision>(data) {
-        let _ = verify_decision(&d);
+        let _ = verify_decision(&d, None);
     }
 });
 
