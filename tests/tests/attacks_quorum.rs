@@ -309,7 +309,12 @@ async fn equivocating_voter_is_caught_and_penalized_by_every_node() {
     .await;
     assert_eq!(d["status"], "needs_review", "{d:#}");
     assert_eq!(d["value"], serde_json::Value::Null);
-    assert_eq!(d["failed"].as_array().unwrap().len(), 3, "{d:#}");
+    // Two non-votes of three already settle it (no value can reach 2), so the third voter
+    // may be `late` rather than `failed`; none of the three is a vote.
+    let failed = d["failed"].as_array().unwrap().len();
+    let late = d["late"].as_array().map_or(0, |l| l.len());
+    assert!(failed >= 2 && failed + late == 3, "{d:#}");
+    assert!(d["votes"].as_array().unwrap().is_empty(), "{d:#}");
     assert!(
         d["failed"][0]["reason"]
             .as_str()

@@ -51,6 +51,9 @@ pub const API_HEADER_BYTES_MAX: usize = 16 * 1024;
 /// Largest request body on any route, in bytes (a backstop: each route reads with its own,
 /// smaller or equal, named limit and answers 413 past it).
 pub const API_REQUEST_BODY_BYTES_MAX: usize = CALL_BODY_BYTES_MAX;
+/// Most bytes of an oversize body the API reads and drops before answering 413, so a client
+/// that sends a little too much gets the answer rather than a reset connection.
+pub const BODY_DRAIN_BYTES_MAX: usize = API_REQUEST_BODY_BYTES_MAX + 1024 * 1024;
 
 /// Header prefix of attribute constraints (`x-mesh-attr-region: eu`); keys arrive lowercased.
 pub const ATTR_HEADER_PREFIX: &str = "x-mesh-attr-";
@@ -255,28 +258,32 @@ async fn not_found() -> Response {
 }
 
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    // A declared Content-Length over the limit is refused before reading a byte: reading part
-    // of it and closing would reset the connection under the client's feet, losing the 413.
-    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| bad("body", format!("could not read body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > BODY_DRAIN_BYTES_MAX {
+            // Beyond the drain bound the connection is cut (hyper closes it unread).
+            break;
+        }
+    }
+    if seen > limit {
+        // The rest of an oversize body was read and dropped, up to the drain bound, so the
+        // client finishes sending and reads this 413 instead of a reset connection.
         return Err(ApiError {
             status: Some(StatusCode::PAYLOAD_TOO_LARGE),
             err: CallError::bad_field("body", format!("body exceeds {limit} bytes")),
         });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .map(|s| s.to_string().contains("length limit"))
-            .unwrap_or(false)
-            || e.to_string().contains("length limit");
-        if too_large {
-            ApiError {
-                status: Some(StatusCode::PAYLOAD_TOO_LARGE),
-                err: CallError::bad_field("body", format!("body exceeds {limit} bytes")),
-            }
-        } else {
-            bad("body", format!("could not read body: {e}"))
-        }
-    })
+    Ok(buf.freeze())
 }
 
 /// Parses and validates a `PUT /v1/agent` body. Pure, so the table of bad inputs is testable.
@@ -963,7 +970,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 25, "router routes parsed");
+        assert_eq!(seen, 26, "router routes parsed");
         // `/mcp` is a service (rmcp's Streamable HTTP), not a `.route`.
         assert!(body.contains(".route_service(\"/mcp\""));
         assert!(doc["paths"]["/mcp"]["post"].is_object());
