@@ -360,7 +360,11 @@ async fn equivocating_voter_is_caught_and_penalized_by_every_node() {
             Duration::from_secs(20),
             || async {
                 let r = rate_on(&mesh, n, "vote", &eq).await;
-                Ok((r < 0.5).then_some(r))
+                if r < 0.5 {
+                    Ok(Some(r))
+                } else {
+                    Err(anyhow::anyhow!("{} still rates it {r}", n.id))
+                }
             },
         )
         .await

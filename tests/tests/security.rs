@@ -164,6 +164,8 @@ async fn privilege_escalation_is_denied_audited_and_counted() {
         let ok = run_cli(&[
             "audit",
             "verify",
+            "--node",
+            &n.id,
             "--dir",
             n.dir.join("audit").to_str().unwrap(),
         ]);
@@ -331,11 +333,20 @@ async fn audit_query_mesh_reads_other_logs_where_policy_allows() {
         .start_node(audited(&mesh, &["work.other"], "worker", true))
         .await
         .unwrap();
-    // A worker without the policy: only the answering node's check stands in its way.
-    let rogue = mesh
-        .start_node(audited(&mesh, &["work.rogue"], "worker", false))
-        .await
-        .unwrap();
+    // A worker whose operator wrote its own policy granting itself everything: its own node
+    // asks, and only the answering node's check stands in its way.
+    let mut rogue_opts = audited(&mesh, &["work.rogue"], "worker", false);
+    let rogue_policy = mesh.path().join("rogue-policy.toml");
+    std::fs::write(
+        &rogue_policy,
+        "version = 1\n[[allow]]\ncaller_roles = [\"*\"]\ncapabilities = [\"*\"]\n",
+    )
+    .unwrap();
+    rogue_opts.extra_toml.push_str(&format!(
+        "[rbac]\npolicy_file = {:?}\n",
+        rogue_policy.display().to_string()
+    ));
+    let rogue = mesh.start_node(rogue_opts).await.unwrap();
     offers(&mesh, &client, &["work.run"]).await;
     for n in [&auditor, &rogue] {
         wait_until("every member visible", CONVERGE, || async {
@@ -393,7 +404,8 @@ async fn audit_query_mesh_reads_other_logs_where_policy_allows() {
         .unwrap();
     assert_eq!(answer_of(&v, &worker.id)["code"], "forbidden", "{v}");
     assert!(answer_of(&v, &worker.id)["entries"].is_null(), "{v}");
-    // …and a node without the policy is refused by the answering node itself, which audits it.
+    // …and a node whose own policy lets it ask is refused by the answering node itself, which
+    // audits it.
     let (_, v) = mesh
         .get(&rogue, "/v1/audit?mesh=true&capability=work.%2A")
         .await

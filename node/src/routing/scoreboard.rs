@@ -151,7 +151,9 @@ impl Scoreboard {
         let s = self.entry(node, capability, now_ms);
         let mut reset = false;
         if s.incarnation != incarnation {
-            if s.incarnation != 0 || !s.outcomes.is_empty() {
+            // Incarnation 0: made before any record was read (a penalty learnt by gossip);
+            // it belongs to the member as it is now, so it is adopted, not reset.
+            if s.incarnation != 0 {
                 *s = PeerStats::default();
                 reset = true;
             }

@@ -12,7 +12,7 @@ impl MeshHandle {
         if self.0.evidence.learn(e, true) != Learned::New {
             return;
         }
-        self.penalize_equivocator(e.node());
+        self.penalize_equivocator(e.node(), &[]);
         if let Some(value) = self.0.evidence.ext_value() {
             let cmd = DriverCmd::Update(RecordUpdate::Ext {
                 key: EVIDENCE_EXT.into(),
@@ -25,9 +25,17 @@ impl MeshHandle {
         }
     }
 
-    fn penalize_equivocator(&self, node: NodeId) {
+    /// Counts [`EQUIVOCATION_FAILURES`] failures against `node`: against each capability in
+    /// `caps` (what its record offers: a node that never called it has no observation yet), or
+    /// against every capability observed for it when `caps` is empty.
+    fn penalize_equivocator(&self, node: NodeId, caps: &[&str]) {
         for _ in 0..EQUIVOCATION_FAILURES {
-            self.penalize_node(node);
+            if caps.is_empty() {
+                self.penalize_node(node);
+            }
+            for c in caps {
+                self.penalize(node, c);
+            }
         }
     }
 
@@ -49,7 +57,14 @@ impl MeshHandle {
                 match self.0.evidence.learn(e, false) {
                     Learned::New => {
                         tracing::warn!(node = %e.node(), from = %m.node_id, "equivocation proof received by gossip; penalizing the equivocator");
-                        self.penalize_equivocator(e.node());
+                        let offered: Vec<&str> = snap
+                            .members
+                            .iter()
+                            .find(|x| x.node_id == e.node())
+                            .and_then(|x| x.record.as_ref()?.agent.as_ref())
+                            .map(|a| a.capabilities.iter().map(|c| c.name.as_str()).collect())
+                            .unwrap_or_default();
+                        self.penalize_equivocator(e.node(), &offered);
                     }
                     Learned::Invalid => {
                         tracing::warn!(from = %m.node_id, "an equivocation proof in a record does not verify");
