@@ -547,12 +547,18 @@ impl Client {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<CallResponse, MeshError> {
-        let rb = self
+        let mut rb = self
             .request(method, self.url(segments))
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
             .timeout(timeout)
             .body(body);
+        // Workflows and quorums continue the trace of the call being served, if any.
+        for (name, value) in propagation::outbound(None).headers {
+            if name != propagation::CHAIN_HEADER {
+                rb = rb.header(name, header_value(name, &value)?);
+            }
+        }
         read_answer(self.execute(rb).await?).await
     }
 
