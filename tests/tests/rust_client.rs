@@ -4,7 +4,8 @@
 //! through it gets the answer of a demo agent on A with the chain, deadline and trace context
 //! carried; errors arrive typed; and a loop through the relay is refused with
 //! `loop_detected`. The same relay served without the layer is the control: its loop is not
-//! recognised and recurses until the agent's concurrency limit stops it.
+//! recognised and recurses until the agent's concurrency limit stops it. Last, the example's
+//! compiled binary runs as its own process beside a third node (SKIPPED when not built).
 
 #[allow(dead_code)]
 #[path = "../../clients/rust/examples/relay_agent.rs"]
@@ -206,5 +207,66 @@ async fn rust_client_relays_through_the_mesh_and_its_layer_refuses_loops() {
         "recursed {depth} deep: expected past the {loop_depth} invocations the layer allows, \
          up to the relay's limit of {RELAY_MAX_CONCURRENCY} calls in flight"
     );
+
+    // 5. The example as its own process, on a third node: A → relay_agent (C) → relay (B) →
+    // echo (A), and a loop through the process refused. Its binary comes from `cargo build
+    // -p agentmesh-client --examples` (or any `cargo test` that builds the client's examples).
+    let Some(bin) = example_bin() else {
+        agentmesh_tests::report_skip(
+            "rust_client: the relay_agent example as a process",
+            "examples/relay_agent not built; run cargo build -p agentmesh-client --examples",
+        );
+        server.abort();
+        return;
+    };
+    let c = mesh
+        .start_node(NodeOpts::caps(&["placeholder.c"]))
+        .await
+        .unwrap();
+    let log = std::fs::File::create(mesh.path().join("relay-c.log")).unwrap();
+    let child = std::process::Command::new(&bin)
+        .args([
+            "--api",
+            &c.api,
+            "--name",
+            "relay-c",
+            "--max-concurrency",
+            "8",
+        ])
+        .args([
+            "--route",
+            "relay.c=relay.echo",
+            "--route",
+            "relay.c.loop=relay.c.loop",
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    mesh.procs.push("relay-c", child);
+    mesh.wait_offers(&a, "relay.c", 1).await.unwrap();
+    mesh.wait_offers(&a, "relay.c.loop", 1).await.unwrap();
+    mesh.wait_offers(&c, "relay.echo", 1).await.unwrap();
+    let v = from_a.call("relay.c", &json!({"x": 1})).await.unwrap();
+    assert_eq!(v["relayed_by"], "relay-c", "{v}");
+    assert_eq!(v["answer"]["relayed_by"], "relay-b", "{v}");
+    assert_eq!(v["answer"]["answer"]["input"], json!({"x": 1}), "{v}");
+    let e = from_a
+        .call_with("relay.c.loop", &json!({}), &opts)
+        .await
+        .unwrap_err();
+    eprintln!("through the relay_agent process: {e}");
+    assert_eq!(e.code, ErrorCode::LoopDetected, "{e}");
     server.abort();
+}
+
+/// The `relay_agent` example's binary beside this test's (`target/<profile>/examples/`), or
+/// `$AGENTMESH_RELAY_EXAMPLE`; None if it was not built.
+fn example_bin() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("AGENTMESH_RELAY_EXAMPLE") {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples").join("relay_agent");
+    bin.is_file().then_some(bin)
 }
