@@ -321,7 +321,8 @@ impl Client {
     }
 
     /// Calls `capability` anywhere in the mesh with a JSON `payload` and returns the decoded
-    /// answer (`null` for an empty one). While serving a mesh call (see
+    /// answer (`null` for an empty one; an answer that is not JSON is `bad_response`, and
+    /// [`Client::call_with`] gives its bytes). While serving a mesh call (see
     /// [`crate::MeshLayer`]), its chain, deadline and trace headers are sent on.
     pub async fn call<T: Serialize + ?Sized>(
         &self,
