@@ -197,15 +197,20 @@ async fn byzantine_quorum_on_real_processes() {
         "liar success rate after dissent: {liar_rate:.2}; routes: {}",
         routes["policy"]
     );
-    for _ in 0..20 {
+    // Left out of the preferred tier, the liar gets only probe calls (a few per cent, so a
+    // recovered agent can prove itself; docs/routing.md). Out of 200 calls it would get ~50 as
+    // one of four equals; allow 20 (a 5 % probe share exceeds that with p ≈ 1e-6).
+    let mut to_liar = 0;
+    for _ in 0..200 {
         let r = mesh
             .call(&caller, "vote", "{}", &[("x-mesh-policy", "quality")])
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert!(
-            !served_by(&r).starts_with(&liar.id),
-            "quality routing sent a call to the liar"
-        );
+        if served_by(&r).starts_with(&liar.id) {
+            to_liar += 1;
+        }
     }
+    eprintln!("quality routing sent {to_liar} of 200 calls to the liar (probes)");
+    assert!(to_liar <= 20, "quality routing sent {to_liar} of 200 calls to the liar");
 }
