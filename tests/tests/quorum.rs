@@ -212,5 +212,8 @@ async fn byzantine_quorum_on_real_processes() {
         }
     }
     eprintln!("quality routing sent {to_liar} of 200 calls to the liar (probes)");
-    assert!(to_liar <= 20, "quality routing sent {to_liar} of 200 calls to the liar");
+    assert!(
+        to_liar <= 20,
+        "quality routing sent {to_liar} of 200 calls to the liar"
+    );
 }
