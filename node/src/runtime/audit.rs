@@ -142,30 +142,9 @@ impl MeshHandle {
         req: &AuditRequest,
     ) -> Result<(Vec<CallRecord>, bool), CallError> {
         let unreachable = |m: String| CallError::new(ErrorCode::AgentUnreachable, m);
-        let peer = crate::net::transport::peer_of(&id)
-            .map_err(|e| CallError::new(ErrorCode::Internal, e.to_string()))?;
-        if !self.0.calls.admission.is_mutual(&id) {
-            self.0
-                .calls
-                .transport
-                .connect(peer, transport::parse_addrs(&addrs))
-                .await
-                .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
-            self.0
-                .calls
-                .admission
-                .wait_mutual(&id, ADMIT_TIMEOUT)
-                .await
-                .map_err(|r| unreachable(format!("peer not admitted: {r}")))?;
-        }
-        let mut control = self.0.calls.transport.control.clone();
-        let stream = tokio::time::timeout(
-            caller::STREAM_OPEN_TIMEOUT,
-            control.open_stream(peer, AUDIT_PROTOCOL),
-        )
-        .await
-        .map_err(|_| unreachable("stream open timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        let stream = self
+            .open_admitted_stream(id, &addrs, AUDIT_PROTOCOL)
+            .await?;
         let (mut r, mut w) = futures::AsyncReadExt::split(stream);
         write_request(&mut w, req)
             .await

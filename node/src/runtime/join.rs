@@ -4,6 +4,42 @@
 use super::*;
 
 impl MeshHandle {
+    /// Opens a control-plane stream of `protocol` to `id`, connecting and waiting for mutual
+    /// admission first; the open is bounded by [`caller::STREAM_OPEN_TIMEOUT`]. Shared by the
+    /// audit and schema protocols.
+    pub(super) async fn open_admitted_stream(
+        &self,
+        id: NodeId,
+        addrs: &[String],
+        protocol: libp2p::StreamProtocol,
+    ) -> Result<libp2p::Stream, CallError> {
+        let unreachable = |m: String| CallError::new(ErrorCode::AgentUnreachable, m);
+        let peer = crate::net::transport::peer_of(&id)
+            .map_err(|e| CallError::new(ErrorCode::Internal, e.to_string()))?;
+        if !self.0.calls.admission.is_mutual(&id) {
+            self.0
+                .calls
+                .transport
+                .connect(peer, transport::parse_addrs(addrs))
+                .await
+                .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
+            self.0
+                .calls
+                .admission
+                .wait_mutual(&id, ADMIT_TIMEOUT)
+                .await
+                .map_err(|r| unreachable(format!("peer not admitted: {r}")))?;
+        }
+        let mut control = self.0.calls.transport.control.clone();
+        tokio::time::timeout(
+            caller::STREAM_OPEN_TIMEOUT,
+            control.open_stream(peer, protocol),
+        )
+        .await
+        .map_err(|_| unreachable("stream open timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))
+    }
+
     pub(super) async fn connection_events(
         self,
         mut events: mpsc::Receiver<TransportEvent>,

@@ -182,27 +182,9 @@ impl MeshHandle {
         h: SchemaHash,
     ) -> Result<Option<Vec<u8>>, CallError> {
         let unreachable = |m: String| CallError::new(ErrorCode::AgentUnreachable, m);
-        let peer = crate::net::transport::peer_of(&id)
-            .map_err(|e| CallError::new(ErrorCode::Internal, e.to_string()))?;
-        if !self.0.calls.admission.is_mutual(&id) {
-            self.0
-                .calls
-                .transport
-                .connect(peer, transport::parse_addrs(&addrs))
-                .await
-                .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
-            self.0
-                .calls
-                .admission
-                .wait_mutual(&id, ADMIT_TIMEOUT)
-                .await
-                .map_err(|r| unreachable(format!("peer not admitted: {r}")))?;
-        }
-        let mut control = self.0.calls.transport.control.clone();
-        let stream = control
-            .open_stream(peer, SCHEMA_PROTOCOL)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let stream = self
+            .open_admitted_stream(id, &addrs, SCHEMA_PROTOCOL)
+            .await?;
         let (mut r, mut w) = futures::AsyncReadExt::split(stream);
         let req = postcard::to_allocvec(&h.0).expect("32 bytes encode");
         write_frame(&mut w, &req, SCHEMA_REQUEST_BYTES_MAX)
