@@ -606,8 +606,9 @@ async fn get_openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
-async fn get_metrics(State(st): State<ApiState>) -> Response {
-    obs::metrics_response(&st.mesh)
+async fn get_metrics(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    obs::metrics_response(&st.mesh, accept)
 }
 
 async fn get_mesh_matrix(State(st): State<ApiState>) -> Response {

@@ -396,6 +396,18 @@ pub fn telemetry_section(cli: &Cli) -> Option<crate::obs::telemetry::TelemetrySe
     table.get("telemetry")?.clone().try_into().ok()
 }
 
+/// The node id of `agentmesh node`'s key, for the spans' `service.instance.id` (read before
+/// the node starts, because the exporter is installed first). None for other commands or
+/// when the config or key cannot be read; the node then reports the error itself.
+pub fn telemetry_instance(cli: &Cli) -> Option<String> {
+    let Command::Node(a) = &cli.command else {
+        return None;
+    };
+    let cfg = crate::config::NodeConfig::load(&a.config).ok()?;
+    let key = agentmesh_crypto::keyfile::load(&cfg.file.node.key_file).ok()?;
+    Some(key.node_id().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! Prometheus metrics (prometheus-client): one registry per node, served as OpenMetrics text at
-//! `GET /metrics` on the local API.
+//! Prometheus metrics (prometheus-client): one registry per node, served at `GET /metrics` on
+//! the local API as OpenMetrics text or the Prometheus text format, by the `Accept` header
+//! ([`crate::obs::exposition`]).
 //!
 //! Families (all prefixed `agentmesh_`):
 //! - `calls_total{source_agent,target_agent,capability,outcome}`: routed calls made by this node;
@@ -52,8 +53,9 @@ pub const LABEL_LEN_MAX: usize = 128;
 pub const LATENCY_BUCKETS_S: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-/// The content type of `GET /metrics`.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode`]'s text (`/metrics` may convert it:
+/// [`crate::obs::exposition`]).
+pub const CONTENT_TYPE: &str = crate::obs::exposition::OPENMETRICS_CONTENT_TYPE;
 
 /// Labels of `calls_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
