@@ -109,7 +109,7 @@ def test_openmetrics_when_asked(mesh, accept):
     assert text.endswith("# EOF\n")
     fams = families(parse_openmetrics, text)
     assert fams["agentmesh_calls"].type == "counter"
-    assert fams["agentmesh_build"].type == "info"
+    assert fams["agentmesh_build_info"].type == "gauge"
 
 
 def test_both_formats_carry_the_same_series_and_types(mesh):
