@@ -9,6 +9,8 @@
 //! Bounded: `BENCH_CALLS` (200) calls per policy and concurrency, a 5 s deadline per call, the
 //! whole run under `BENCH_TIMEOUT_S` in the script.
 
+mod locality;
+
 use agentmesh_tests::{served_by, Mesh, Node, NodeOpts};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -154,14 +156,14 @@ async fn scenario_latency(n: usize) -> anyhow::Result<serde_json::Value> {
 async fn run() -> anyhow::Result<serde_json::Value> {
     let n = env("BENCH_CALLS", 200).clamp(10, 5000);
     let s1 = scenario_latency(n).await?;
+    let s5 = locality::scenario_locality(n).await?;
     Ok(serde_json::json!({
         "bench": "bench-scenarios",
-        "scenarios": [s1],
+        "scenarios": [s1, s5],
         "not_run": [
             {"scenario": 2, "why": "not built yet (cost with complexity)"},
             {"scenario": 3, "why": "not built yet (failing agent in a chain of 10)"},
             {"scenario": 4, "why": "not built yet (agent announces capacity)"},
-            {"scenario": 5, "why": "locality is not implemented"},
         ],
     }))
 }
