@@ -143,12 +143,30 @@ async fn calls_stay_in_the_zone_then_spill_over() {
         "spill-over goes to the region first: {by:?}"
     );
 
+    // Once the caller declared it dead, routes explains the spill-over.
+    let v = wait_until(
+        "the zone's node declared dead",
+        Duration::from_secs(30),
+        || async {
+            let (_, v) = mesh.get(&caller, &format!("/v1/routes/{CAP}")).await?;
+            let two = v["candidates"].as_array().is_some_and(|l| l.len() == 2);
+            Ok(two.then_some(v))
+        },
+    )
+    .await
+    .unwrap();
+    let reason = row(&v, &region)["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(reason.contains("spill-over to region"), "{v}");
+
     // The region's agent dies too: anywhere.
     mesh.procs.kill9(region.proc_index).unwrap();
     let by = served(&mesh, &caller, &[], 20).await;
     assert_eq!(share(&by, &remote), 20, "{by:?}");
 
-    // Once the caller declared them dead, routes explains the spill-over.
+    // Once the caller declared them dead, the one left is shown as remote.
     let v = wait_until(
         "both killed nodes declared dead",
         Duration::from_secs(30),
@@ -160,8 +178,7 @@ async fn calls_stay_in_the_zone_then_spill_over() {
     )
     .await
     .unwrap();
-    let reason = v["candidates"][0]["reason"].as_str().unwrap_or("");
-    assert!(reason.contains("spill-over to remote"), "{v}");
+    assert_eq!(v["candidates"][0]["proximity"], "remote", "{v}");
 }
 
 #[test]

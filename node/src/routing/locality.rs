@@ -205,6 +205,13 @@ impl Default for Place {
 pub fn tiers(mode: LocalityMode, places: &[Place]) -> Vec<u8> {
     match mode {
         LocalityMode::Off => vec![0; places.len()],
+        // Remote means "elsewhere or unknown": when every candidate is, there is no nearer
+        // tier to prefer (so an unlabelled mesh routes exactly as with locality off).
+        LocalityMode::Zone | LocalityMode::Region
+            if places.iter().all(|p| p.proximity == Proximity::Remote) =>
+        {
+            vec![0; places.len()]
+        }
         LocalityMode::Zone => places.iter().map(|p| p.proximity as u8).collect(),
         LocalityMode::Region => places
             .iter()
@@ -292,6 +299,10 @@ mod tests {
         // Near: ≤ 2 × 200 + 1000 µs; unmeasured counts as near.
         assert_eq!(tiers(LocalityMode::Rtt, &places), [0, 1, 0, 0]);
         assert_eq!(tiers(LocalityMode::Off, &places), [0, 0, 0, 0]);
+        // An unlabelled caller sees everyone as remote: no tier is preferred.
+        let unknown = [p(Proximity::Remote, None), p(Proximity::Remote, Some(1))];
+        assert_eq!(tiers(LocalityMode::Zone, &unknown), [0, 0]);
+        assert_eq!(tiers(LocalityMode::Region, &unknown), [0, 0]);
     }
 
     #[test]

@@ -428,7 +428,8 @@ fn by_locality(
     let (Some(&near), Some(&far)) = (tier.iter().min(), tier.iter().max()) else {
         return order(set, reasons);
     };
-    if near == far {
+    if far == 0 {
+        // Everyone is as near as can be (or locality is off): nothing to explain.
         return order(set, reasons);
     }
     let mut out = Vec::with_capacity(set.len());

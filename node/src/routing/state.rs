@@ -120,7 +120,9 @@ impl Resilience {
                     breaker: state,
                     admits,
                     place: Place {
-                        proximity: if c.local {
+                        // The local agent shares the caller's zone, once the caller knows
+                        // its zone; unlabelled, nobody is nearer than anybody.
+                        proximity: if c.local && !here.is_empty() {
                             Proximity::Zone
                         } else {
                             Proximity::of(here, &Locality::of_record(&c.record))

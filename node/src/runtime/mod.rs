@@ -413,6 +413,7 @@ impl MeshHandle {
             &self.0.calls.router,
             &self.0.calls.agent,
             &settings.breaker,
+            &self.0.calls.locality,
         );
         self.0
             .calls
