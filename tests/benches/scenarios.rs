@@ -11,10 +11,15 @@
 //! Bounded: `BENCH_CALLS` (200) calls per policy in 1 and 2, a deadline on every call, every
 //! phase of 3 and 4 bounded, the whole run under `BENCH_TIMEOUT_S` in the script.
 
+#[path = "scenarios/capacity.rs"]
 mod capacity;
+#[path = "scenarios/chain.rs"]
 mod chain;
+#[path = "scenarios/common.rs"]
 mod common;
+#[path = "scenarios/cost.rs"]
 mod cost;
+#[path = "scenarios/latency.rs"]
 mod latency;
 
 async fn run() -> anyhow::Result<serde_json::Value> {
