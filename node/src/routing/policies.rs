@@ -382,6 +382,19 @@ pub fn rank<R: Rng>(
         order.insert(0, p);
         reasons[p].push_str("; probe call: left out by the quality tiers, proving itself again");
     }
+    // A half-open breaker gets its probe at once, ahead of the policy and the tiers (it admits
+    // only `half_open_probes` at a time), so a recovered agent closes its breaker within one
+    // open period instead of waiting for a probe share of the calls.
+    let half_open = |i: usize| {
+        views[i].breaker == BreakerState::HalfOpen && views[i].admits && !views[i].at_capacity()
+    };
+    let probe = (order.iter().chain(&left_out))
+        .copied()
+        .find(|&i| half_open(i));
+    if let (Some(p), None) = (probe, pinned) {
+        order.retain(|&i| i != p);
+        order.insert(0, p);
+    }
     if let Some(d) = degraded {
         for &i in &order {
             reasons[i].push_str(&format!("; {d}"));
@@ -836,6 +849,20 @@ mod tests {
                 "cost picks the cheapest",
                 vec![cheap("a", 3.0), cheap("b", 0.5), cheap("c", 1.0)],
                 ask(Cost),
+                Ok("b"),
+            ),
+            (
+                "a half-open breaker gets its probe first, even below the tiers",
+                vec![
+                    lat("a", 5.0),
+                    View {
+                        breaker: BreakerState::HalfOpen,
+                        latency_ms: Some(1000.0),
+                        ..rate("b", 0.3, 10)
+                    },
+                    lat("c", 5.0),
+                ],
+                ask(Latency),
                 Ok("b"),
             ),
             (

@@ -9,6 +9,7 @@
 //! 3. the zone's agents killed (kill -9): the share served in zone `b` and the failures seen
 //!    by the caller (target: 0 failures with retries on).
 
+use super::common::{metric_sum, metrics};
 use agentmesh_tests::{served_by, Mesh, Node, NodeOpts};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ fn share_in(by: &[String], nodes: &[Node]) -> f64 {
 }
 
 /// Scenario 5; `n` calls per phase.
-pub async fn scenario_locality(n: usize) -> anyhow::Result<serde_json::Value> {
+pub async fn run(n: usize) -> anyhow::Result<serde_json::Value> {
     let mut mesh = Mesh::new()?;
     let caller = mesh
         .start_node(NodeOpts {
@@ -83,7 +84,7 @@ pub async fn scenario_locality(n: usize) -> anyhow::Result<serde_json::Value> {
     }
     mesh.wait_offers(&caller, CAP, 4).await?;
     let all: Vec<Node> = near.iter().chain(&far).cloned().collect();
-    let refused_before = super::overloaded(&all).await?;
+    let refused_before = overloaded(&all).await?;
 
     // 1. Healthy, within the zone's capacity (2 in flight).
     let (by, bad1) = pool(&mesh, &caller, n, 2).await;
@@ -91,7 +92,7 @@ pub async fn scenario_locality(n: usize) -> anyhow::Result<serde_json::Value> {
     // 2. More in flight than the zone's agents accept.
     let (by, bad2) = pool(&mesh, &caller, n, 16).await;
     let full_spill = share_in(&by, &far);
-    let refused = super::overloaded(&all).await? - refused_before;
+    let refused = overloaded(&all).await? - refused_before;
     // 3. The zone's agents die.
     for a in &near {
         mesh.procs.kill9(a.proc_index)?;
@@ -126,4 +127,13 @@ pub async fn scenario_locality(n: usize) -> anyhow::Result<serde_json::Value> {
         },
         "met": m1 && m2 && m3,
     }))
+}
+
+/// Calls the agent nodes refused because their agent was at `max_concurrency`.
+async fn overloaded(agents: &[Node]) -> anyhow::Result<u64> {
+    let mut total = 0.0;
+    for a in agents {
+        total += metric_sum(&metrics(a).await?, "agentmesh_overloaded_total", &[]);
+    }
+    Ok(total as u64)
 }
