@@ -139,7 +139,7 @@ async fn breaker_opens_half_opens_and_closes_when_the_agent_recovers() {
 }
 
 /// Calls in `r` sent at or after `from` and served by `node`.
-fn served_by_since(r: &Report, node: &str, from: Duration) -> Vec<&load::Record> {
+fn served_by_since<'a>(r: &'a Report, node: &str, from: Duration) -> Vec<&'a load::Record> {
     r.records
         .iter()
         .filter(|x| x.sent_at >= from)

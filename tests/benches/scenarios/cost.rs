@@ -19,7 +19,7 @@ const COMPLEX_EVERY: usize = 5;
 const NOVICE_FAILS_COMPLEX: f64 = 0.7;
 
 fn complex(i: usize) -> bool {
-    i % COMPLEX_EVERY == 0
+    i.is_multiple_of(COMPLEX_EVERY)
 }
 
 fn body(i: usize) -> String {
