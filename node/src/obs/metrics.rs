@@ -9,6 +9,8 @@
 //! - `call_attempts_total{capability,outcome}`, `call_retries_total{capability}`;
 //! - `inbound_calls_total{source_agent,capability,outcome}`: calls served for other nodes;
 //! - `shed_total{priority}`, `overloaded_total`, `in_flight{direction}`;
+//! - `routing_locality_total{capability,proximity}`: attempts by how near their agent was
+//!   (`zone` also counts this node's own agent; without labels everything is `remote`);
 //! - `breaker_state{target_node,target_agent,capability}`: 0 closed, 1 half open, 2 open (this
 //!   node's view; one breaker per agent and capability);
 //! - `routing_refusals_total{capability,reason}`: calls routing refused without reaching an
@@ -149,6 +151,15 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+/// Labels of the locality counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocalityLabels {
+    /// The capability called.
+    pub capability: String,
+    /// Where the attempt went: `zone`, `region` or `remote`.
+    pub proximity: String,
+}
+
 /// Labels of the RBAC denial counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeniedLabels {
@@ -226,6 +237,7 @@ pub struct Metrics {
     inbound: Family<InboundLabels, Counter>,
     shed: Family<PriorityLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    locality: Family<LocalityLabels, Counter>,
     overloaded: Counter,
     in_flight: Family<DirLabels, Gauge>,
     breaker: Family<BreakerLabels, Gauge>,
@@ -277,6 +289,7 @@ impl Metrics {
             inbound: Family::default(),
             shed: Family::default(),
             refusals: Family::default(),
+            locality: Family::default(),
             overloaded: Counter::default(),
             in_flight: Family::default(),
             breaker: Family::default(),
@@ -325,6 +338,11 @@ impl Metrics {
             "routing_refusals",
             "Calls routing refused without an agent answering, by reason",
             m.refusals.clone(),
+        );
+        registry.register(
+            "routing_locality",
+            "Attempts sent by this node, by how near the agent was (zone, region, remote)",
+            m.locality.clone(),
         );
         registry.register(
             "overloaded",
@@ -548,6 +566,17 @@ impl Metrics {
             .get_or_create(&RefusalLabels {
                 capability,
                 reason: label(reason),
+            })
+            .inc();
+    }
+
+    /// Counts an attempt sent to an agent at `proximity` (`zone`, `region`, `remote`).
+    pub fn record_locality(&self, capability: &str, proximity: &str) {
+        let capability = self.cap(capability);
+        self.locality
+            .get_or_create(&LocalityLabels {
+                capability,
+                proximity: label(proximity),
             })
             .inc();
     }
