@@ -323,12 +323,12 @@ pub struct DemoAgentArgs {
     /// HTTP status of injected failures (callers retry 503 and 429, not 500).
     #[arg(long, default_value_t = 500)]
     pub error_status: u16,
-    /// Fail every call (with `--error-status`) while this file exists: a failure that a test
-    /// can switch on and off at run time.
+    // A failure a test switches on and off at run time.
+    /// Fail every call (with `--error-status`) while this file exists.
     #[arg(long, value_name = "PATH")]
     pub fail_while_file: Option<PathBuf>,
-    /// Fraction of calls whose input has `"complexity": "high"` that fail (with
-    /// `--error-status`): a novice that cannot do hard tasks.
+    // A novice that cannot do hard tasks.
+    /// Share of `"complexity": "high"` inputs that fail (with `--error-status`).
     #[arg(long, default_value_t = 0.0)]
     pub fail_complex_rate: f64,
 }
