@@ -42,6 +42,21 @@ async fn served(mesh: &Mesh, caller: &Node, headers: &[(&str, &str)], n: usize) 
     out
 }
 
+/// The caller's routes once exactly `n` candidates are left (the others declared dead).
+async fn routes_with(mesh: &Mesh, caller: &Node, n: usize) -> serde_json::Value {
+    wait_until(
+        "killed nodes declared dead",
+        Duration::from_secs(30),
+        || async {
+            let (_, v) = mesh.get(caller, &format!("/v1/routes/{CAP}")).await?;
+            let left = v["candidates"].as_array().is_some_and(|l| l.len() == n);
+            Ok(left.then_some(v))
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn share(by: &[String], node: &Node) -> usize {
     by.iter().filter(|s| s.starts_with(&node.id)).count()
 }
@@ -144,17 +159,7 @@ async fn calls_stay_in_the_zone_then_spill_over() {
     );
 
     // Once the caller declared it dead, routes explains the spill-over.
-    let v = wait_until(
-        "the zone's node declared dead",
-        Duration::from_secs(30),
-        || async {
-            let (_, v) = mesh.get(&caller, &format!("/v1/routes/{CAP}")).await?;
-            let two = v["candidates"].as_array().is_some_and(|l| l.len() == 2);
-            Ok(two.then_some(v))
-        },
-    )
-    .await
-    .unwrap();
+    let v = routes_with(&mesh, &caller, 2).await;
     let reason = row(&v, &region)["reason"]
         .as_str()
         .unwrap_or("")
@@ -167,17 +172,7 @@ async fn calls_stay_in_the_zone_then_spill_over() {
     assert_eq!(share(&by, &remote), 20, "{by:?}");
 
     // Once the caller declared them dead, the one left is shown as remote.
-    let v = wait_until(
-        "both killed nodes declared dead",
-        Duration::from_secs(30),
-        || async {
-            let (_, v) = mesh.get(&caller, &format!("/v1/routes/{CAP}")).await?;
-            let alone = v["candidates"].as_array().is_some_and(|l| l.len() == 1);
-            Ok(alone.then_some(v))
-        },
-    )
-    .await
-    .unwrap();
+    let v = routes_with(&mesh, &caller, 1).await;
     assert_eq!(v["candidates"][0]["proximity"], "remote", "{v}");
 }
 
