@@ -17,7 +17,8 @@
 # API_PORT_BASE (7600), CLUSTER_WAIT_S (30 + N), RUST_LOG (info), CLUSTER_PROFILE (release),
 # CLUSTER_CERT_TTL (30d; the node warns when its certificate has less than 7 days left),
 # CLUSTER_NO_BUILD=1 (use the existing binary), CLUSTER_NO_WAIT=1 (return once all processes are
-# launched, without waiting for convergence; benches poll themselves). `up` records the launch
+# launched, without waiting for convergence; benches poll themselves), CLUSTER_ZONES (0: no
+# locality labels; k: node i in zone-((i-1) % k + 1), region local). `up` records the launch
 # window in $AGENTMESH_HOME/launch_start.ms and launch_end.ms (Unix ms).
 set -euo pipefail
 
@@ -89,6 +90,12 @@ write_config() { # i dir seed
     if [[ -n "$seed" ]]; then echo "seeds = [\"$seed\"]"; else echo "seeds = []"; fi
     echo "gossip_profile = \"lan\""
     echo "drain_timeout_ms = 3000"
+    # CLUSTER_ZONES=k spreads the nodes over zones zone-1..zone-k of region local (locality
+    # routing keeps calls in the caller's zone; see docs/routing.md).
+    if [[ "${CLUSTER_ZONES:-0}" -gt 0 ]]; then
+      echo "zone = \"zone-$(( (i - 1) % CLUSTER_ZONES + 1 ))\""
+      echo "region = \"local\""
+    fi
     echo
     echo "[mesh]"
     echo "admission = \"enforced\""

@@ -14,6 +14,8 @@
 //! gossip_profile = "lan"           # lan | wan
 //! priority = "standard"            # experimental | standard | critical
 //! drain_timeout_ms = 5000
+//! zone = "eu-west-1a"               # locality labels, gossiped in the signed record; routing
+//! region = "eu-west-1"              # keeps calls in the caller's zone, then region
 //!
 //! [api]
 //! insecure_bind = false            # must be true to serve the API on a non-loopback address
@@ -184,6 +186,12 @@ pub struct NodeSection {
     /// How long a graceful shutdown waits for in-flight calls, in ms.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Zone label (Kubernetes `topology.kubernetes.io/zone`); empty: none.
+    #[serde(default)]
+    pub zone: String,
+    /// Region label (Kubernetes `topology.kubernetes.io/region`); empty: none.
+    #[serde(default)]
+    pub region: String,
 }
 
 /// `[api]`.
@@ -310,6 +318,8 @@ impl NodeConfig {
                 format!("must be at most {DRAIN_TIMEOUT_MS_MAX}"),
             ));
         }
+        crate::routing::locality::Locality::new(&file.node.zone, &file.node.region)
+            .map_err(|(f, m)| err(&format!("node.{f}"), m))?;
         let enforced =
             check_mesh(&file.mesh, file.node.cert_file.is_some()).map_err(|(f, m)| err(f, m))?;
         if let Some(agent) = &file.agent {

@@ -31,7 +31,8 @@ fn main() -> ExitCode {
     let telemetry = {
         let _rt = runtime.enter();
         let section = agentmesh_node::cli::telemetry_section(&cli);
-        agentmesh_node::obs::telemetry::init(section.as_ref())
+        let instance = agentmesh_node::cli::telemetry_instance(&cli);
+        agentmesh_node::obs::telemetry::init(section.as_ref(), instance.as_deref())
     };
     runtime.block_on(async move {
         let code = agentmesh_node::cli::run(cli).await;

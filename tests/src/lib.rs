@@ -272,6 +272,8 @@ pub struct NodeOpts {
     pub forward: Option<String>,
     /// TOML appended to the node's config (`[defaults]`, `[capability."…"]` sections).
     pub extra_toml: String,
+    /// Lines added to its `[node]` section (e.g. `zone = "a"`).
+    pub node_toml: String,
     /// Declared cost per call of every capability (None: the default).
     pub cost: Option<f64>,
     /// Extra demo-agent flags (e.g. `--answer cap={"x":1}`).
@@ -296,6 +298,7 @@ impl NodeOpts {
             max_concurrency: None,
             forward: None,
             extra_toml: String::new(),
+            node_toml: String::new(),
             cost: None,
             agent_args: Vec::new(),
             roles: None,
@@ -464,6 +467,12 @@ impl Mesh {
         }
         if let Some(p) = &opts.priority {
             toml = toml.replace("[node]\n", &format!("[node]\npriority = \"{p}\"\n"));
+        }
+        if !opts.node_toml.is_empty() {
+            toml = toml.replace(
+                "[node]\n",
+                &format!("[node]\n{}\n", opts.node_toml.trim_end()),
+            );
         }
         if let Some(m) = opts.max_concurrency {
             toml = toml.replace("[agent]\n", &format!("[agent]\nmax_concurrency = {m}\n"));

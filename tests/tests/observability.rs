@@ -449,6 +449,163 @@ async fn dashboard_shows_graph_and_matrix_in_headless_chromium() -> Result<()> {
     Ok(())
 }
 
+/// Agents in the large dashboard test: more than 20, one node each (a node has one agent).
+const MANY_AGENTS: usize = 21;
+
+const LARGE_STATE_JS: &str = r#"(() => {
+  const labels = Array.from(document.querySelectorAll('#graph .gnode text.glabel')).map(t => {
+    const r = t.getBoundingClientRect();
+    return { agent: t.parentNode.dataset.agent, text: t.textContent, l: r.left, t: r.top, r: r.right, b: r.bottom };
+  });
+  const overlaps = [];
+  for (let i = 0; i < labels.length; i++) for (let j = i + 1; j < labels.length; j++) {
+    const a = labels[i], b = labels[j];
+    if (a.l < b.r && b.l < a.r && a.t < b.b && b.t < a.b) overlaps.push([a.agent, b.agent]);
+  }
+  const rows = (id) => Array.from(document.querySelectorAll('#' + id + ' tbody tr[data-code]')).map(r => Array.from(r.cells).map(c => c.textContent));
+  return JSON.stringify({
+    labels: labels.length,
+    minHeight: Math.min(...labels.map(l => l.b - l.t)),
+    overlaps,
+    selfEdges: Array.from(document.querySelectorAll('#graph .gedge.self')).map(e => [e.dataset.source, e.dataset.target, Number(e.dataset.count), e.querySelector('path') ? 1 : 0]),
+    failed: rows('failed'),
+    refused: rows('refused'),
+    error: document.getElementById('error').textContent
+  });
+})()"#;
+
+/// The dashboard at more than 20 agents, in headless Chromium: the self-calls of agent-1 (it
+/// calls its own capability) are a loop edge; no two agent labels overlap on screen; a call
+/// that failed (agent-2 answers every call with a 500) and a call refused by routing (an
+/// attribute no agent has: `no_eligible_agent`) are listed with their codes and messages.
+/// Everything comes from real nodes: 21 nodes, each with its demo agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_draws_self_calls_readable_labels_and_failures_at_21_agents() -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut mesh = Mesh::new()?;
+    for i in 1..=MANY_AGENTS {
+        let mut o = NodeOpts::caps(&[&format!("cap.{i}")]);
+        if i == 2 {
+            o.error_rate = 1.0;
+        }
+        mesh.start_node(o).await?;
+    }
+    let n1 = mesh.nodes[0].clone();
+    wait_until(
+        "node 1 to see every agent",
+        Duration::from_secs(90),
+        || async {
+            let (_, v) = mesh.get(&n1, "/v1/mesh/matrix").await?;
+            Ok((v["agents"].as_array().map(Vec::len) == Some(MANY_AGENTS)).then_some(()))
+        },
+    )
+    .await?;
+    mesh.wait_offers(&n1, "cap.2", 1).await?;
+    mesh.wait_offers(&n1, "cap.3", 1).await?;
+    println!(
+        "{MANY_AGENTS} nodes started and converged in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    const SELF_CALLS: u64 = 3;
+    for _ in 0..SELF_CALLS {
+        let r = mesh.call(&n1, "cap.1", "{\"q\":1}", &[]).await?;
+        assert_eq!(r.status(), 200);
+        assert!(agentmesh_tests::served_by(&r).ends_with("agent-1"));
+    }
+    let r = mesh.call(&n1, "cap.2", "{\"q\":1}", &[]).await?;
+    let failed_status = r.status().as_u16();
+    let failed_body = r.text().await?;
+    assert!(failed_status >= 500, "{failed_status} {failed_body}");
+    let r = mesh
+        .call(&n1, "cap.3", "{\"q\":1}", &[("x-mesh-attr-region", "mars")])
+        .await?;
+    assert_eq!(r.status(), 404);
+    let refusal: serde_json::Value = r.json().await?;
+    assert_eq!(refusal["code"], "no_eligible_agent", "{refusal}");
+    // The same records behind the page, in the summary JSON.
+    let (_, s) = mesh.get(&n1, "/v1/mesh/summary").await?;
+    assert_eq!(s["recent_refusals"][0]["code"], "no_eligible_agent", "{s}");
+    assert_eq!(s["recent_refusals"][0]["capability"], "cap.3", "{s}");
+    assert_eq!(s["recent_failures"][0]["capability"], "cap.2", "{s}");
+    assert_eq!(s["recent_failures"][0]["caller"], "agent-1", "{s}");
+    assert_eq!(s["recent_failures"][0]["target"], "agent-2", "{s}");
+
+    let mut procs = Procs::default();
+    let mut cdp = Cdp::launch(&mut procs, mesh.path()).await?;
+    cdp.send("Page.enable", serde_json::json!({})).await?;
+    cdp.send(
+        "Page.navigate",
+        serde_json::json!({ "url": format!("{}/ui", n1.api) }),
+    )
+    .await?;
+    let mut last = serde_json::Value::Null;
+    for _ in 0..150 {
+        last = cdp.eval_json(LARGE_STATE_JS).await.unwrap_or_default();
+        if last["labels"] == MANY_AGENTS
+            && last["selfEdges"].as_array().is_some_and(|e| !e.is_empty())
+            && last["failed"].as_array().is_some_and(|e| !e.is_empty())
+            && last["refused"].as_array().is_some_and(|e| !e.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last["error"], "", "{last}");
+    assert_eq!(last["labels"], MANY_AGENTS, "{last}");
+    assert_eq!(last["overlaps"], serde_json::json!([]), "{last}");
+    assert!(
+        last["minHeight"].as_f64().unwrap_or(0.0) >= 9.0,
+        "readable: {last}"
+    );
+    assert_eq!(
+        last["selfEdges"],
+        serde_json::json!([["agent-1", "agent-1", SELF_CALLS, 1]]),
+        "{last}"
+    );
+    let failed = last["failed"].as_array().context("failed rows")?;
+    let row = failed
+        .iter()
+        .find(|r| r[1] == "cap.2")
+        .with_context(|| format!("no failed call to cap.2: {last}"))?;
+    assert_eq!(row[0], "agent-1", "{last}");
+    assert_eq!(row[2], "agent-2", "{last}");
+    assert!(!row[3].as_str().unwrap_or("").is_empty(), "{last}");
+    assert!(
+        !row[4].as_str().unwrap_or("").is_empty(),
+        "a message: {last}"
+    );
+    let refused = last["refused"].as_array().context("refused rows")?;
+    let row = refused
+        .iter()
+        .find(|r| r[1] == "cap.3")
+        .with_context(|| format!("no refusal of cap.3: {last}"))?;
+    assert_eq!(row[0], "agent-1", "{last}");
+    assert_eq!(row[2], "no_eligible_agent", "{last}");
+    assert!(
+        row[3].as_str().unwrap_or("").contains("none matches"),
+        "routing's reason: {last}"
+    );
+
+    let shot = cdp
+        .send(
+            "Page.captureScreenshot",
+            serde_json::json!({ "format": "png", "captureBeyondViewport": true }),
+        )
+        .await?;
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().context("screenshot data")?)?;
+    let path = artifact_dir()?.join("dashboard-21-agents.png");
+    std::fs::write(&path, &png)?;
+    println!(
+        "dashboard screenshot: {} ({} bytes); whole test {:.1} s",
+        path.display(),
+        png.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // OTLP traces
 
@@ -470,6 +627,23 @@ struct GotSpan {
     name: String,
     kind: i32,
     attrs: HashMap<String, String>,
+    /// The attributes of the resource the span was exported under.
+    resource: HashMap<String, String>,
+}
+
+fn flatten(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.clone()) {
+                Some(AnyValue::StringValue(s)) => s,
+                Some(AnyValue::IntValue(i)) => i.to_string(),
+                Some(AnyValue::BoolValue(b)) => b.to_string(),
+                Some(AnyValue::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
 }
 
 #[derive(Clone, Default)]
@@ -479,22 +653,15 @@ impl Sink {
     fn take(&self, via: &'static str, req: ExportTraceServiceRequest) {
         let mut out = self.0.lock().unwrap();
         for rs in req.resource_spans {
+            let resource = flatten(
+                rs.resource
+                    .as_ref()
+                    .map(|r| r.attributes.as_slice())
+                    .unwrap_or(&[]),
+            );
             for ss in rs.scope_spans {
                 for s in ss.spans {
-                    let attrs = s
-                        .attributes
-                        .iter()
-                        .map(|kv| {
-                            let v = match kv.value.as_ref().and_then(|v| v.value.clone()) {
-                                Some(AnyValue::StringValue(s)) => s,
-                                Some(AnyValue::IntValue(i)) => i.to_string(),
-                                Some(AnyValue::BoolValue(b)) => b.to_string(),
-                                Some(AnyValue::DoubleValue(d)) => d.to_string(),
-                                other => format!("{other:?}"),
-                            };
-                            (kv.key.clone(), v)
-                        })
-                        .collect();
+                    let attrs = flatten(&s.attributes);
                     out.push(GotSpan {
                         via,
                         trace_id: hex(&s.trace_id),
@@ -503,6 +670,7 @@ impl Sink {
                         name: s.name.clone(),
                         kind: s.kind,
                         attrs,
+                        resource: resource.clone(),
                     });
                 }
             }
@@ -711,5 +879,35 @@ async fn otlp_trace_follows_a_call_chain_across_three_nodes() -> Result<()> {
     }
     assert_eq!(a(route1, "mesh.outcome"), "ok");
     assert_eq!(a(route1, "mesh.attempts"), "1");
+
+    // Which node and which agent, on every span: the resource's `service.instance.id` is the
+    // node that exported it (so a backend tells the nodes apart), and each span names its node
+    // and the agent it works for there (caller side: the calling agent; callee side: the
+    // serving agent).
+    for (s, node, agent) in [
+        (route1, id1, "agent-1"),
+        (att1, id1, "agent-1"),
+        (serve2, id2, "agent-2"),
+        (agent2, id2, "agent-2"),
+        (route2, id2, "agent-2"),
+        (att2, id2, "agent-2"),
+        (serve3, id3, "agent-3"),
+        (agent3, id3, "agent-3"),
+    ] {
+        let r = |k: &str| s.resource.get(k).cloned().unwrap_or_default();
+        assert_eq!(r("service.instance.id"), *node, "{s:?}");
+        assert_eq!(r("service.name"), "agentmesh", "{s:?}");
+        assert_eq!(a(s, "agentmesh.node.id"), *node, "{s:?}");
+        assert_eq!(a(s, "agentmesh.agent"), agent, "{s:?}");
+    }
+    let instances: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .filter_map(|s| s.resource.get("service.instance.id").map(String::as_str))
+        .collect();
+    assert_eq!(
+        instances.len(),
+        3,
+        "one instance id per node: {instances:?}"
+    );
     Ok(())
 }

@@ -250,3 +250,75 @@ async fn workflow_cli_runs_a_file_and_checks_one() {
         "{msg}"
     );
 }
+
+/// Latency of each branch (from the step records) and the run's wall time, in ms.
+async fn parallel_run(mesh: &Mesh, node: &Node, wf: &str) -> (Vec<f64>, f64, f64) {
+    let t = Instant::now();
+    let (status, r) = post(
+        mesh,
+        node,
+        "/v1/workflows/run",
+        serde_json::json!({"workflow": wf}),
+    )
+    .await;
+    let wall = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(status, 200, "{r:#}");
+    assert_eq!(r["status"], "completed", "{r:#}");
+    let steps = r["steps"].as_array().unwrap();
+    let ms = |id: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == id)
+            .and_then(|s| s["latency_ms"].as_f64())
+            .unwrap_or_else(|| panic!("no record of step {id}: {r:#}"))
+    };
+    let branches = ["b1", "b2", "b3"].map(ms).to_vec();
+    (branches, ms("all"), wall)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_steps_run_concurrently() {
+    // Three branches on three agents, each sleeping about 500 ms (log-normal, p99 750 ms).
+    let mut mesh = Mesh::new().unwrap();
+    let caller = mesh
+        .start_node(NodeOpts::caps(&["caller.only"]))
+        .await
+        .unwrap();
+    for cap in ["par.a", "par.b", "par.c"] {
+        mesh.start_node(NodeOpts {
+            latency_ms_p50: 500.0,
+            ..agent(&[cap], &[(cap, r#"{"ok":true}"#)])
+        })
+        .await
+        .unwrap();
+        mesh.wait_offers(&caller, cap, 1).await.unwrap();
+    }
+    let wf = r#"
+name = "par"
+deadline_ms = 15000
+output = "[steps.b1.ok, steps.b2.ok, steps.b3.ok]"
+[[steps]]
+id = "all"
+parallel = [ { id = "b1", call = "par.a" }, { id = "b2", call = "par.b" }, { id = "b3", call = "par.c" } ]
+"#;
+    for round in 0..3 {
+        let (branches, step, wall) = parallel_run(&mesh, &caller, wf).await;
+        let sum: f64 = branches.iter().sum();
+        let slowest = branches.iter().cloned().fold(0.0, f64::max);
+        eprintln!(
+            "parallel round {round}: branches {branches:?} ms (sum {sum:.0}, slowest {slowest:.0}), \
+             parallel step {step:.0} ms, run wall {wall:.0} ms"
+        );
+        // Sequential branches would take the sum; concurrent ones the slowest plus overhead.
+        // The reference is measured in the same run, so a slow machine slows both sides.
+        assert!(
+            step < 0.75 * sum,
+            "parallel step took {step:.0} ms, sum of branches {sum:.0} ms"
+        );
+        assert!(
+            step >= slowest,
+            "step {step:.0} < slowest branch {slowest:.0}"
+        );
+        assert!(wall < 0.75 * sum, "run wall {wall:.0} ms, sum {sum:.0} ms");
+    }
+}

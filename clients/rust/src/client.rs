@@ -149,6 +149,9 @@ pub struct CallOptions {
     pub attrs: BTreeMap<String, String>,
     /// Minimum proficiency (`min_proficiency`): `novice`, `experienced` or `expert`.
     pub min_proficiency: Option<String>,
+    /// Locality (`x-mesh-locality`): `zone`, `region`, `rtt` or `off` (None: the node's
+    /// setting for the capability).
+    pub locality: Option<String>,
 }
 
 impl CallOptions {
@@ -160,6 +163,12 @@ impl CallOptions {
     /// Sets the routing policy.
     pub fn policy(mut self, p: impl Into<String>) -> Self {
         self.policy = Some(p.into());
+        self
+    }
+
+    /// Sets the locality preference.
+    pub fn locality(mut self, l: impl Into<String>) -> Self {
+        self.locality = Some(l.into());
         self
     }
 
@@ -522,6 +531,9 @@ impl Client {
         }
         if let Some(p) = &opts.prefer {
             rb = rb.header("x-mesh-prefer", header_value("prefer", p)?);
+        }
+        if let Some(l) = &opts.locality {
+            rb = rb.header("x-mesh-locality", header_value("locality", l)?);
         }
         Ok((rb, request_timeout(out.deadline_ms)))
     }

@@ -2,7 +2,10 @@
 //!
 //! It answers `POST /{capability}` with a JSON echo (its name, the capability, the mesh
 //! headers it received and the input), after a latency drawn from a log-normal distribution
-//! fitted to the given p50 and p99, and fails a given fraction of calls with a 500. Every draw
+//! fitted to the given p50 and p99, and fails a given fraction of calls with a 500 (and every
+//! call while the `--fail-while-file` file exists, so a test can break and heal a live agent
+//! from outside without restarting it, keeping its node and address); an input
+//! `{"sleep_ms": N}` adds N ms, so a test can hold it busy. Every draw
 //! comes from a counter-based generator seeded by `--seed`, so a run is reproducible and needs
 //! no lock. `GET /healthz` answers `{"status":"ok"}`.
 
@@ -47,6 +50,11 @@ pub struct DemoAgentOptions {
     pub answers: std::collections::BTreeMap<String, serde_json::Value>,
     /// Status of injected failures (400 to 599).
     pub error_status: u16,
+    /// Every call fails (with `error_status`) while this file exists.
+    pub fail_while_file: Option<std::path::PathBuf>,
+    /// Fraction of calls whose input has `"complexity": "high"` that fail (with
+    /// `error_status`): a novice that cannot do hard tasks, in the routing benches.
+    pub fail_complex_rate: f64,
 }
 
 /// Most `--answer` flags.
@@ -90,6 +98,9 @@ impl DemoAgentOptions {
         }
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err("--error-rate must be between 0 and 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.fail_complex_rate) {
+            return Err("--fail-complex-rate must be between 0 and 1".into());
         }
         if !(400..=599).contains(&self.error_status) {
             return Err("--error-status must be 400 to 599".into());
@@ -184,11 +195,26 @@ async fn answer(
         return (StatusCode::NOT_FOUND, Json(body)).into_response();
     }
     let [u1, u2, u3] = agent.draw();
-    let latency_ms = agent.latency_ms(u1, u2);
+    let parsed = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    // An input may ask for extra time (`"sleep_ms": N`), so a test can hold the agent busy.
+    let extra_ms = parsed
+        .as_ref()
+        .and_then(|v| v["sleep_ms"].as_f64())
+        .unwrap_or(0.0)
+        .clamp(0.0, DEMO_LATENCY_MS_MAX);
+    let latency_ms = agent.latency_ms(u1, u2) + extra_ms;
     if latency_ms > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(latency_ms / 1000.0)).await;
     }
-    if u3 < agent.opts.error_rate {
+    let switched_off = agent
+        .opts
+        .fail_while_file
+        .as_ref()
+        .is_some_and(|p| p.exists());
+    let too_hard = agent.opts.fail_complex_rate > 0.0
+        && u3 < agent.opts.fail_complex_rate
+        && parsed.as_ref().is_some_and(|v| v["complexity"] == "high");
+    if u3 < agent.opts.error_rate || switched_off || too_hard {
         let body = serde_json::json!({"error": "injected failure", "agent": name});
         let status = StatusCode::from_u16(agent.opts.error_status)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -209,8 +235,8 @@ async fn answer(
             (k.as_str().to_string(), serde_json::Value::String(v))
         })
         .collect();
-    let input = serde_json::from_slice::<serde_json::Value>(&body)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+    let input =
+        parsed.unwrap_or_else(|| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
     let mut out = serde_json::json!({
         "agent": name,
         "capability": capability,
@@ -303,6 +329,8 @@ mod tests {
                 forward: None,
                 answers: Default::default(),
                 error_status: 500,
+                fail_while_file: None,
+                fail_complex_rate: 0.0,
             },
             draws: AtomicU64::new(0),
             http: reqwest::Client::new(),

@@ -376,6 +376,13 @@ pub fn parse_call_request(
     Ok(req)
 }
 
+/// A locality mode from a header or query value, named in the error when unknown.
+fn parse_locality(field: &str, v: &str) -> Result<String, CallError> {
+    crate::routing::locality::LocalityMode::parse(v)
+        .map(|m| m.name().to_string())
+        .map_err(|e| CallError::bad_field(field, e.message))
+}
+
 fn apply_query(req: &mut CallRequest, query: &str) -> Result<(), CallError> {
     for (k, v) in query::query_pairs(query)? {
         match k.as_str() {
@@ -383,6 +390,7 @@ fn apply_query(req: &mut CallRequest, query: &str) -> Result<(), CallError> {
                 req.min_proficiency = Some(parse_proficiency("min_proficiency", &v)?)
             }
             "policy" => req.policy = Some(routing_hint("policy", &v)?),
+            "locality" => req.locality = Some(parse_locality("locality", &v)?),
             "prefer" => req.prefer = Some(routing_hint("prefer", &v)?),
             "deadline_ms" => req.deadline_ms = Some(parse_deadline("deadline_ms", &v)?),
             "complexity" => req.complexity = Some(parse_complexity("complexity", &v)?),
@@ -393,7 +401,7 @@ fn apply_query(req: &mut CallRequest, query: &str) -> Result<(), CallError> {
                         k,
                         format!(
                             "unknown query parameter {k:?}; expected attr.<key>, \
-                             min_proficiency, policy, prefer or deadline_ms"
+                             min_proficiency, policy, locality, prefer, complexity or deadline_ms"
                         ),
                     ))
                 }
@@ -417,6 +425,7 @@ fn apply_headers(req: &mut CallRequest, headers: &HeaderMap) -> Result<(), CallE
             "x-mesh-deadline-ms" => req.deadline_ms = Some(parse_deadline(n, v)?),
             "x-mesh-prefer" => req.prefer = Some(routing_hint(n, v)?),
             "x-mesh-policy" => req.policy = Some(routing_hint(n, v)?),
+            "x-mesh-locality" => req.locality = Some(parse_locality(n, v)?),
             "x-mesh-min-proficiency" => req.min_proficiency = Some(parse_proficiency(n, v)?),
             "x-mesh-complexity" => req.complexity = Some(parse_complexity(n, v)?),
             "x-mesh-chain" => {
@@ -606,8 +615,9 @@ async fn get_openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
-async fn get_metrics(State(st): State<ApiState>) -> Response {
-    obs::metrics_response(&st.mesh)
+async fn get_metrics(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    obs::metrics_response(&st.mesh, accept)
 }
 
 async fn get_mesh_matrix(State(st): State<ApiState>) -> Response {

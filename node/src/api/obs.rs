@@ -9,11 +9,20 @@ use axum::Json;
 /// The dashboard page (HTML, CSS and script in one file; no external assets).
 pub const UI_HTML: &str = include_str!("ui.html");
 
-/// `GET /metrics`.
-pub fn metrics_response(mesh: &MeshHandle) -> Response {
+/// `GET /metrics`: OpenMetrics when `accept` asks for it, else the Prometheus text format.
+pub fn metrics_response(mesh: &MeshHandle, accept: Option<&str>) -> Response {
+    use crate::obs::exposition::{negotiate, to_text_004, Format};
+    let format = negotiate(accept);
+    let text = match format {
+        Format::OpenMetrics => mesh.metrics_text(),
+        Format::Text004 => to_text_004(&mesh.metrics_text()),
+    };
     (
-        [(header::CONTENT_TYPE, crate::obs::metrics::CONTENT_TYPE)],
-        mesh.metrics_text(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
+        text,
     )
         .into_response()
 }

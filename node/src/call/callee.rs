@@ -248,8 +248,13 @@ impl Callee {
             body.into(),
             deadline,
         );
-        let handoff =
-            crate::obs::telemetry::handoff_span(&span, &header.capability, &reg.name, &reg.handler);
+        let handoff = crate::obs::telemetry::handoff_span(
+            &span,
+            &self.node_id,
+            &header.capability,
+            &reg.name,
+            &reg.handler,
+        );
         if let Some((tp, ts)) = crate::obs::telemetry::inject(&handoff) {
             req.traceparent = Some(tp);
             req.tracestate = ts.or(req.tracestate);

@@ -159,7 +159,12 @@ pub async fn call_remote(
             ))
         }
     };
-    router.observe_reported(cand.node_id, head.in_flight, head.max_concurrency);
+    router.observe_reported(
+        cand.node_id,
+        head.in_flight,
+        head.max_concurrency,
+        transport.calls.rtt(&cand.node_id),
+    );
     let vote = crate::contract::VoteSlot::default();
     Ok(Answer {
         status: head.status,

@@ -63,7 +63,8 @@ impl CallNote {
     }
 }
 
-/// Counts a finished routed call, closes its span and adds it to the traffic table.
+/// Counts a finished routed call, closes its span and adds it to the traffic table (and, if
+/// it did not succeed, to the recent failures or refusals).
 pub fn observe_call(
     metrics: &Metrics,
     traffic: &TrafficTable,
@@ -82,6 +83,22 @@ pub fn observe_call(
             note.route.record("mesh.attempts", r.attempts as i64);
         }
         crate::obs::telemetry::finish(&note.route, &outcome, None);
+    }
+    let failure = match result {
+        Err(e) => Some((e.status, e.message.clone())),
+        Ok(r) if outcome != "ok" => Some((Some(r.status), format!("agent answered {}", r.status))),
+        Ok(_) => None,
+    };
+    if let Some((status, message)) = failure {
+        traffic.failures.record(crate::obs::failures::FailedCall {
+            caller: note.source.clone(),
+            capability: capability.to_string(),
+            target: note.target.clone(),
+            code: outcome.clone(),
+            status,
+            message,
+            at_unix_ms: crate::membership::driver::now_ms(),
+        });
     }
     let target = note.target.as_deref().unwrap_or(NONE_LABEL);
     metrics.record_call(

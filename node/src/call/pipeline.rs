@@ -60,6 +60,8 @@ pub struct Outbound {
     pub outbound: Arc<AtomicU32>,
     /// This node's priority class (sent with every call; the callee sheds by it).
     pub priority: Priority,
+    /// This node's zone and region (routing prefers candidates near them).
+    pub locality: crate::routing::locality::Locality,
 }
 
 /// One attempt in flight, as a future (boxed so hedged attempts can race in one set).
@@ -487,7 +489,13 @@ impl Outbound {
         allow_tried: bool,
     ) -> Result<(crate::routing::policies::Ranking, AttemptFuture<'a>), CallError> {
         let res = &self.res;
-        let views = res.views(cands, &self.router, &self.agent, &settings.breaker);
+        let views = res.views(
+            cands,
+            &self.router,
+            &self.agent,
+            &settings.breaker,
+            &self.locality,
+        );
         // Only a call's first attempt advances the round-robin cursor.
         let ranking = res
             .rank(&views, req, settings, attempt_no == 1)
@@ -546,6 +554,8 @@ impl Outbound {
             budget_ms = budget_ms.min(t);
         }
         tried.push(cands[i].node_id);
+        self.metrics
+            .record_locality(&req.capability, views[i].place.proximity.name());
         let mut h = header.clone();
         h.deadline_ms = budget_ms;
         let cand = &cands[i];
@@ -722,7 +732,13 @@ impl Outbound {
         }
         let (cands, _) = split_offers(offers);
         let res = &self.res;
-        let views = res.views(&cands, &self.router, &self.agent, &settings.breaker);
+        let views = res.views(
+            &cands,
+            &self.router,
+            &self.agent,
+            &settings.breaker,
+            &self.locality,
+        );
         let ranking = res.rank(&views, req, &settings, false)?;
         // Candidates the policy left out (below the quality floor, breaker open) come last:
         // a quorum still needs n distinct nodes, and their calls fail or dissent on their own.

@@ -29,9 +29,13 @@ impl Outbound {
         let (cands, mut excluded) = split_offers(offers);
         let (cands, forbidden) = self.sec.split_forbidden(cands, &req.capability);
         excluded.extend(forbidden);
-        let views = self
-            .res
-            .views(&cands, &self.router, &self.agent, &settings.breaker);
+        let views = self.res.views(
+            &cands,
+            &self.router,
+            &self.agent,
+            &settings.breaker,
+            &self.locality,
+        );
         let mut ok = Vec::new();
         for (i, v) in views.iter().enumerate() {
             match crate::routing::policies::eligible_alone(v, &settings.quality) {

@@ -245,19 +245,37 @@ pub fn routes_table(v: &serde_json::Value) -> String {
     let list = v["candidates"].as_array().unwrap_or(&empty);
     let mut lines = vec![
         format!(
-            "{} (policy {})",
+            "{} (policy {}, locality {})",
             v["capability"].as_str().unwrap_or("?"),
-            v["policy"].as_str().unwrap_or("?")
+            v["policy"].as_str().unwrap_or("?"),
+            v["locality"].as_str().unwrap_or("?")
         ),
         format!(
-            "{:<4} {:<11} {:<14} {:<11} {:>6} {:>4} {:>7} {:<9} {}",
-            "RANK", "NODE", "AGENT", "PROFICIENCY", "COST", "INFL", "LAT_MS", "BREAKER", "WHY"
+            "{:<4} {:<11} {:<14} {:<11} {:>6} {:>4} {:>7} {:<9} {:<14} {}",
+            "RANK",
+            "NODE",
+            "AGENT",
+            "PROFICIENCY",
+            "COST",
+            "INFL",
+            "LAT_MS",
+            "BREAKER",
+            "WHERE/RTT",
+            "WHY"
         ),
     ];
     for c in list {
         let id = c["node_id"].as_str().unwrap_or("?");
+        let place = format!(
+            "{}/{}",
+            c["proximity"].as_str().unwrap_or("-"),
+            c["rtt_us"]
+                .as_u64()
+                .map(|r| format!("{:.1}ms", r as f64 / 1000.0))
+                .unwrap_or("-".into())
+        );
         let line = format!(
-            "{:<4} {:<11} {:<14} {:<11} {:>6.2} {:>4} {:>7} {:<9} {}",
+            "{:<4} {:<11} {:<14} {:<11} {:>6.2} {:>4} {:>7} {:<9} {:<14} {}",
             c["rank"]
                 .as_u64()
                 .map(|r| r.to_string())
@@ -272,6 +290,7 @@ pub fn routes_table(v: &serde_json::Value) -> String {
                 .map(|l| format!("{l:.1}"))
                 .unwrap_or("-".into()),
             clip(c["breaker"].as_str().unwrap_or("-"), 9),
+            clip(&place, 14),
             c["reason"].as_str().unwrap_or("")
         );
         lines.push(clip(&line, HUMAN_COLS_MAX));

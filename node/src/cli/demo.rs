@@ -25,6 +25,8 @@ pub(crate) async fn demo_agent(a: DemoAgentArgs) -> CmdResult {
         },
         answers: crate::agent::demo::parse_answers(&a.answer).map_err(|e| fail(exit::USAGE, e))?,
         error_status: a.error_status,
+        fail_while_file: a.fail_while_file.clone(),
+        fail_complex_rate: a.fail_complex_rate,
     };
     opts.validate().map_err(|e| fail(exit::USAGE, e))?;
     let (listener, addr) = crate::agent::demo::bind(a.listen)

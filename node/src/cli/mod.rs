@@ -323,6 +323,14 @@ pub struct DemoAgentArgs {
     /// HTTP status of injected failures (callers retry 503 and 429, not 500).
     #[arg(long, default_value_t = 500)]
     pub error_status: u16,
+    // A failure a test switches on and off at run time.
+    /// Fail every call (with `--error-status`) while this file exists.
+    #[arg(long, value_name = "PATH")]
+    pub fail_while_file: Option<PathBuf>,
+    // A novice that cannot do hard tasks.
+    /// Share of `"complexity": "high"` inputs that fail (with `--error-status`).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_complex_rate: f64,
 }
 
 /// A command's failure: an exit code and a message for stderr.
@@ -394,6 +402,18 @@ pub fn telemetry_section(cli: &Cli) -> Option<crate::obs::telemetry::TelemetrySe
     let text = std::fs::read_to_string(&a.config).ok()?;
     let table: toml::Table = toml::from_str(&text).ok()?;
     table.get("telemetry")?.clone().try_into().ok()
+}
+
+/// The node id of `agentmesh node`'s key, for the spans' `service.instance.id` (read before
+/// the node starts, because the exporter is installed first). None for other commands or
+/// when the config or key cannot be read; the node then reports the error itself.
+pub fn telemetry_instance(cli: &Cli) -> Option<String> {
+    let Command::Node(a) = &cli.command else {
+        return None;
+    };
+    let cfg = crate::config::NodeConfig::load(&a.config).ok()?;
+    let key = agentmesh_crypto::keyfile::load(&cfg.file.node.key_file).ok()?;
+    Some(key.node_id().to_string())
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub fn runtime_config(
         },
         agent: cfg.file.agent.clone(),
         priority: n.priority,
+        locality: crate::routing::locality::Locality::new(&n.zone, &n.region)
+            .map_err(|(f, m)| err(&format!("node.{f}"), m))?,
         mesh: cfg.mesh.clone(),
         security: crate::security::SecurityConfig {
             policy: match &cfg.file.rbac {

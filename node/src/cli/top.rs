@@ -200,7 +200,7 @@ mod tests {
             agents: vec![],
             pairs: vec![pair.clone()],
         };
-        let s = crate::obs::mesh_view::summary(&m, vec![], vec![]);
+        let s = crate::obs::mesh_view::summary(&m, vec![], vec![], Default::default());
         let mut rates = HashMap::new();
         rates.insert((pair.source.clone(), "b".into(), "cap".into()), 2.5);
         let f = render(&s, &m, Some(&rates));

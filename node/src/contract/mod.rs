@@ -101,6 +101,8 @@ pub struct CallRequest {
     pub prefer: Option<String>,
     /// Routing policy name.
     pub policy: Option<String>,
+    /// Locality mode name (`x-mesh-locality`; None: the capability's setting).
+    pub locality: Option<String>,
     /// W3C trace context.
     pub traceparent: Option<String>,
     /// W3C trace state.
@@ -381,6 +383,19 @@ pub struct RouteCandidate {
     /// Adaptive concurrency `in_flight/limit`, when the capability enables it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive_limit: Option<String>,
+    /// Its node's zone label, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Its node's region label, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// How near it is to this node by labels: `zone | region | remote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proximity: Option<String>,
+    /// Smoothed QUIC round-trip time of this node's call connection to it, µs (0 for this
+    /// node's own agent; absent until a call measured it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u32>,
     /// Why it is (or is not) eligible and where it ranks.
     pub reason: String,
 }
@@ -392,6 +407,9 @@ pub struct RouteExplanation {
     pub capability: String,
     /// Policy applied.
     pub policy: String,
+    /// Locality preference applied: `zone | region | rtt | off`.
+    #[serde(default)]
+    pub locality: String,
     /// Candidates, ranked first, ineligible after.
     pub candidates: Vec<RouteCandidate>,
 }

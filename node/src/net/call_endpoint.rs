@@ -217,6 +217,13 @@ impl CallEndpoint {
         }
     }
 
+    /// The smoothed round-trip time quinn measures on the open call connection to `node`.
+    pub fn rtt(&self, node: &NodeId) -> Option<std::time::Duration> {
+        let conns = lock(&self.conns);
+        let c = conns.get(node)?;
+        c.conn.close_reason().is_none().then(|| c.conn.rtt())
+    }
+
     /// True when the connection to `node` has closed since it was used (a call that failed on
     /// it never reached the agent, so one retry on a fresh connection is safe).
     pub fn connection_lost(&self, node: &NodeId) -> bool {

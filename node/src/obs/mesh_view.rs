@@ -84,6 +84,18 @@ pub struct Summary {
     pub breakers: Vec<BreakerRow>,
     /// This node's slowest calls of the last minutes.
     pub slowest_calls: Vec<crate::obs::traffic::SlowCall>,
+    /// This node's recent failed calls, newest first (bounded ring).
+    #[serde(default)]
+    pub recent_failures: Vec<crate::obs::failures::FailedCall>,
+    /// This node's recent refusals by routing, newest first (bounded ring).
+    #[serde(default)]
+    pub recent_refusals: Vec<crate::obs::failures::FailedCall>,
+    /// Failed calls pushed out of the full ring since this node started.
+    #[serde(default)]
+    pub failures_evicted: u64,
+    /// Refusals pushed out of the full ring since this node started.
+    #[serde(default)]
+    pub refusals_evicted: u64,
 }
 
 /// A breaker as this node sees it.
@@ -188,11 +200,12 @@ pub fn matrix(
     }
 }
 
-/// The summary of a matrix, with this node's breakers and slowest calls.
+/// The summary of a matrix, with this node's breakers, slowest calls and recent failures.
 pub fn summary(
     m: &Matrix,
     breakers: Vec<BreakerRow>,
     slowest_calls: Vec<crate::obs::traffic::SlowCall>,
+    failures: crate::obs::failures::RecentFailures,
 ) -> Summary {
     let mut slowest = m.pairs.clone();
     slowest.sort_by(|a, b| b.p99_ms.total_cmp(&a.p99_ms));
@@ -224,6 +237,10 @@ pub fn summary(
             .filter(|b| b.state != "closed")
             .collect(),
         slowest_calls,
+        recent_failures: failures.failed,
+        recent_refusals: failures.refused,
+        failures_evicted: failures.failed_evicted,
+        refusals_evicted: failures.refused_evicted,
     }
 }
 
@@ -301,7 +318,7 @@ mod tests {
         assert_eq!((bc.target.as_str(), bc.error_rate), ("c", 1.0));
         let c = m.agents.iter().find(|r| r.agent == "c").unwrap();
         assert_eq!(c.calls_in, 12);
-        let s = summary(&m, vec![], vec![]);
+        let s = summary(&m, vec![], vec![], Default::default());
         assert_eq!(s.calls_total, 22);
         assert_eq!(s.errors_total, 8);
         assert_eq!(s.slowest_pairs[0].p99_ms, 90.0);

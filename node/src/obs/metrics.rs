@@ -1,5 +1,6 @@
-//! Prometheus metrics (prometheus-client): one registry per node, served as OpenMetrics text at
-//! `GET /metrics` on the local API.
+//! Prometheus metrics (prometheus-client): one registry per node, served at `GET /metrics` on
+//! the local API as OpenMetrics text or the Prometheus text format, by the `Accept` header
+//! ([`crate::obs::exposition`]).
 //!
 //! Families (all prefixed `agentmesh_`):
 //! - `calls_total{source_agent,target_agent,capability,outcome}`: routed calls made by this node;
@@ -8,6 +9,8 @@
 //! - `call_attempts_total{capability,outcome}`, `call_retries_total{capability}`;
 //! - `inbound_calls_total{source_agent,capability,outcome}`: calls served for other nodes;
 //! - `shed_total{priority}`, `overloaded_total`, `in_flight{direction}`;
+//! - `routing_locality_total{capability,proximity}`: attempts by how near their agent was
+//!   (`zone` also counts this node's own agent; without labels everything is `remote`);
 //! - `breaker_state{target_node,target_agent,capability}`: 0 closed, 1 half open, 2 open (this
 //!   node's view; one breaker per agent and capability);
 //! - `routing_refusals_total{capability,reason}`: calls routing refused without reaching an
@@ -52,8 +55,9 @@ pub const LABEL_LEN_MAX: usize = 128;
 pub const LATENCY_BUCKETS_S: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-/// The content type of `GET /metrics`.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode`]'s text (`/metrics` may convert it:
+/// [`crate::obs::exposition`]).
+pub const CONTENT_TYPE: &str = crate::obs::exposition::OPENMETRICS_CONTENT_TYPE;
 
 /// Labels of `calls_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,6 +151,15 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+/// Labels of the locality counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LocalityLabels {
+    /// The capability called.
+    pub capability: String,
+    /// Where the attempt went: `zone`, `region` or `remote`.
+    pub proximity: String,
+}
+
 /// Labels of the RBAC denial counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeniedLabels {
@@ -224,6 +237,7 @@ pub struct Metrics {
     inbound: Family<InboundLabels, Counter>,
     shed: Family<PriorityLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    locality: Family<LocalityLabels, Counter>,
     overloaded: Counter,
     in_flight: Family<DirLabels, Gauge>,
     breaker: Family<BreakerLabels, Gauge>,
@@ -275,6 +289,7 @@ impl Metrics {
             inbound: Family::default(),
             shed: Family::default(),
             refusals: Family::default(),
+            locality: Family::default(),
             overloaded: Counter::default(),
             in_flight: Family::default(),
             breaker: Family::default(),
@@ -323,6 +338,11 @@ impl Metrics {
             "routing_refusals",
             "Calls routing refused without an agent answering, by reason",
             m.refusals.clone(),
+        );
+        registry.register(
+            "routing_locality",
+            "Attempts sent by this node, by how near the agent was (zone, region, remote)",
+            m.locality.clone(),
         );
         registry.register(
             "overloaded",
@@ -546,6 +566,17 @@ impl Metrics {
             .get_or_create(&RefusalLabels {
                 capability,
                 reason: label(reason),
+            })
+            .inc();
+    }
+
+    /// Counts an attempt sent to an agent at `proximity` (`zone`, `region`, `remote`).
+    pub fn record_locality(&self, capability: &str, proximity: &str) {
+        let capability = self.cap(capability);
+        self.locality
+            .get_or_create(&LocalityLabels {
+                capability,
+                proximity: label(proximity),
             })
             .inc();
     }

@@ -14,6 +14,12 @@
 //! service_name = "agentmesh"
 //! ```
 //!
+//! **Which node, which agent.** The resource carries `service.instance.id` = the node id (the
+//! id the API prints), so Jaeger or Tempo tell the nodes of one service apart. Every span also
+//! carries `agentmesh.node.id` (the node that recorded it) and `agentmesh.agent`: the agent the
+//! span works for on that node, the calling agent on the caller's node (`mesh.route`,
+//! `mesh.attempt`), the serving agent on the callee's node (`mesh.serve`, `mesh.agent`).
+//!
 //! **Spans of one call** (each with `mesh.*` attributes and the semantic-convention `rpc.*`
 //! and `http.*` ones):
 //! - caller's node: `mesh.route <cap>` (internal, the whole call, child of the agent's
@@ -44,6 +50,10 @@ pub const TRACE_TARGET: &str = "agentmesh::trace";
 pub const ENDPOINT_LEN_MAX: usize = 2048;
 /// The default service name.
 pub const SERVICE_NAME_DEFAULT: &str = "agentmesh";
+/// The span attribute naming the node that recorded the span.
+pub const ATTR_NODE_ID: &str = "agentmesh.node.id";
+/// The span attribute naming the agent the span works for on that node.
+pub const ATTR_AGENT: &str = "agentmesh.agent";
 /// How long shutdown waits for the last spans to be exported.
 pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -171,7 +181,10 @@ impl Telemetry {
     }
 }
 
-fn build_provider(s: &ExportSettings) -> Result<SdkTracerProvider, String> {
+fn build_provider(
+    s: &ExportSettings,
+    instance_id: Option<&str>,
+) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::WithExportConfig;
     let exporter = match s.protocol {
         Protocol::Grpc => {
@@ -196,9 +209,16 @@ fn build_provider(s: &ExportSettings) -> Result<SdkTracerProvider, String> {
         }
     }
     .map_err(|e| e.to_string())?;
-    let resource = opentelemetry_sdk::Resource::builder_empty()
-        .with_service_name(s.service_name.clone())
-        .build();
+    let mut resource =
+        opentelemetry_sdk::Resource::builder_empty().with_service_name(s.service_name.clone());
+    if let Some(id) = instance_id {
+        // The semantic-convention name backends use to tell instances of a service apart.
+        resource = resource.with_attributes([
+            opentelemetry::KeyValue::new("service.instance.id", id.to_string()),
+            opentelemetry::KeyValue::new(ATTR_NODE_ID, id.to_string()),
+        ]);
+    }
+    let resource = resource.build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
@@ -207,8 +227,9 @@ fn build_provider(s: &ExportSettings) -> Result<SdkTracerProvider, String> {
 
 /// Installs the process's subscriber: logs to stderr filtered by `RUST_LOG` (default
 /// `info`), and, when an OTLP endpoint is configured, mesh spans to the exporter. Call it
-/// inside the Tokio runtime (the gRPC client needs one).
-pub fn init(section: Option<&TelemetrySection>) -> Telemetry {
+/// inside the Tokio runtime (the gRPC client needs one). `instance_id` (the node id) becomes the
+/// resource's `service.instance.id`.
+pub fn init(section: Option<&TelemetrySection>, instance_id: Option<&str>) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
@@ -216,7 +237,7 @@ pub fn init(section: Option<&TelemetrySection>) -> Telemetry {
         .with_filter(filter);
     let settings = resolve(section, |k| std::env::var(k).ok());
     let (provider, problem) = match settings {
-        Ok(Some(s)) => match build_provider(&s) {
+        Ok(Some(s)) => match build_provider(&s, instance_id) {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(format!("OTLP exporter not started: {e}"))),
         },
@@ -297,6 +318,8 @@ pub fn route_span(c: CallContext<'_>) -> Span {
         otel.name = %format!("mesh.route {}", c.capability),
         otel.kind = "internal",
         otel.status_code = tracing::field::Empty,
+        agentmesh.node.id = %c.caller_node,
+        agentmesh.agent = %c.caller_agent,
         mesh.caller.node = %c.caller_node,
         mesh.caller.agent = %c.caller_agent,
         mesh.capability = %c.capability,
@@ -337,6 +360,8 @@ pub fn attempt_span(route: &Span, c: CallContext<'_>, t: AttemptTarget<'_>) -> S
         otel.name = %format!("mesh.attempt {}", c.capability),
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
+        agentmesh.node.id = %c.caller_node,
+        agentmesh.agent = %c.caller_agent,
         mesh.caller.node = %c.caller_node,
         mesh.caller.agent = %c.caller_agent,
         mesh.callee.node = %t.node,
@@ -367,6 +392,8 @@ pub fn server_span(h: &CallHeader, from: &NodeId, me: &NodeId, agent: &str) -> S
         otel.name = %format!("mesh.serve {}", h.capability),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
+        agentmesh.node.id = %me,
+        agentmesh.agent = %agent,
         mesh.caller.node = %from,
         mesh.caller.agent = %h.caller_agent.as_deref().unwrap_or(crate::obs::metrics::NONE_LABEL),
         mesh.callee.node = %me,
@@ -383,8 +410,15 @@ pub fn server_span(h: &CallHeader, from: &NodeId, me: &NodeId, agent: &str) -> S
     span
 }
 
-/// The client span of the HTTP handoff to the local agent, child of `parent`.
-pub fn handoff_span(parent: &Span, capability: &str, agent: &str, handler: &str) -> Span {
+/// The client span of the HTTP handoff to the local agent, child of `parent`; `me` is this
+/// (the callee's) node.
+pub fn handoff_span(
+    parent: &Span,
+    me: &NodeId,
+    capability: &str,
+    agent: &str,
+    handler: &str,
+) -> Span {
     if parent.is_disabled() {
         return Span::none();
     }
@@ -395,6 +429,8 @@ pub fn handoff_span(parent: &Span, capability: &str, agent: &str, handler: &str)
         otel.name = %format!("mesh.agent {capability}"),
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
+        agentmesh.node.id = %me,
+        agentmesh.agent = %agent,
         mesh.callee.agent = %agent,
         mesh.capability = %capability,
         mesh.outcome = tracing::field::Empty,

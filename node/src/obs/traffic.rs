@@ -201,6 +201,8 @@ struct Table {
 #[derive(Debug, Default)]
 pub struct TrafficTable {
     t: Mutex<Table>,
+    /// The recent failed and refused calls.
+    pub failures: crate::obs::failures::FailureLog,
 }
 
 fn name(s: &str) -> String {

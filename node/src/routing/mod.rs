@@ -2,6 +2,7 @@
 //! how they are ranked (the policies and quality tiers), the settings per capability, and the
 //! per-(agent, capability) scoreboard, breakers and limits.
 
+pub mod locality;
 pub mod policies;
 pub mod router;
 pub mod schemas;

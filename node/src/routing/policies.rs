@@ -25,6 +25,7 @@
 
 use crate::contract::{CallError, Complexity, ErrorCode};
 use crate::resilience::breaker::BreakerState;
+use crate::routing::locality::{tiers, LocalityMode, Place};
 use agentmesh_gossip::record::Proficiency;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -181,6 +182,8 @@ pub struct View {
     pub breaker: BreakerState,
     /// Whether the breaker would admit a call now.
     pub admits: bool,
+    /// Where it runs, as seen from here (labels and measured RTT).
+    pub place: Place,
 }
 
 impl View {
@@ -217,6 +220,8 @@ pub struct Ask<'a> {
     pub prefer: Option<&'a str>,
     /// Complexity hint.
     pub complexity: Option<Complexity>,
+    /// Locality asked for (None: the capability's setting).
+    pub locality: Option<LocalityMode>,
 }
 
 /// The outcome of [`rank`].
@@ -243,6 +248,8 @@ pub struct RankConfig<'a> {
     pub tiers: &'a QualityTiers,
     /// Panic threshold (fraction of ejected candidates above which ejection is ignored).
     pub panic_threshold: f64,
+    /// The capability's locality preference.
+    pub locality: LocalityMode,
 }
 
 /// Orders `views` for a call. Errors: `circuit_open` when every candidate is ejected (the
@@ -342,8 +349,16 @@ pub fn rank<R: Rng>(
             }
         }
     }
-    // 5. Policy.
-    let mut order = order_by(policy, views, &set, cursor, rng, &mut reasons);
+    // 5. Locality, then the policy within each tier: the nearest tier anyone eligible is in
+    // goes first, farther tiers after it (so retries and spill-over still reach them).
+    let mode = ask.locality.unwrap_or(cfg.locality);
+    let mut order = by_locality(
+        mode,
+        views,
+        &set,
+        |group, reasons| order_by(policy, views, group, cursor, rng, reasons),
+        &mut reasons,
+    );
     for &i in &full {
         if !order.contains(&i) {
             order.push(i);
@@ -354,11 +369,31 @@ pub fn rank<R: Rng>(
             views[i].reported_max
         );
     }
+    // Probes stay within the tier the call goes to, so they never take a call out of the zone.
+    let place_tier = tiers(mode, &views.iter().map(|v| v.place).collect::<Vec<_>>());
+    let first_tier = order.first().map_or(u8::MAX, |&f| place_tier[f]);
+    let left_out: Vec<usize> = left_out
+        .into_iter()
+        .filter(|&i| place_tier[i] <= first_tier)
+        .collect();
     if !left_out.is_empty() && pinned.is_none() && rng.gen_range(0..1000) < TIER_PROBE_PER_MILLE {
         let p = left_out[rng.gen_range(0..left_out.len())];
         order.retain(|&i| i != p);
         order.insert(0, p);
         reasons[p].push_str("; probe call: left out by the quality tiers, proving itself again");
+    }
+    // A half-open breaker gets its probe at once, ahead of the policy and the tiers (it admits
+    // only `half_open_probes` at a time), so a recovered agent closes its breaker within one
+    // open period instead of waiting for a probe share of the calls.
+    let half_open = |i: usize| {
+        views[i].breaker == BreakerState::HalfOpen && views[i].admits && !views[i].at_capacity()
+    };
+    let probe = (order.iter().chain(&left_out))
+        .copied()
+        .find(|&i| half_open(i));
+    if let (Some(p), None) = (probe, pinned) {
+        order.retain(|&i| i != p);
+        order.insert(0, p);
     }
     if let Some(d) = degraded {
         for &i in &order {
@@ -389,6 +424,58 @@ pub fn rank<R: Rng>(
         prefer_fallback,
         panic,
     })
+}
+
+/// Orders `set` tier by tier under the locality `mode` (nearest first), each tier by `order`;
+/// notes in the reasons which tier a candidate is in and when the nearest tier is empty
+/// (spill-over).
+fn by_locality(
+    mode: LocalityMode,
+    views: &[View],
+    set: &[usize],
+    mut order: impl FnMut(&[usize], &mut [String]) -> Vec<usize>,
+    reasons: &mut [String],
+) -> Vec<usize> {
+    let places: Vec<Place> = set.iter().map(|&i| views[i].place).collect();
+    let tier = tiers(mode, &places);
+    let (Some(&near), Some(&far)) = (tier.iter().min(), tier.iter().max()) else {
+        return order(set, reasons);
+    };
+    if far == 0 {
+        // Everyone is as near as can be (or locality is off): nothing to explain.
+        return order(set, reasons);
+    }
+    let mut out = Vec::with_capacity(set.len());
+    for t in near..=far {
+        let group: Vec<usize> = set
+            .iter()
+            .zip(&tier)
+            .filter(|(_, &ti)| ti == t)
+            .map(|(&i, _)| i)
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let ordered = order(&group, reasons);
+        for &i in &ordered {
+            let p = views[i].place.proximity.name();
+            if t == near && near > 0 {
+                reasons[i].push_str(&format!(
+                    "; locality {}: spill-over to {p}, no nearer agent can take the call",
+                    mode.name()
+                ));
+            } else if t > near {
+                reasons[i].push_str(&format!(
+                    "; locality {}: {p}, after the nearer agents",
+                    mode.name()
+                ));
+            } else {
+                reasons[i].push_str(&format!("; locality {}: nearest", mode.name()));
+            }
+        }
+        out.extend(ordered);
+    }
+    out
 }
 
 /// Whether a call pinned to `v` alone would be routed: its breaker admits calls and its
@@ -683,6 +770,7 @@ mod tests {
             calls: 0,
             breaker: BreakerState::Closed,
             admits: true,
+            place: Place::default(),
         }
     }
 
@@ -714,6 +802,7 @@ mod tests {
             default_policy: PolicyName::RoundRobin,
             tiers,
             panic_threshold: 0.5,
+            locality: LocalityMode::Zone,
         }
     }
 
@@ -760,6 +849,20 @@ mod tests {
                 "cost picks the cheapest",
                 vec![cheap("a", 3.0), cheap("b", 0.5), cheap("c", 1.0)],
                 ask(Cost),
+                Ok("b"),
+            ),
+            (
+                "a half-open breaker gets its probe first, even below the tiers",
+                vec![
+                    lat("a", 5.0),
+                    View {
+                        breaker: BreakerState::HalfOpen,
+                        latency_ms: Some(1000.0),
+                        ..rate("b", 0.3, 10)
+                    },
+                    lat("c", 5.0),
+                ],
+                ask(Latency),
                 Ok("b"),
             ),
             (
@@ -1147,5 +1250,130 @@ mod tests {
         for n in POLICY_NAMES.split(" | ") {
             assert_eq!(PolicyName::parse(n).unwrap().name(), n);
         }
+    }
+
+    fn at(agent: &str, proximity: crate::routing::locality::Proximity, ms: f64) -> View {
+        View {
+            place: Place {
+                proximity,
+                rtt_us: None,
+            },
+            ..lat(agent, ms)
+        }
+    }
+
+    /// Locality keeps calls in the caller's zone whatever the policy, spills over when the
+    /// zone's agents are ejected or full, keeps farther agents after the near ones (for
+    /// retries), and yields to a pin and to `off`.
+    #[test]
+    fn locality_tiers_and_spill_over() {
+        use crate::routing::locality::Proximity::*;
+        let tiers = QualityTiers::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        // The remote agent is ten times faster: locality still wins.
+        let views = vec![
+            at("far", Remote, 5.0),
+            at("mid", Region, 20.0),
+            at("near", Zone, 50.0),
+        ];
+        for policy in [
+            PolicyName::Latency,
+            PolicyName::RoundRobin,
+            PolicyName::Random,
+            PolicyName::Cost,
+        ] {
+            for cursor in 0..20 {
+                let r = rank(&views, &ask(policy), cfg(&tiers), cursor, &mut rng).unwrap();
+                assert_eq!(r.order, vec![2, 1, 0], "{policy:?}: {:?}", r.reasons);
+            }
+        }
+        let r = rank(&views, &ask(PolicyName::Latency), cfg(&tiers), 0, &mut rng).unwrap();
+        assert!(
+            r.reasons[2].contains("locality zone: nearest"),
+            "{}",
+            r.reasons[2]
+        );
+        assert!(
+            r.reasons[0].contains("after the nearer agents"),
+            "{}",
+            r.reasons[0]
+        );
+        // The zone's agent ejected by its breaker: spill over to the region.
+        let mut ejected = views.clone();
+        ejected[2].admits = false;
+        ejected[2].breaker = BreakerState::Open;
+        let c = RankConfig {
+            panic_threshold: 1.0,
+            ..cfg(&tiers)
+        };
+        let r = rank(&ejected, &ask(PolicyName::Latency), c, 0, &mut rng).unwrap();
+        assert_eq!(r.order, vec![1, 0]);
+        assert!(
+            r.reasons[1].contains("spill-over to region"),
+            "{}",
+            r.reasons[1]
+        );
+        // The zone's agent at its concurrency limit: it goes last.
+        let mut full = views.clone();
+        full[2].reported_max = 4;
+        full[2].reported_in_flight = 4;
+        let r = rank(&full, &ask(PolicyName::Latency), cfg(&tiers), 0, &mut rng).unwrap();
+        assert_eq!(r.order, vec![1, 0, 2]);
+        // Region mode merges zone and region; off ignores places.
+        let region = Ask {
+            locality: Some(LocalityMode::Region),
+            ..ask(PolicyName::Latency)
+        };
+        for _ in 0..50 {
+            let r = rank(&views, &region, cfg(&tiers), 0, &mut rng).unwrap();
+            assert_eq!(r.order[2], 0, "remote last in region mode");
+        }
+        let off = Ask {
+            locality: Some(LocalityMode::Off),
+            ..ask(PolicyName::Cost)
+        };
+        let mut cheap = views.clone();
+        cheap[0].cost = 0.1;
+        let r = rank(&cheap, &off, cfg(&tiers), 0, &mut rng).unwrap();
+        assert_eq!(r.order[0], 0, "off: the cheapest, wherever it is");
+        // A pin beats locality.
+        let pin = Ask {
+            prefer: Some("far"),
+            ..ask(PolicyName::Latency)
+        };
+        let r = rank(&views, &pin, cfg(&tiers), 0, &mut rng).unwrap();
+        assert_eq!(r.order[0], 0);
+    }
+
+    /// Exploration and probes stay inside the nearest tier: over many calls, none goes remote
+    /// while the zone's agents are healthy.
+    #[test]
+    fn locality_exploration_stays_near() {
+        use crate::routing::locality::Proximity::*;
+        let tiers = QualityTiers::default();
+        let mut rng = StdRng::seed_from_u64(11);
+        let views = vec![
+            at("a", Zone, 40.0),
+            at("b", Zone, 10.0),
+            at("c", Remote, 1.0),
+            at("d", Remote, 1.0),
+        ];
+        let mut firsts = [0u32; 4];
+        for cursor in 0..2000 {
+            let r = rank(
+                &views,
+                &ask(PolicyName::Latency),
+                cfg(&tiers),
+                cursor,
+                &mut rng,
+            )
+            .unwrap();
+            firsts[r.order[0]] += 1;
+        }
+        assert_eq!(firsts[2] + firsts[3], 0, "{firsts:?}");
+        assert!(
+            firsts[0] > 0,
+            "the slower near agent is still explored: {firsts:?}"
+        );
     }
 }

@@ -26,6 +26,8 @@ struct Load {
     reported_max: u32,
     /// When it last reported.
     reported_at: Option<std::time::Instant>,
+    /// Smoothed QUIC round-trip time of the call connection at its last answer, µs.
+    rtt_us: Option<u32>,
 }
 
 /// The load of a candidate as routing judges it.
@@ -38,6 +40,8 @@ pub struct Judged {
     pub reported_in_flight: u32,
     /// Its concurrency limit (0: unknown).
     pub reported_max: u32,
+    /// Smoothed QUIC RTT to its node as of its last answer, µs (None: not measured).
+    pub rtt_us: Option<u32>,
 }
 
 /// Blends a piggybacked report `age_ms` old with the gossiped load: weight
@@ -159,12 +163,21 @@ impl Router {
         }
     }
 
-    /// Records the load a callee reported on its answer.
-    pub fn observe_reported(&self, node: NodeId, in_flight: u32, max: u32) {
+    /// Records the load a callee reported on its answer, and the call connection's RTT.
+    pub fn observe_reported(
+        &self,
+        node: NodeId,
+        in_flight: u32,
+        max: u32,
+        rtt: Option<std::time::Duration>,
+    ) {
         if let Some(l) = lock(&self.load).get_mut(&node) {
             l.reported_in_flight = in_flight;
             l.reported_max = max;
             l.reported_at = Some(std::time::Instant::now());
+            if let Some(r) = rtt {
+                l.rtt_us = Some(u32::try_from(r.as_micros()).unwrap_or(u32::MAX));
+            }
         }
     }
 
@@ -194,6 +207,7 @@ impl Router {
             } else {
                 cand.record.max_concurrency
             },
+            rtt_us: l.rtt_us,
         }
     }
 
@@ -279,7 +293,7 @@ mod tests {
         let (c, _) = cand(2, "b", Proficiency::Expert, "eu");
         let g1 = r.start_call(c.node_id);
         let g2 = r.start_call(c.node_id);
-        r.observe_reported(c.node_id, 7, 10);
+        r.observe_reported(c.node_id, 7, 10, None);
         assert_eq!(r.load_of(&c.node_id), (2, 7, 10));
         drop(g1);
         assert_eq!(r.in_flight(&c.node_id), 1);
@@ -303,7 +317,7 @@ mod tests {
         );
         // Just answered with its own report: that report.
         let g = r.start_call(c.node_id);
-        r.observe_reported(c.node_id, 2, 10);
+        r.observe_reported(c.node_id, 2, 10, None);
         assert_eq!(r.judge(&c).reported_in_flight, 2);
         drop(g);
     }

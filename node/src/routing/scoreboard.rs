@@ -184,7 +184,17 @@ impl Scoreboard {
         };
         s.ewma.observe(now_ms, sample);
         s.push(now_ms, ok);
+        let was = s.breaker.state(now_ms);
         s.breaker.on_result(now_ms, permit, ok, breaker, rng);
+        if was == BreakerState::HalfOpen && s.breaker.peek() == BreakerState::Closed {
+            // Its probes proved the agent again: judge it on what it does now, not on the
+            // failures that opened its breaker (they would keep it below the quality tiers,
+            // and its latency at the failure floor, for tens of seconds).
+            s.outcomes.clear();
+            s.push(now_ms, true);
+            s.ewma = PeakEwma::default();
+            s.ewma.observe(now_ms, rtt_ms);
+        }
     }
 
     /// Counts a failure in `node`'s success windows without touching its breakers or latency:
@@ -313,6 +323,41 @@ mod tests {
         assert_eq!(s.breaker.state(6), BreakerState::Closed);
         assert_eq!(s.success(6), (None, 0));
         assert_eq!(s.ewma.get(), None);
+    }
+
+    #[test]
+    fn a_breaker_closed_by_its_probes_forgets_the_failures_that_opened_it() {
+        let mut sb = Scoreboard::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let n = node(5);
+        let bc = BreakerConfig {
+            min_calls: 2,
+            probe_successes: 2,
+            ..BreakerConfig::default()
+        };
+        for t in 0..4 {
+            sb.observe((n, "c"), t, 1.0, false, Permit::Normal, &bc, &mut rng);
+        }
+        let s = sb.entry(n, "c", 4);
+        assert_eq!(s.breaker.state(4), BreakerState::Open);
+        let t = s.breaker.open_until_ms();
+        for k in 0..2 {
+            let p = sb.entry(n, "c", t + k).breaker.try_acquire(t + k, &bc);
+            assert_eq!(p, Some(Permit::Probe));
+            sb.observe((n, "c"), t + k, 3.0, true, Permit::Probe, &bc, &mut rng);
+        }
+        let s = sb.entry(n, "c", t + 2);
+        assert_eq!(s.breaker.state(t + 2), BreakerState::Closed);
+        assert_eq!(
+            s.success(t + 2),
+            (Some(1.0), 1),
+            "only the closing probe counts"
+        );
+        assert_eq!(
+            s.ewma.get(),
+            Some(3.0),
+            "latency from the probe, not the failure floor"
+        );
     }
 
     #[test]

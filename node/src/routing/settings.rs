@@ -3,6 +3,7 @@
 //! ```toml
 //! [defaults]                       # every capability, unless overridden
 //! policy = "latency"               # the default; round_robin | random | least_loaded | cost | quality | preference (or prefer)
+//! locality = "zone"                # the default: caller's zone, then region, then anywhere; region | rtt | off
 //! hop_limit = 8
 //! [defaults.deadline]
 //! default_ms = 30000
@@ -46,6 +47,7 @@
 use crate::net::call_proto::CHAIN_LEN_MAX;
 use crate::resilience::breaker::BreakerConfig;
 use crate::resilience::retry::{DeadlineConfig, RetryConfig};
+use crate::routing::locality::{LocalityMode, LOCALITY_MODES};
 use crate::routing::policies::{PolicyName, QualityTiers, POLICY_NAMES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -65,6 +67,8 @@ pub use crate::resilience::shed::SheddingConfig;
 pub struct CapabilitySettings {
     /// Default policy.
     pub policy: PolicyName,
+    /// Locality preference: the caller's zone first, then region (see `routing/locality.rs`).
+    pub locality: LocalityMode,
     /// Capability called when every candidate's breaker is open.
     pub fallback: Option<String>,
     /// Most hops in a call chain.
@@ -88,6 +92,8 @@ impl Default for CapabilitySettings {
         CapabilitySettings {
             // The fastest agents by default (Linkerd's default too): see ARCHITECTURE.md.
             policy: PolicyName::Latency,
+            // Keeps calls in the caller's zone while it has labels; a no-op without them.
+            locality: LocalityMode::Zone,
             fallback: None,
             hop_limit: HOP_LIMIT_DEFAULT,
             deadline: DeadlineConfig::default(),
@@ -272,6 +278,7 @@ fn field<T: serde::de::DeserializeOwned>(
 fn settings(at: &str, t: &toml::Table) -> Result<CapabilitySettings, SpecError> {
     const KEYS: &[&str] = &[
         "policy",
+        "locality",
         "fallback",
         "hop_limit",
         "deadline",
@@ -290,6 +297,13 @@ fn settings(at: &str, t: &toml::Table) -> Result<CapabilitySettings, SpecError> 
     let policy: String = field(at, t, "policy")?;
     let policy = PolicyName::parse(&policy)
         .map_err(|_| spec_err(format!("{at}.policy"), format!("expected {POLICY_NAMES}")))?;
+    let locality: String = field(at, t, "locality")?;
+    let locality = LocalityMode::parse(&locality).map_err(|_| {
+        spec_err(
+            format!("{at}.locality"),
+            format!("expected {LOCALITY_MODES}"),
+        )
+    })?;
     let fallback: Option<String> = match t.get("fallback") {
         None => None,
         Some(_) => Some(field(at, t, "fallback")?),
@@ -311,6 +325,7 @@ fn settings(at: &str, t: &toml::Table) -> Result<CapabilitySettings, SpecError> 
     }
     let s = CapabilitySettings {
         policy,
+        locality,
         fallback,
         hop_limit,
         deadline: field(at, t, "deadline")?,
@@ -359,6 +374,13 @@ mod tests {
             "best-agent routing by default"
         );
         assert_eq!(c.defaults.retry.max_retries, 3);
+        assert_eq!(
+            c.defaults.locality,
+            LocalityMode::Zone,
+            "zone-first by default"
+        );
+        let c = load("[capability.\"x\"]\nlocality = \"off\"").unwrap();
+        assert_eq!(c.for_capability("x").locality, LocalityMode::Off);
         let c =
             load("[capability.\"pay\".retry]\nretry_on = [\"timeout\"]\nmax_retries = 1").unwrap();
         let r = &c.for_capability("pay").retry;
@@ -412,6 +434,11 @@ max_attempts = 2
                 "[defaults]\npolicy = \"fastest\"",
                 "defaults.policy",
                 "round_robin",
+            ),
+            (
+                "[capability.\"a\"]\nlocality = \"near\"",
+                "capability.\"a\".locality",
+                "zone | region | rtt | off",
             ),
             (
                 "[defaults]\ncolour = 1",

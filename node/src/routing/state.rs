@@ -9,6 +9,7 @@ use crate::resilience::adaptive::{AdaptiveConfig, Sample};
 use crate::resilience::breaker::{BreakerConfig, Permit};
 use crate::resilience::hedge::{HedgingConfig, LatencyWindow};
 use crate::resilience::retry::{RetryBudget, RetryConfig};
+use crate::routing::locality::{Locality, LocalityMode, Place, Proximity};
 use crate::routing::policies::{
     self as policy, Ask, PolicyName, RankConfig, Ranking, Scoreboard, View,
 };
@@ -79,6 +80,7 @@ impl Resilience {
         router: &Router,
         local: &LocalAgent,
         breaker: &BreakerConfig,
+        here: &Locality,
     ) -> Vec<View> {
         let now = self.now_ms();
         let mut scores = lock(&self.scores);
@@ -90,6 +92,7 @@ impl Resilience {
                         in_flight: 0,
                         reported_in_flight: local.in_flight(),
                         reported_max: local.max_concurrency(),
+                        rtt_us: Some(0),
                     }
                 } else {
                     router.judge(c)
@@ -116,6 +119,16 @@ impl Resilience {
                     calls,
                     breaker: state,
                     admits,
+                    place: Place {
+                        // The local agent shares the caller's zone, once the caller knows
+                        // its zone; unlabelled, nobody is nearer than anybody.
+                        proximity: if c.local && !here.is_empty() {
+                            Proximity::Zone
+                        } else {
+                            Proximity::of(here, &Locality::of_record(&c.record))
+                        },
+                        rtt_us: load.rtt_us,
+                    },
                 }
             })
             .collect()
@@ -134,11 +147,17 @@ impl Resilience {
             policy,
             prefer: req.prefer.as_deref().filter(|p| !p.is_empty()),
             complexity: req.complexity,
+            locality: req
+                .locality
+                .as_deref()
+                .map(crate::routing::locality::LocalityMode::parse)
+                .transpose()?,
         };
         let cfg = RankConfig {
             default_policy: settings.policy,
             tiers: &settings.quality,
             panic_threshold: settings.breaker.panic_threshold,
+            locality: settings.locality,
         };
         let cursor = self.cursor(&req.capability, advance);
         let mut rng = lock(&self.rng);
@@ -355,8 +374,16 @@ impl Resilience {
                 success_rate: None,
                 breaker: "closed".into(),
                 adaptive_limit: None,
+                zone: None,
+                region: None,
+                proximity: None,
+                rtt_us: None,
                 reason: format!("ineligible: {why}"),
             });
+            let l = Locality::of_record(&c.record);
+            if let Some(r) = rows.last_mut() {
+                (r.zone, r.region) = labels(&l);
+            }
         }
         if settings.adaptive.enabled {
             let now = self.now_ms();
@@ -367,16 +394,33 @@ impl Resilience {
                     Some(format!("{}/{}", l.in_flight(), l.limit(&settings.adaptive)));
             }
         }
+        let locality = req
+            .locality
+            .as_deref()
+            .and_then(|m| LocalityMode::parse(m).ok())
+            .unwrap_or(settings.locality);
         Ok(RouteExplanation {
             capability: req.capability.clone(),
             policy,
+            locality: locality.name().into(),
             candidates: rows,
         })
     }
 }
 
+/// A locality's labels as optional fields.
+fn labels(l: &Locality) -> (Option<String>, Option<String>) {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    (some(&l.zone), some(&l.region))
+}
+
 fn row(c: &Candidate, v: &View, rank: Option<u32>, reason: String) -> RouteCandidate {
+    let (zone, region) = labels(&Locality::of_record(&c.record));
     RouteCandidate {
+        zone,
+        region,
+        proximity: Some(v.place.proximity.name().into()),
+        rtt_us: v.place.rtt_us,
         rank,
         node_id: c.node_id.to_string(),
         agent: c.agent.clone(),

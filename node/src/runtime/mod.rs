@@ -93,6 +93,8 @@ pub struct RuntimeConfig {
     pub agent: Option<AgentRegistration>,
     /// Traffic priority.
     pub priority: Priority,
+    /// Zone and region labels, published in the signed record.
+    pub locality: crate::routing::locality::Locality,
     /// Routing and resilience settings (`[defaults]`, `[capability."…"]`).
     pub mesh: MeshConfig,
     /// RBAC policy, audit log and certificate renewal (`[rbac]`, `[audit]`).
@@ -115,6 +117,7 @@ impl RuntimeConfig {
             profile: GossipProfile::Lan,
             agent: None,
             priority: Priority::Standard,
+            locality: Default::default(),
             mesh: MeshConfig::default(),
             security: Default::default(),
             vote_signer: None,
@@ -206,6 +209,11 @@ impl MeshHandle {
         // Capped at what the certificate grants (warns if node.toml asks for more).
         let priority = crate::security::own_priority(cfg.cert.as_ref(), cfg.priority);
         record.priority = priority;
+        if let Some(bytes) = cfg.locality.encode() {
+            record
+                .ext
+                .insert(crate::routing::locality::LOCALITY_EXT.into(), bytes);
+        }
         let driver_stats = Arc::new(DriverStats::default());
         let (driver, gossip) = driver::spawn(
             GossipInit {
@@ -245,6 +253,7 @@ impl MeshHandle {
                 shutting_down: AtomicBool::new(false),
                 outbound: Arc::new(std::sync::atomic::AtomicU32::new(0)),
                 priority,
+                locality: cfg.locality.clone(),
             },
             driver,
             settings_source: Mutex::new(None),
@@ -404,6 +413,7 @@ impl MeshHandle {
             &self.0.calls.router,
             &self.0.calls.agent,
             &settings.breaker,
+            &self.0.calls.locality,
         );
         self.0
             .calls

@@ -123,7 +123,13 @@ impl MeshHandle {
     /// The mesh-wide summary: slowest pairs, most-called and idle agents, breakers.
     pub fn mesh_summary(&self) -> crate::obs::mesh_view::Summary {
         let m = self.mesh_matrix();
-        crate::obs::mesh_view::summary(&m, self.breakers(), self.0.calls.traffic.slowest(now_ms()))
+        let traffic = &self.0.calls.traffic;
+        crate::obs::mesh_view::summary(
+            &m,
+            self.breakers(),
+            traffic.slowest(now_ms()),
+            traffic.failures.snapshot(),
+        )
     }
 
     pub(super) async fn publish_load(self) {

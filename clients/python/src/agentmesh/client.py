@@ -260,6 +260,7 @@ class Client:
         prefer: Optional[str] = None,
         attrs: Optional[Mapping[str, str]] = None,
         headers: Optional[Mapping[str, str]] = None,
+        locality: Optional[str] = None,
     ) -> CallResult:
         """Like :meth:`call`, returning the answer with who served it and the attempts. While
         serving a mesh call (see :mod:`agentmesh.propagation`), its chain, deadline and trace
@@ -272,6 +273,8 @@ class Client:
             h["x-mesh-policy"] = policy
         if prefer:
             h["x-mesh-prefer"] = prefer
+        if locality:
+            h["x-mesh-locality"] = locality
         for k, v in (attrs or {}).items():
             h[f"x-mesh-attr-{k}"] = str(v)
         timeout = REQUEST_TIMEOUT_S if ms is None else ms / 1000 + DEADLINE_SLACK_S
@@ -300,13 +303,21 @@ class Client:
         deadline: Deadline = None,
         prefer: Optional[str] = None,
         attrs: Optional[Mapping[str, str]] = None,
+        locality: Optional[str] = None,
     ) -> Any:
         """Calls ``capability`` anywhere in the mesh with a JSON ``payload`` (bytes are sent as
         they are) and returns the decoded answer. ``deadline`` is seconds (or a timedelta) for
         the whole call, retries included; ``policy`` names a routing policy (``latency``,
-        ``least_loaded``, ``cost``, ...); ``attrs`` are attribute constraints."""
+        ``least_loaded``, ``cost``, ...); ``attrs`` are attribute constraints; ``locality``
+        (``zone``, ``region``, ``rtt``, ``off``) overrides the capability's locality."""
         return self.call_raw(
-            capability, payload, policy=policy, deadline=deadline, prefer=prefer, attrs=attrs
+            capability,
+            payload,
+            policy=policy,
+            deadline=deadline,
+            prefer=prefer,
+            attrs=attrs,
+            locality=locality,
         ).body
 
     def quorum(
