@@ -27,7 +27,7 @@ pub use record::{
 };
 pub use state::{
     CapabilityMatch, CapabilityQuery, Event, Gossip, GossipError, Input, MemberView, Millis,
-    Output, RecordUpdate, Stats,
+    Output, RecordUpdate, SharedView, Stats,
 };
 pub use verify::{StrictVerifier, Verifier};
 pub use wire::{Message, WireError};

@@ -1,10 +1,14 @@
-//! The member table: one compact entry per known member in a `Vec` sorted by id.
+//! The member table: one compact entry per known member, in id order, stored in small chunks
+//! shared copy-on-write.
 //!
 //! A full view is N entries on every node, so N² across a simulated mesh: at 10,000 nodes that
-//! is 10⁸ entries in one process. An entry is 40 bytes (shared `Arc`s, no key copy, no tree
-//! nodes), lookups are binary searches, and sampling a random member is O(1). Inserting a new
-//! member moves the tail (members join rarely; bulk loads append in order). State changes go
-//! through [`Members::set_state`] so the live count and the tombstone set stay exact.
+//! is 10⁸ entries in one process. Entries hold shared `Arc`s (no key copy), and the table is a
+//! two-level copy-on-write array: a shared index of chunks of at most [`CHUNK_MAX`] entries.
+//! Nodes started from one verified view ([`crate::SharedView`]) share every chunk until they
+//! change it, so a mesh of N nodes costs one table plus what each node changed (a chunk of a
+//! few hundred bytes per changed member). Lookups are two binary searches; sampling a
+//! position is a binary search over chunk starts. State changes go through
+//! [`Members::set_state`] so the live count and the tombstone set stay exact.
 
 use agentmesh_crypto::NodeId;
 use std::collections::BTreeMap;
@@ -14,7 +18,14 @@ use crate::member::{MemberInfo, MemberState, SignedMember};
 use crate::record::{NodeRecord, SignedRecord, Version};
 use crate::time::Millis;
 
+/// Most entries in one chunk; a chunk that grows past it is split in two. Small chunks keep
+/// the copy a node makes when it changes one shared entry small.
+pub(crate) const CHUNK_MAX: usize = 32;
+/// Entries per chunk when a table is built by appending (room for inserts before a split).
+const CHUNK_FILL: usize = CHUNK_MAX / 2;
+
 /// One known member.
+#[derive(Clone)]
 pub(crate) struct Entry {
     /// Its signed identity, as received (forwarded verbatim).
     pub signed: Arc<SignedMember>,
@@ -61,23 +72,49 @@ impl Entry {
     }
 }
 
+type Chunk = Arc<Vec<Entry>>;
+
+/// The chunk index: chunks in id order (none empty) and the position of each one's first entry.
+#[derive(Clone, Default)]
+struct Index {
+    chunks: Vec<Chunk>,
+    starts: Vec<u32>,
+}
+
 /// All known members but self.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Members {
-    v: Vec<Entry>,
+    index: Arc<Index>,
+    len: usize,
     live: usize,
     /// Dead and left members, with the time they went down (tombstone expiry).
     down: BTreeMap<NodeId, Millis>,
 }
 
 impl Members {
-    fn pos(&self, id: &NodeId) -> Result<usize, usize> {
-        self.v.binary_search_by(|e| e.id().cmp(id))
+    /// `Ok((chunk, slot))` of `id`, or `Err((chunk, slot))` where it would be inserted.
+    fn pos(&self, id: &NodeId) -> Result<(usize, usize), (usize, usize)> {
+        let chunks = &self.index.chunks;
+        if chunks.is_empty() {
+            return Err((0, 0));
+        }
+        let c = chunks
+            .partition_point(|k| k[0].id() <= id)
+            .saturating_sub(1);
+        chunks[c]
+            .binary_search_by(|e| e.id().cmp(id))
+            .map(|s| (c, s))
+            .map_err(|s| (c, s))
+    }
+
+    /// The chunk `c`, made private to this table (copied if shared).
+    fn chunk_mut(&mut self, c: usize) -> &mut Vec<Entry> {
+        Arc::make_mut(&mut Arc::make_mut(&mut self.index).chunks[c])
     }
 
     /// Members held (any state).
     pub fn len(&self) -> usize {
-        self.v.len()
+        self.len
     }
 
     /// Alive or suspect members.
@@ -87,15 +124,14 @@ impl Members {
 
     /// The entry for `id`.
     pub fn get(&self, id: &NodeId) -> Option<&Entry> {
-        self.pos(id).ok().map(|i| &self.v[i])
+        self.pos(id).ok().map(|(c, s)| &self.index.chunks[c][s])
     }
 
-    /// The entry for `id`, mutable. Its state changes only through [`Members::set_state`].
+    /// The entry for `id`, mutable (its chunk is copied if shared). Its state changes only
+    /// through [`Members::set_state`].
     pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut Entry> {
-        match self.pos(id) {
-            Ok(i) => Some(&mut self.v[i]),
-            Err(_) => None,
-        }
+        let (c, s) = self.pos(id).ok()?;
+        Some(&mut self.chunk_mut(c)[s])
     }
 
     /// True if `id` is held.
@@ -105,22 +141,31 @@ impl Members {
 
     /// True if `id` sorts after every held member (so it is not held; O(1)).
     pub fn is_after_last(&self, id: &NodeId) -> bool {
-        self.v.last().is_none_or(|e| e.id() < id)
+        self.index
+            .chunks
+            .last()
+            .and_then(|c| c.last())
+            .is_none_or(|e| e.id() < id)
     }
 
     /// The entry at position `i` in id order (for sampling).
     pub fn nth(&self, i: usize) -> Option<&Entry> {
-        self.v.get(i)
+        if i >= self.len {
+            return None;
+        }
+        let starts = &self.index.starts;
+        let c = starts.partition_point(|&s| s as usize <= i) - 1;
+        self.index.chunks[c].get(i - starts[c] as usize)
     }
 
     /// Entries in id order, with their ids.
     pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &Entry)> {
-        self.v.iter().map(|e| (e.id(), e))
+        self.values().map(|e| (e.id(), e))
     }
 
     /// Entries in id order.
     pub fn values(&self) -> impl Iterator<Item = &Entry> {
-        self.v.iter()
+        self.index.chunks.iter().flat_map(|c| c.iter())
     }
 
     /// Dead and left members with the time they went down.
@@ -130,31 +175,67 @@ impl Members {
 
     /// Makes room for `n` more entries (bulk loads).
     pub fn reserve(&mut self, n: usize) {
-        self.v.reserve_exact(n);
+        let idx = Arc::make_mut(&mut self.index);
+        let more = n.div_ceil(CHUNK_FILL);
+        idx.chunks.reserve_exact(more);
+        idx.starts.reserve_exact(more);
     }
 
     /// Inserts a new member as alive; returns false if it is already held. Appending in id
-    /// order is O(1).
+    /// order is O(1); an insert elsewhere copies one chunk and shifts the chunk starts.
     pub fn insert(&mut self, e: Entry) -> bool {
-        let at = match self.v.last() {
-            Some(last) if last.id() < e.id() => self.v.len(),
-            None => 0,
-            Some(_) => match self.pos(e.id()) {
-                Ok(_) => return false,
-                Err(i) => i,
-            },
-        };
         let mut e = e;
         e.state = MemberState::Alive;
+        if self.is_after_last(e.id()) {
+            let len = self.len as u32;
+            let idx = Arc::make_mut(&mut self.index);
+            match idx.chunks.last_mut() {
+                Some(last) if last.len() < CHUNK_FILL => Arc::make_mut(last).push(e),
+                _ => {
+                    let mut v = Vec::with_capacity(CHUNK_FILL);
+                    v.push(e);
+                    idx.chunks.push(Arc::new(v));
+                    idx.starts.push(len);
+                }
+            }
+        } else {
+            let (c, s) = match self.pos(e.id()) {
+                Ok(_) => return false,
+                Err(at) => at,
+            };
+            let chunk = self.chunk_mut(c);
+            chunk.insert(s, e);
+            let split = (chunk.len() > CHUNK_MAX).then(|| chunk.split_off(chunk.len() / 2));
+            let idx = Arc::make_mut(&mut self.index);
+            for st in &mut idx.starts[c + 1..] {
+                *st += 1;
+            }
+            if let Some(tail) = split {
+                let at = idx.starts[c] + idx.chunks[c].len() as u32;
+                idx.chunks.insert(c + 1, Arc::new(tail));
+                idx.starts.insert(c + 1, at);
+            }
+        }
+        self.len += 1;
         self.live += 1;
-        self.v.insert(at, e);
         true
     }
 
     /// Forgets a member.
     pub fn remove(&mut self, id: &NodeId) -> Option<Entry> {
-        let i = self.pos(id).ok()?;
-        let e = self.v.remove(i);
+        let (c, s) = self.pos(id).ok()?;
+        let chunk = self.chunk_mut(c);
+        let e = chunk.remove(s);
+        let empty = chunk.is_empty();
+        let idx = Arc::make_mut(&mut self.index);
+        for st in &mut idx.starts[c + 1..] {
+            *st -= 1;
+        }
+        if empty {
+            idx.chunks.remove(c);
+            idx.starts.remove(c);
+        }
+        self.len -= 1;
         if e.is_live() {
             self.live -= 1;
         }
@@ -164,11 +245,12 @@ impl Members {
 
     /// Moves a member to `state` at `now`, keeping the counts and tombstones exact.
     pub fn set_state(&mut self, id: &NodeId, state: MemberState, now: Millis) {
-        let Ok(i) = self.pos(id) else { return };
-        let e = &mut self.v[i];
-        let was_live = e.is_live();
-        e.state = state;
-        let is_live = e.is_live();
+        let Ok((c, s)) = self.pos(id) else { return };
+        let was_live = self.index.chunks[c][s].is_live();
+        if self.index.chunks[c][s].state != state {
+            self.chunk_mut(c)[s].state = state;
+        }
+        let is_live = matches!(state, MemberState::Alive | MemberState::Suspect);
         match (was_live, is_live) {
             (true, false) => {
                 self.live -= 1;

@@ -21,6 +21,8 @@ use crate::cache::CachingVerifier;
 pub const EPOCH_MS: Millis = 1_800_000_000_000;
 /// The simulated mesh id.
 pub const MESH_ID: &str = "sim";
+/// Seed of the key of the template node that verifies the converged start's view once.
+const TEMPLATE_SEED: u64 = 0x5eed_7e47;
 
 /// Link behaviour.
 #[derive(Debug, Clone)]
@@ -255,14 +257,25 @@ impl World {
                 (own_member(g), g.local_signed_record())
             })
             .collect();
-        // Sorted by id, so every node's table is built by appending.
+        // Sorted by id, so the table is built by appending.
         let mut entries = entries;
         entries.sort_by_key(|e| e.0.signer);
+        // One node outside the mesh verifies the view once; every node starts from it and
+        // shares its storage until it changes an entry (N tables of N entries would not fit
+        // at 10,000 nodes). The template's key comes from its own RNG so the world's random
+        // stream, and so the run, is the one a per-node bootstrap gives.
+        let mut trng = ChaCha8Rng::seed_from_u64(TEMPLATE_SEED);
+        let tkey = Keypair::generate(&mut trng);
+        let trec = NodeRecord::new(tkey.node_id());
+        let mut template = Gossip::new(self.cfg.clone(), tkey, vec![], trec, 0, self.now)
+            .expect("template record within limits")
+            .with_verifier(self.verifier.clone());
+        let from = self.nodes[0].id;
+        template.bootstrap(from, &entries, self.now);
+        let view = template.shared_view();
         for i in 0..n {
-            let from = self.nodes[(i + 1) % n].id;
-            let now = self.now;
             if let Some(g) = self.nodes[i].g.as_mut() {
-                g.bootstrap(from, &entries, now);
+                g.bootstrap_shared(&view);
             }
         }
     }

@@ -10,7 +10,10 @@ mod probe;
 mod pull;
 mod push_pull;
 mod revocation_intake;
+mod shared_view;
 mod timers;
+
+pub use shared_view::SharedView;
 
 use crate::revocations::Revocations;
 use agentmesh_crypto::{Keypair, NodeId, Signed, SignedCert, SignedRevocation};
