@@ -71,6 +71,11 @@ pub fn apply_override(cfg: &mut Config, kv: &str) -> Result<(), String> {
         }
         "gossip_fanout" => cfg.gossip_fanout = v.parse().map_err(|_| format!("bad {v}"))?,
         "retransmit_mult" => cfg.retransmit_mult = v.parse().map_err(|_| format!("bad {v}"))?,
+        "indirect_probes" => cfg.indirect_probes = v.parse().map_err(|_| format!("bad {v}"))?,
+        "suspicion_confirmations_k" => {
+            cfg.suspicion_confirmations_k = v.parse().map_err(|_| format!("bad {v}"))?
+        }
+        "lhm_max" => cfg.lhm_max = v.parse().map_err(|_| format!("bad {v}"))?,
         _ => return Err(format!("unknown override key {k:?}")),
     }
     Ok(())
@@ -120,6 +125,10 @@ pub struct Report {
     pub false_dead: usize,
     /// Dead declarations, during the run, about nodes that never crashed, stalled or left.
     pub dead_declarations_of_healthy: u64,
+    /// Dead declarations, during the run, about nodes that stalled but never crashed or left
+    /// (refuted when the stall ends, so not counted in `false_dead`, but each one is a live
+    /// node some member held dead for a while).
+    pub dead_declarations_of_stalled: u64,
     /// Time for a cold joiner to hold every live member and record (join scenario).
     pub cold_join_ms: Option<u64>,
     /// Time after a heal until every live node sees every other alive (partition-heal).
@@ -189,6 +198,7 @@ struct Metrics {
     leaves: BTreeMap<usize, Track>,
     crashes: BTreeMap<usize, Track>,
     dead_of_healthy: u64,
+    dead_of_stalled: u64,
 }
 
 impl Observer for Metrics {
@@ -231,8 +241,12 @@ impl Observer for Metrics {
                 if let Some(tr) = self.leaves.get_mut(&x) {
                     tr.mark(at, t);
                 }
-                if !w.nodes[x].faulty && w.nodes[x].adversary.is_none() {
-                    self.dead_of_healthy += 1;
+                if w.nodes[x].adversary.is_none() {
+                    if !w.nodes[x].faulty {
+                        self.dead_of_healthy += 1;
+                    } else if w.nodes[x].stalled && !self.crashes.contains_key(&x) {
+                        self.dead_of_stalled += 1;
+                    }
                 }
             }
             _ => {}
@@ -530,6 +544,7 @@ pub fn run(p: &Params) -> Result<Report, String> {
         undetected,
         false_dead: falsely_dead.len(),
         dead_declarations_of_healthy: m.dead_of_healthy,
+        dead_declarations_of_stalled: m.dead_of_stalled,
         cold_join_ms,
         heal_ms,
         bytes_per_node_per_s: (bytes / live_n / window_s).round(),

@@ -120,6 +120,8 @@ pub struct SimNode {
     pub adversary: Option<Adversary>,
     /// True if this node ever crashed, stalled or left (so its death is not "false").
     pub faulty: bool,
+    /// True if this node ever stalled.
+    pub stalled: bool,
     /// Record updates made (drives distinct record contents).
     updates: u32,
 }
@@ -182,6 +184,7 @@ impl World {
                 group: 0,
                 adversary: None,
                 faulty: false,
+                stalled: false,
                 updates: 0,
             });
         }
@@ -447,6 +450,7 @@ impl World {
                 if self.nodes[i].g.is_some() {
                     self.nodes[i].stalled_until = until;
                     self.nodes[i].faulty = true;
+                    self.nodes[i].stalled = true;
                     self.push(until, Kind::StallEnd(i));
                 }
             }

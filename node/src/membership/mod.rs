@@ -6,7 +6,7 @@ pub mod driver;
 /// Gossip timing profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GossipProfile {
-    /// LAN or one data centre (1 s period).
+    /// LAN or one data centre (500 ms period).
     #[default]
     Lan,
     /// Across regions (2 s period, longer timeouts).
