@@ -24,9 +24,20 @@ pub(crate) const CHUNK_MAX: usize = 32;
 /// Entries per chunk when a table is built by appending (room for inserts before a split).
 const CHUNK_FILL: usize = CHUNK_MAX / 2;
 
+/// The first eight bytes of an id as a big-endian number. Ids order as `(key, id)` does, so
+/// a search compares this inline number first and reads the full id (behind an `Arc`) only
+/// when two keys tie, which for distinct random ids almost never happens.
+#[inline]
+fn key_of(id: &NodeId) -> u64 {
+    let b = id.as_bytes();
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
 /// One known member.
 #[derive(Clone)]
 pub(crate) struct Entry {
+    /// [`key_of`] its id, held inline so lookups need not follow `info`.
+    key: u64,
     /// Its signed identity, as received (forwarded verbatim).
     pub signed: Arc<SignedMember>,
     /// The verified contents of `signed`.
@@ -44,6 +55,7 @@ impl Entry {
         record: Option<(Arc<SignedRecord>, Arc<NodeRecord>)>,
     ) -> Self {
         Entry {
+            key: key_of(&info.node_id),
             signed,
             info,
             record,
@@ -70,15 +82,45 @@ impl Entry {
     pub fn record_version(&self) -> Option<Version> {
         self.record.as_ref().map(|(_, r)| r.version())
     }
+
+    /// Its order against the id `id` whose key is `key`.
+    #[inline]
+    fn cmp_to(&self, key: u64, id: &NodeId) -> std::cmp::Ordering {
+        self.key.cmp(&key).then_with(|| self.id().cmp(id))
+    }
 }
 
 type Chunk = Arc<Vec<Entry>>;
 
-/// The chunk index: chunks in id order (none empty) and the position of each one's first entry.
+/// The chunk index: chunks in id order (none empty), the position of each one's first entry
+/// and the key of each one's first id (inline, so finding the chunk reads no chunk).
 #[derive(Clone, Default)]
 struct Index {
     chunks: Vec<Chunk>,
     starts: Vec<u32>,
+    firsts: Vec<u64>,
+}
+
+impl Index {
+    /// The number of chunks whose first id is at most `id` (whose key is `key`).
+    #[inline]
+    fn chunks_at_most(&self, key: u64, id: &NodeId) -> usize {
+        let (mut lo, mut hi) = (0, self.firsts.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let le = match self.firsts[mid].cmp(&key) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => self.chunks[mid][0].id() <= id,
+            };
+            if le {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
 }
 
 /// All known members but self.
@@ -94,15 +136,14 @@ pub(crate) struct Members {
 impl Members {
     /// `Ok((chunk, slot))` of `id`, or `Err((chunk, slot))` where it would be inserted.
     fn pos(&self, id: &NodeId) -> Result<(usize, usize), (usize, usize)> {
-        let chunks = &self.index.chunks;
-        if chunks.is_empty() {
+        let idx = &*self.index;
+        if idx.chunks.is_empty() {
             return Err((0, 0));
         }
-        let c = chunks
-            .partition_point(|k| k[0].id() <= id)
-            .saturating_sub(1);
-        chunks[c]
-            .binary_search_by(|e| e.id().cmp(id))
+        let key = key_of(id);
+        let c = idx.chunks_at_most(key, id).saturating_sub(1);
+        idx.chunks[c]
+            .binary_search_by(|e| e.cmp_to(key, id))
             .map(|s| (c, s))
             .map_err(|s| (c, s))
     }
@@ -179,6 +220,7 @@ impl Members {
         let more = n.div_ceil(CHUNK_FILL);
         idx.chunks.reserve_exact(more);
         idx.starts.reserve_exact(more);
+        idx.firsts.reserve_exact(more);
     }
 
     /// Inserts a new member as alive; returns false if it is already held. Appending in id
@@ -192,6 +234,7 @@ impl Members {
             match idx.chunks.last_mut() {
                 Some(last) if last.len() < CHUNK_FILL => Arc::make_mut(last).push(e),
                 _ => {
+                    idx.firsts.push(e.key);
                     let mut v = Vec::with_capacity(CHUNK_FILL);
                     v.push(e);
                     idx.chunks.push(Arc::new(v));
@@ -210,8 +253,10 @@ impl Members {
             for st in &mut idx.starts[c + 1..] {
                 *st += 1;
             }
+            idx.firsts[c] = idx.chunks[c][0].key;
             if let Some(tail) = split {
                 let at = idx.starts[c] + idx.chunks[c].len() as u32;
+                idx.firsts.insert(c + 1, tail[0].key);
                 idx.chunks.insert(c + 1, Arc::new(tail));
                 idx.starts.insert(c + 1, at);
             }
@@ -234,6 +279,9 @@ impl Members {
         if empty {
             idx.chunks.remove(c);
             idx.starts.remove(c);
+            idx.firsts.remove(c);
+        } else {
+            idx.firsts[c] = idx.chunks[c][0].key;
         }
         self.len -= 1;
         if e.is_live() {
@@ -362,6 +410,42 @@ mod tests {
         assert!(t.down().is_empty());
         assert!(t.get(&a).is_none());
         assert!(t.get(&keys[4].node_id()).is_some());
+    }
+
+    #[test]
+    fn ids_sharing_a_key_still_order_and_find() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let k = Keypair::generate(&mut rng);
+        let mut ids: Vec<NodeId> = Vec::new();
+        for i in 0..200u32 {
+            let mut b = [0u8; 32];
+            // Few distinct keys, so most comparisons tie on the key and read the full id.
+            b[7] = (i % 3) as u8;
+            b[8..12].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+            ids.push(NodeId(b));
+        }
+        let mut t = Members::default();
+        for id in &ids {
+            let mut e = entry(&k);
+            let mut info = (*e.info).clone();
+            info.node_id = *id;
+            e = Entry::new(e.signed, Arc::new(info), None);
+            assert!(t.insert(e));
+        }
+        let held: Vec<NodeId> = t.iter().map(|(id, _)| *id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(held, sorted);
+        for id in &ids {
+            assert_eq!(t.get(id).map(|e| *e.id()), Some(*id));
+        }
+        for id in ids.iter().step_by(2) {
+            assert!(t.remove(id).is_some());
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(t.contains_key(id), i % 2 == 1);
+        }
+        assert!(!t.contains_key(&NodeId([0xff; 32])));
     }
 
     #[test]
