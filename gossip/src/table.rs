@@ -90,7 +90,8 @@ impl Entry {
     }
 }
 
-type Chunk = Arc<Vec<Entry>>;
+/// A chunk: its entries right after the `Arc` header (no `Vec` header to follow first).
+type Chunk = Arc<[Entry]>;
 
 /// The chunk index: chunks in id order (none empty), the position of each one's first entry
 /// and the key of each one's first id (inline, so finding the chunk reads no chunk).
@@ -149,7 +150,7 @@ impl Members {
     }
 
     /// The chunk `c`, made private to this table (copied if shared).
-    fn chunk_mut(&mut self, c: usize) -> &mut Vec<Entry> {
+    fn chunk_mut(&mut self, c: usize) -> &mut [Entry] {
         Arc::make_mut(&mut Arc::make_mut(&mut self.index).chunks[c])
     }
 
@@ -224,7 +225,8 @@ impl Members {
     }
 
     /// Inserts a new member as alive; returns false if it is already held. Appending in id
-    /// order is O(1); an insert elsewhere copies one chunk and shifts the chunk starts.
+    /// order copies the last chunk (at most [`CHUNK_FILL`] entries); an insert elsewhere
+    /// copies one chunk and shifts the chunk starts.
     pub fn insert(&mut self, e: Entry) -> bool {
         let mut e = e;
         e.state = MemberState::Alive;
@@ -232,12 +234,15 @@ impl Members {
             let len = self.len as u32;
             let idx = Arc::make_mut(&mut self.index);
             match idx.chunks.last_mut() {
-                Some(last) if last.len() < CHUNK_FILL => Arc::make_mut(last).push(e),
+                Some(last) if last.len() < CHUNK_FILL => {
+                    let mut v = Vec::with_capacity(last.len() + 1);
+                    v.extend_from_slice(last);
+                    v.push(e);
+                    *last = v.into();
+                }
                 _ => {
                     idx.firsts.push(e.key);
-                    let mut v = Vec::with_capacity(CHUNK_FILL);
-                    v.push(e);
-                    idx.chunks.push(Arc::new(v));
+                    idx.chunks.push(Arc::from([e]));
                     idx.starts.push(len);
                 }
             }
@@ -246,10 +251,11 @@ impl Members {
                 Ok(_) => return false,
                 Err(at) => at,
             };
-            let chunk = self.chunk_mut(c);
+            let idx = Arc::make_mut(&mut self.index);
+            let mut chunk = idx.chunks[c].to_vec();
             chunk.insert(s, e);
             let split = (chunk.len() > CHUNK_MAX).then(|| chunk.split_off(chunk.len() / 2));
-            let idx = Arc::make_mut(&mut self.index);
+            idx.chunks[c] = chunk.into();
             for st in &mut idx.starts[c + 1..] {
                 *st += 1;
             }
@@ -257,7 +263,7 @@ impl Members {
             if let Some(tail) = split {
                 let at = idx.starts[c] + idx.chunks[c].len() as u32;
                 idx.firsts.insert(c + 1, tail[0].key);
-                idx.chunks.insert(c + 1, Arc::new(tail));
+                idx.chunks.insert(c + 1, tail.into());
                 idx.starts.insert(c + 1, at);
             }
         }
@@ -269,10 +275,11 @@ impl Members {
     /// Forgets a member.
     pub fn remove(&mut self, id: &NodeId) -> Option<Entry> {
         let (c, s) = self.pos(id).ok()?;
-        let chunk = self.chunk_mut(c);
+        let idx = Arc::make_mut(&mut self.index);
+        let mut chunk = idx.chunks[c].to_vec();
         let e = chunk.remove(s);
         let empty = chunk.is_empty();
-        let idx = Arc::make_mut(&mut self.index);
+        idx.chunks[c] = chunk.into();
         for st in &mut idx.starts[c + 1..] {
             *st -= 1;
         }
