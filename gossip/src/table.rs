@@ -93,25 +93,42 @@ impl Entry {
 /// A chunk: its entries right after the `Arc` header (no `Vec` header to follow first).
 type Chunk = Arc<[Entry]>;
 
-/// The chunk index: chunks in id order (none empty), the position of each one's first entry
-/// and the key of each one's first id (inline, so finding the chunk reads no chunk).
+/// A chunk beside the key of its first id: finding the chunk reads no chunk, and the key
+/// compared last and the chunk pointer share a cache line.
+#[derive(Clone)]
+struct Slot {
+    first: u64,
+    chunk: Chunk,
+}
+
+impl Slot {
+    /// `chunk` (not empty) with its first key.
+    fn new(chunk: Chunk) -> Self {
+        Slot {
+            first: chunk[0].key,
+            chunk,
+        }
+    }
+}
+
+/// The chunk index: chunks in id order (none empty) with their first keys, and the position
+/// of each one's first entry.
 #[derive(Clone, Default)]
 struct Index {
-    chunks: Vec<Chunk>,
+    chunks: Vec<Slot>,
     starts: Vec<u32>,
-    firsts: Vec<u64>,
 }
 
 impl Index {
     /// The number of chunks whose first id is at most `id` (whose key is `key`).
     #[inline]
     fn chunks_at_most(&self, key: u64, id: &NodeId) -> usize {
-        let n = self.firsts.len();
+        let n = self.chunks.len();
         partition_from(n, guess(key, 0, u64::MAX, n), |mid| {
-            match self.firsts[mid].cmp(&key) {
+            match self.chunks[mid].first.cmp(&key) {
                 std::cmp::Ordering::Less => true,
                 std::cmp::Ordering::Greater => false,
-                std::cmp::Ordering::Equal => self.chunks[mid][0].id() <= id,
+                std::cmp::Ordering::Equal => self.chunks[mid].chunk[0].id() <= id,
             }
         })
     }
@@ -202,11 +219,12 @@ impl Members {
         }
         let key = key_of(id);
         let c = idx.chunks_at_most(key, id).saturating_sub(1);
-        let chunk = &idx.chunks[c];
-        let lo = idx.firsts[c];
+        let Slot { first: lo, chunk } = &idx.chunks[c];
+        let lo = *lo;
         let hi = idx
-            .firsts
+            .chunks
             .get(c + 1)
+            .map(|n| n.first)
             .map_or(u64::MAX, |k| k.saturating_sub(1));
         let s = partition_from(chunk.len(), guess(key, lo, hi, chunk.len()), |i| {
             chunk[i].cmp_to(key, id).is_lt()
@@ -219,7 +237,7 @@ impl Members {
 
     /// The chunk `c`, made private to this table (copied if shared).
     fn chunk_mut(&mut self, c: usize) -> &mut [Entry] {
-        Arc::make_mut(&mut Arc::make_mut(&mut self.index).chunks[c])
+        Arc::make_mut(&mut Arc::make_mut(&mut self.index).chunks[c].chunk)
     }
 
     /// Members held (any state).
@@ -234,7 +252,9 @@ impl Members {
 
     /// The entry for `id`.
     pub fn get(&self, id: &NodeId) -> Option<&Entry> {
-        self.pos(id).ok().map(|(c, s)| &self.index.chunks[c][s])
+        self.pos(id)
+            .ok()
+            .map(|(c, s)| &self.index.chunks[c].chunk[s])
     }
 
     /// The entry for `id`, mutable (its chunk is copied if shared). Its state changes only
@@ -254,7 +274,7 @@ impl Members {
         self.index
             .chunks
             .last()
-            .and_then(|c| c.last())
+            .and_then(|c| c.chunk.last())
             .is_none_or(|e| e.id() < id)
     }
 
@@ -267,7 +287,7 @@ impl Members {
         let n = starts.len();
         let g = (i as u128 * n as u128 / self.len as u128) as usize;
         let c = partition_from(n, g.min(n - 1), |c| starts[c] as usize <= i) - 1;
-        self.index.chunks[c].get(i - starts[c] as usize)
+        self.index.chunks[c].chunk.get(i - starts[c] as usize)
     }
 
     /// Entries in id order, with their ids.
@@ -277,7 +297,7 @@ impl Members {
 
     /// Entries in id order.
     pub fn values(&self) -> impl Iterator<Item = &Entry> {
-        self.index.chunks.iter().flat_map(|c| c.iter())
+        self.index.chunks.iter().flat_map(|c| c.chunk.iter())
     }
 
     /// Dead and left members with the time they went down.
@@ -291,7 +311,6 @@ impl Members {
         let more = n.div_ceil(CHUNK_FILL);
         idx.chunks.reserve_exact(more);
         idx.starts.reserve_exact(more);
-        idx.firsts.reserve_exact(more);
     }
 
     /// Inserts a new member as alive; returns false if it is already held. Appending in id
@@ -304,15 +323,17 @@ impl Members {
             let len = self.len as u32;
             let idx = Arc::make_mut(&mut self.index);
             match idx.chunks.last_mut() {
-                Some(last) if last.len() < CHUNK_FILL => {
+                Some(Slot { chunk: last, .. }) if last.len() < CHUNK_FILL => {
                     let mut v = Vec::with_capacity(last.len() + 1);
                     v.extend_from_slice(last);
                     v.push(e);
                     *last = v.into();
                 }
                 _ => {
-                    idx.firsts.push(e.key);
-                    idx.chunks.push(Arc::from([e]));
+                    idx.chunks.push(Slot {
+                        first: e.key,
+                        chunk: Arc::from([e]),
+                    });
                     idx.starts.push(len);
                 }
             }
@@ -322,18 +343,16 @@ impl Members {
                 Err(at) => at,
             };
             let idx = Arc::make_mut(&mut self.index);
-            let mut chunk = idx.chunks[c].to_vec();
+            let mut chunk = idx.chunks[c].chunk.to_vec();
             chunk.insert(s, e);
             let split = (chunk.len() > CHUNK_MAX).then(|| chunk.split_off(chunk.len() / 2));
-            idx.chunks[c] = chunk.into();
+            idx.chunks[c] = Slot::new(chunk.into());
             for st in &mut idx.starts[c + 1..] {
                 *st += 1;
             }
-            idx.firsts[c] = idx.chunks[c][0].key;
             if let Some(tail) = split {
-                let at = idx.starts[c] + idx.chunks[c].len() as u32;
-                idx.firsts.insert(c + 1, tail[0].key);
-                idx.chunks.insert(c + 1, tail.into());
+                let at = idx.starts[c] + idx.chunks[c].chunk.len() as u32;
+                idx.chunks.insert(c + 1, Slot::new(tail.into()));
                 idx.starts.insert(c + 1, at);
             }
         }
@@ -346,19 +365,17 @@ impl Members {
     pub fn remove(&mut self, id: &NodeId) -> Option<Entry> {
         let (c, s) = self.pos(id).ok()?;
         let idx = Arc::make_mut(&mut self.index);
-        let mut chunk = idx.chunks[c].to_vec();
+        let mut chunk = idx.chunks[c].chunk.to_vec();
         let e = chunk.remove(s);
         let empty = chunk.is_empty();
-        idx.chunks[c] = chunk.into();
         for st in &mut idx.starts[c + 1..] {
             *st -= 1;
         }
         if empty {
             idx.chunks.remove(c);
             idx.starts.remove(c);
-            idx.firsts.remove(c);
         } else {
-            idx.firsts[c] = idx.chunks[c][0].key;
+            idx.chunks[c] = Slot::new(chunk.into());
         }
         self.len -= 1;
         if e.is_live() {
@@ -371,8 +388,8 @@ impl Members {
     /// Moves a member to `state` at `now`, keeping the counts and tombstones exact.
     pub fn set_state(&mut self, id: &NodeId, state: MemberState, now: Millis) {
         let Ok((c, s)) = self.pos(id) else { return };
-        let was_live = self.index.chunks[c][s].is_live();
-        if self.index.chunks[c][s].state != state {
+        let was_live = self.index.chunks[c].chunk[s].is_live();
+        if self.index.chunks[c].chunk[s].state != state {
             self.chunk_mut(c)[s].state = state;
         }
         let is_live = matches!(state, MemberState::Alive | MemberState::Suspect);
