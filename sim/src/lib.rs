@@ -4,6 +4,7 @@
 
 pub mod adversary;
 pub mod cache;
+pub mod queue;
 pub mod quorum;
 pub mod scenario;
 pub mod security;

@@ -10,12 +10,12 @@ use agentmesh_gossip::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::adversary::Adversary;
 use crate::cache::CachingVerifier;
+use crate::queue::TimeQueue;
 
 /// The virtual epoch: 2027-01-15, so certificates are checked against a realistic clock.
 pub const EPOCH_MS: Millis = 1_800_000_000_000;
@@ -82,28 +82,6 @@ enum Kind {
     Act(Action),
 }
 
-struct Ev {
-    t: Millis,
-    seq: u64,
-    kind: Kind,
-}
-impl PartialEq for Ev {
-    fn eq(&self, o: &Self) -> bool {
-        (self.t, self.seq) == (o.t, o.seq)
-    }
-}
-impl Eq for Ev {}
-impl PartialOrd for Ev {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Ev {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.t, self.seq).cmp(&(o.t, o.seq))
-    }
-}
-
 /// One simulated node.
 pub struct SimNode {
     /// Its identity.
@@ -146,8 +124,7 @@ pub struct World {
     pub cfg: Config,
     root: Keypair,
     rng: ChaCha8Rng,
-    queue: BinaryHeap<Reverse<Ev>>,
-    seq: u64,
+    queue: TimeQueue<Kind>,
     verifier: Arc<CachingVerifier>,
     partitioned: bool,
     /// Events processed (for progress and budgets).
@@ -196,8 +173,7 @@ impl World {
             cfg,
             root,
             rng,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: TimeQueue::default(),
             verifier: Arc::new(CachingVerifier::default()),
             partitioned: false,
             steps: 0,
@@ -289,12 +265,7 @@ impl World {
     }
 
     fn push(&mut self, t: Millis, kind: Kind) {
-        self.seq += 1;
-        self.queue.push(Reverse(Ev {
-            t,
-            seq: self.seq,
-            kind,
-        }));
+        self.queue.push(t, kind);
     }
 
     fn reschedule(&mut self, i: usize) {
@@ -316,19 +287,19 @@ impl World {
 
     /// Runs until `until`, calling the observer for every gossip event.
     pub fn run_until(&mut self, until: Millis, obs: &mut dyn Observer) {
-        while let Some(Reverse(ev)) = self.queue.peek() {
-            if ev.t > until {
+        while let Some(t) = self.queue.peek_time() {
+            if t > until {
                 break;
             }
-            let Some(Reverse(ev)) = self.queue.pop() else {
+            let Some((t, kind)) = self.queue.pop() else {
                 break;
             };
-            self.now = ev.t;
+            self.now = t;
             self.steps += 1;
-            match ev.kind {
+            match kind {
                 Kind::Deliver { to, from, msg } => self.deliver(to, from, msg, obs),
                 Kind::Wake(i) => {
-                    if self.nodes[i].wake_at == Some(ev.t) {
+                    if self.nodes[i].wake_at == Some(t) {
                         self.nodes[i].wake_at = None;
                         self.input(i, Input::Tick, obs);
                     }
