@@ -311,7 +311,7 @@ impl Outbound {
                             status: a.status,
                             content_type: a.content_type,
                             body: a.body,
-                            served_by: format!("{}/{}", cand.node_id, a.agent),
+                            served_by: format!("{}/{}", res.id_text(cand.node_id).full, a.agent),
                             attempts,
                             hedges: 0,
                             policy: ranking.policy.name().to_string(),
@@ -405,7 +405,7 @@ impl Outbound {
                                 body: a.body,
                                 served_by: format!(
                                     "{}/{}",
-                                    cands[i].node_id,
+                                    res.id_text(cands[i].node_id).full,
                                     a.agent
                                 ),
                                 attempts,

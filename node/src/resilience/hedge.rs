@@ -92,9 +92,11 @@ impl LatencyWindow {
             return None;
         }
         let mut v: Vec<f64> = self.samples.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
         let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        Some(v[rank - 1])
+        // A selection, not a sort: every call asks (hedge delay, attempt timeout), and the
+        // sort was 3.9 % of a caller's CPU at 64 in flight.
+        let (_, nth, _) = v.select_nth_unstable_by(rank - 1, f64::total_cmp);
+        Some(*nth)
     }
 
     /// How long to wait before hedging: the observed p95 once there are enough samples,

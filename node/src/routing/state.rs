@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// Most capabilities with a retry budget or cursor kept.
 pub const RESILIENCE_CAPABILITIES_MAX: usize = 4096;
+/// Most node ids whose text [`Resilience::id_text`] keeps; past it the memo starts afresh.
+pub const ID_TEXTS_MAX: usize = 16_384;
 
 /// The settings in force, swapped whole on reload; calls in flight keep the `Arc` they took.
 pub type SharedSpec = Arc<RwLock<Arc<MeshConfig>>>;
@@ -45,8 +47,20 @@ pub struct Resilience {
     budgets: Mutex<HashMap<String, RetryBudget>>,
     cursors: Mutex<HashMap<String, u64>>,
     latencies: Mutex<HashMap<String, LatencyWindow>>,
+    /// Each candidate's id text and its short form: base58 costs ~2 µs per id, and every
+    /// call needs them (the ranked view, `served_by`); 7.5 % of a caller's CPU at 64 in flight.
+    id_texts: Mutex<HashMap<NodeId, IdText>>,
     rng: Mutex<StdRng>,
     epoch: tokio::time::Instant,
+}
+
+/// A node id as text, and the short form shown in tables.
+#[derive(Debug, Clone)]
+pub struct IdText {
+    /// The full peer-id text.
+    pub full: Arc<str>,
+    /// Its last 8 characters ([`NodeId::short`]).
+    pub short: Arc<str>,
 }
 
 impl Resilience {
@@ -58,6 +72,7 @@ impl Resilience {
             budgets: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),
             latencies: Mutex::new(HashMap::new()),
+            id_texts: Mutex::new(HashMap::new()),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             epoch: tokio::time::Instant::now(),
         }
@@ -66,6 +81,24 @@ impl Resilience {
     /// Milliseconds since this node started (the clock of every state machine here).
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// `id` as text, memoised (bounded by [`ID_TEXTS_MAX`]).
+    pub fn id_text(&self, id: NodeId) -> IdText {
+        let mut m = lock(&self.id_texts);
+        if let Some(t) = m.get(&id) {
+            return t.clone();
+        }
+        if m.len() >= ID_TEXTS_MAX {
+            m.clear();
+        }
+        let full = id.to_string();
+        let t = IdText {
+            short: Arc::from(&full[full.len().saturating_sub(8)..]),
+            full: Arc::from(full),
+        };
+        m.insert(id, t.clone());
+        t
     }
 
     /// Replaces the settings; calls in flight keep theirs.
@@ -105,9 +138,10 @@ impl Resilience {
                 let (success_rate, calls) = s.success(now);
                 let state = s.breaker.state(now);
                 let admits = !breaker.enabled || s.breaker.would_admit(now, breaker);
+                let text = self.id_text(c.node_id);
                 View {
-                    node: c.node_id.to_string(),
-                    node_short: c.node_id.short(),
+                    node: text.full.to_string(),
+                    node_short: text.short.to_string(),
                     agent: c.agent.clone(),
                     proficiency: c.capability.proficiency,
                     cost: c.capability.cost,
