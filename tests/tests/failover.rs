@@ -87,7 +87,10 @@ async fn breaker_opens_half_opens_and_closes_when_the_agent_recovers() {
         if row["breaker"] == "open" {
             break;
         }
-        assert!(calls_to_open < 100, "breaker never opened: {row}");
+        // Once its success rate falls below the preferred tier, the victim only gets the 2 %
+        // probe calls, and its breaker may still need one more failure to open: 100 calls
+        // missed that ~16 % of the time (flaky); 400 leave ~0.04 %.
+        assert!(calls_to_open < 400, "breaker never opened: {row}");
     }
     assert_eq!(breaker_metric(&caller, &victim).await, Some(2.0));
     // While open, nothing reaches it.
