@@ -147,6 +147,22 @@ mod tests {
     }
 
     #[test]
+    fn quantile_is_the_nearest_rank_of_unsorted_samples() {
+        let mut w = LatencyWindow::default();
+        // 1..=100 in a scrambled order (37 is coprime to 101).
+        let xs: Vec<f64> = (1..=100).map(|i| ((i * 37) % 101) as f64).collect();
+        for &x in &xs {
+            w.push(x);
+        }
+        let mut sorted = xs.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 0.01, 0.5, 0.9, 0.95, 0.99, 1.0] {
+            let rank = ((q * 100.0_f64).ceil() as usize).clamp(1, 100);
+            assert_eq!(w.quantile(q), Some(sorted[rank - 1]), "q = {q}");
+        }
+    }
+
+    #[test]
     fn bad_samples_are_ignored() {
         let mut w = LatencyWindow::default();
         w.push(f64::NAN);

@@ -520,3 +520,27 @@ pub fn health_failure(e: &CallError) -> bool {
         ErrorCode::AgentError | ErrorCode::AgentUnreachable | ErrorCode::DeadlineExceeded
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_text_is_the_id_printed_and_stays_bounded() {
+        let res = Resilience::new(MeshConfig::default(), 1);
+        for i in 0..3u8 {
+            let id = NodeId([i; 32]);
+            let t = res.id_text(id);
+            assert_eq!(&*t.full, id.to_string());
+            assert_eq!(&*t.short, id.short());
+            // The memo answers the same text again.
+            assert_eq!(&*res.id_text(id).full, id.to_string());
+        }
+        for i in 0..(ID_TEXTS_MAX + 10) as u32 {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            let _ = res.id_text(NodeId(b));
+        }
+        assert!(lock(&res.id_texts).len() <= ID_TEXTS_MAX);
+    }
+}
