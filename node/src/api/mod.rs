@@ -150,12 +150,30 @@ pub fn router_with_mcp(
     workflows: crate::workflow::WorkflowSet,
     mcp: Arc<crate::mcp::agents::McpAgents>,
 ) -> Router {
+    api_with_mcp(mesh, token, workflows, mcp).router
+}
+
+/// The API as the node serves it ([`edge::serve`]): the router, and the call route's state
+/// for [`edge::Api::handle`], which serves `POST /v1/call/{capability}` without the router.
+pub fn api_with_mcp(
+    mesh: MeshHandle,
+    token: Option<String>,
+    workflows: crate::workflow::WorkflowSet,
+    mcp: Arc<crate::mcp::agents::McpAgents>,
+) -> edge::Api {
     let state = ApiState {
         mesh,
         workflows: Arc::new(workflows),
         token: token.map(Arc::from),
         mcp,
     };
+    edge::Api {
+        router: routes(state.clone()),
+        state,
+    }
+}
+
+fn routes(state: ApiState) -> Router {
     Router::new()
         .route("/v1/agent", put(put_agent).get(get_agent))
         .route("/v1/call/{capability}", post(post_call))
@@ -201,34 +219,49 @@ pub fn router_with_mcp(
 /// Refuses requests past [`API_HEADERS_MAX`] headers or [`API_HEADER_BYTES_MAX`] header bytes
 /// with 431, before any handler (or the token check) sees them.
 async fn limit_headers(req: Request, next: Next) -> Response {
-    let h = req.headers();
+    match headers_refusal(req.headers()) {
+        Some(refusal) => refusal,
+        None => next.run(req).await,
+    }
+}
+
+/// The 431 for headers past [`API_HEADERS_MAX`] or [`API_HEADER_BYTES_MAX`], if they are.
+fn headers_refusal(h: &HeaderMap) -> Option<Response> {
     let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
     if h.len() > API_HEADERS_MAX || bytes > API_HEADER_BYTES_MAX {
-        return ApiError {
-            status: Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-            err: CallError::bad_field(
-                "headers",
-                format!(
-                    "{} headers of {bytes} bytes exceed {API_HEADERS_MAX} headers or \
+        return Some(
+            ApiError {
+                status: Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+                err: CallError::bad_field(
+                    "headers",
+                    format!(
+                        "{} headers of {bytes} bytes exceed {API_HEADERS_MAX} headers or \
                      {API_HEADER_BYTES_MAX} bytes",
-                    h.len()
+                        h.len()
+                    ),
                 ),
-            ),
-        }
-        .into_response();
+            }
+            .into_response(),
+        );
     }
-    next.run(req).await
+    None
 }
 
 async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    let Some(token) = &st.token else {
-        return next.run(req).await;
-    };
+    match token_refusal(&st, &req) {
+        Some(refusal) => refusal,
+        None => next.run(req).await,
+    }
+}
+
+/// The 403 for a request without the API token, when one is set and the path needs it.
+fn token_refusal<B>(st: &ApiState, req: &axum::http::Request<B>) -> Option<Response> {
+    let token = st.token.as_ref()?;
     // Probes carry no token (a kubelet httpGet cannot read a Secret); both reveal only
     // liveness, readiness and the public node id. The dashboard page holds no data; its
     // script sends the token (from `#token=`).
     if matches!(req.uri().path(), "/healthz" | "/readyz" | "/ui") {
-        return next.run(req).await;
+        return None;
     }
     let given = req
         .headers()
@@ -236,12 +269,14 @@ async fn require_token(State(st): State<ApiState>, req: Request, next: Next) -> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => next.run(req).await,
-        _ => ApiError::from(CallError::new(
-            ErrorCode::Forbidden,
-            "missing or wrong `Authorization: Bearer` token (api.token)",
-        ))
-        .into_response(),
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
+        _ => Some(
+            ApiError::from(CallError::new(
+                ErrorCode::Forbidden,
+                "missing or wrong `Authorization: Bearer` token (api.token)",
+            ))
+            .into_response(),
+        ),
     }
 }
 
@@ -548,7 +583,19 @@ async fn post_call(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut req = parse_call_request(&capability, query.as_deref(), &headers)?;
+    call_route(&st, &capability, query.as_deref(), &headers, body).await
+}
+
+/// `POST /v1/call/{capability}` once the path is decoded (the router's handler and the edge's
+/// direct path share it).
+async fn call_route(
+    st: &ApiState,
+    capability: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut req = parse_call_request(capability, query, headers)?;
     req.body = read_body(body, CALL_BODY_BYTES_MAX).await?;
     let resp = st.mesh.call(req).await?;
     let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);

@@ -222,7 +222,7 @@ pub(crate) async fn serve_node(
     mcp.start_config(&mcp_cfg)
         .await
         .map_err(|e| fail(exit::CONFIG, format!("mcp: {e}")))?;
-    let app = crate::api::router_with_mcp(mesh.clone(), cfg.file.api.token.clone(), workflows, mcp);
+    let app = crate::api::api_with_mcp(mesh.clone(), cfg.file.api.token.clone(), workflows, mcp);
     if let Some(a2a) = cfg.file.a2a.clone() {
         a2a.card_url().map_err(|e| fail(exit::CONFIG, e))?;
         tokio::spawn(crate::a2a::bridge::register_from_config(mesh.clone(), a2a));
