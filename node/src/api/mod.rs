@@ -1006,7 +1006,7 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
         assert_eq!(doc["openapi"].as_str().unwrap(), "3.1.0");
         let src = include_str!("mod.rs");
-        let body = src.split("fn router_with_mcp(").nth(1).unwrap();
+        let body = src.split("fn routes(").nth(1).unwrap();
         let body = body.split("\n}\n").next().unwrap();
         // rustfmt may break a long `.route(` over lines: read it as one line.
         let body = body
