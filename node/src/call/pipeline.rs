@@ -311,7 +311,7 @@ impl Outbound {
                             status: a.status,
                             content_type: a.content_type,
                             body: a.body,
-                            served_by: format!("{}/{}", res.id_text(cand.node_id).full, a.agent),
+                            served_by: served_by(&res.id_text(cand.node_id).full, &a.agent),
                             attempts,
                             hedges: 0,
                             policy: ranking.policy.name().to_string(),
@@ -403,11 +403,7 @@ impl Outbound {
                                 status: a.status,
                                 content_type: a.content_type,
                                 body: a.body,
-                                served_by: format!(
-                                    "{}/{}",
-                                    res.id_text(cands[i].node_id).full,
-                                    a.agent
-                                ),
+                                served_by: served_by(&res.id_text(cands[i].node_id).full, &a.agent),
                                 attempts,
                                 hedges,
                                 policy: ranking.policy.name().to_string(),
@@ -698,7 +694,10 @@ impl Outbound {
     /// Resolves when gossip stops seeing `node` as alive (suspect, dead, left or gone): the
     /// attempt to it is abandoned at once and retried elsewhere within the same deadline.
     async fn peer_lost(&self, node: NodeId) -> CallError {
-        let mut tick = tokio::time::interval(PEER_WATCH_INTERVAL);
+        // The first check after one interval: the peer was alive in the snapshot the call
+        // was routed on a moment ago (an immediate tick cost a snapshot scan per attempt).
+        let first = tokio::time::Instant::now() + PEER_WATCH_INTERVAL;
+        let mut tick = tokio::time::interval_at(first, PEER_WATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -746,4 +745,13 @@ impl Outbound {
         let order = ranking.order.iter().copied().chain(rest);
         Ok(order.map(|i| cands[i].clone()).collect())
     }
+}
+
+/// `"<node id>/<agent>"`, as `x-mesh-served-by` carries it (joined, not formatted: once per call).
+fn served_by(node: &str, agent: &str) -> String {
+    let mut s = String::with_capacity(node.len() + 1 + agent.len());
+    s.push_str(node);
+    s.push('/');
+    s.push_str(agent);
+    s
 }

@@ -156,10 +156,10 @@ impl QualityTiers {
 /// What the ranking knows about one candidate.
 #[derive(Debug, Clone)]
 pub struct View {
-    /// Node id as text.
-    pub node: String,
+    /// Node id as text (shared with the routing memo: no copy per call).
+    pub node: std::sync::Arc<str>,
     /// Short node id as text.
-    pub node_short: String,
+    pub node_short: std::sync::Arc<str>,
     /// Agent name.
     pub agent: String,
     /// Declared proficiency for the capability.
@@ -207,7 +207,7 @@ impl View {
     }
 
     fn matches(&self, pin: &str) -> bool {
-        self.agent == pin || self.node == pin || self.node_short == pin
+        self.agent == pin || &*self.node == pin || &*self.node_short == pin
     }
 }
 
@@ -757,8 +757,8 @@ mod tests {
 
     fn v(agent: &str) -> View {
         View {
-            node: format!("node-{agent}"),
-            node_short: agent.to_string(),
+            node: format!("node-{agent}").into(),
+            node_short: agent.into(),
             agent: agent.into(),
             proficiency: Proficiency::Experienced,
             cost: 1.0,

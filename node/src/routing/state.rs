@@ -140,8 +140,8 @@ impl Resilience {
                 let admits = !breaker.enabled || s.breaker.would_admit(now, breaker);
                 let text = self.id_text(c.node_id);
                 View {
-                    node: text.full.to_string(),
-                    node_short: text.short.to_string(),
+                    node: text.full,
+                    node_short: text.short,
                     agent: c.agent.clone(),
                     proficiency: c.capability.proficiency,
                     cost: c.capability.cost,
@@ -293,7 +293,7 @@ impl Resilience {
         }
         let m = lock(&self.latencies);
         let w = m.get(capability)?;
-        crate::resilience::retry::attempt_timeout_ms(w.quantile(0.99), w.len(), cfg)
+        crate::resilience::retry::attempt_timeout_ms(w.recent_quantile(0.99), w.len(), cfg)
     }
 
     /// How long a hedged call waits before its next attempt.
