@@ -31,6 +31,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Largest request or answer body a relay carries.
 const BODY_BYTES_MAX: usize = 1 << 20;
+/// HTTP connections the front serves at once (wrk opens 64); more wait in the accept queue.
+const FRONT_CONNECTIONS_MAX: usize = 1024;
 /// The relays' fixed identities (a bench floor, not a mesh: no admission).
 const FRONT_KEY: [u8; 32] = [1; 32];
 const BACK_KEY: [u8; 32] = [2; 32];
@@ -61,7 +63,9 @@ async fn front(listen: SocketAddr, back: SocketAddr) -> anyhow::Result<()> {
     let endpoint = Arc::new(CallEndpoint::bind(&key, listen.ip(), 0)?);
     let back_id = Keypair::from_secret(BACK_KEY).node_id();
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(FRONT_CONNECTIONS_MAX));
     loop {
+        let permit = slots.clone().acquire_owned().await?;
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
         let endpoint = endpoint.clone();
@@ -78,7 +82,10 @@ async fn front(listen: SocketAddr, back: SocketAddr) -> anyhow::Result<()> {
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
-        tokio::spawn(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = conn.await;
+        });
     }
 }
 

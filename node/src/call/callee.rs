@@ -401,14 +401,8 @@ pub fn agent_request(
 
 /// Lower-case hex of a call id.
 pub fn hex_id(id: &[u8; 16]) -> String {
-    // By table: a `format!` per byte was 4.4 % of a callee's CPU at 64 in flight (perf).
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for b in id {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
+    // The hex crate, not a `format!` per byte (4.4 % of a callee's CPU at 64 in flight).
+    hex::encode(id)
 }
 
 #[cfg(test)]
@@ -418,6 +412,5 @@ mod hex_tests {
         let id: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
         let slow: String = id.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(super::hex_id(&id), slow);
-        assert_eq!(super::hex_id(&[0xff; 16]), "f".repeat(32));
     }
 }

@@ -163,17 +163,25 @@ mod tests {
         for _ in 0..HEDGE_WINDOW_SAMPLES {
             w.push(1.0);
         }
+        let cfg = HedgingConfig::default();
         assert_eq!(w.recent_quantile(0.99), Some(1.0));
-        assert_eq!(w.recent_quantile(0.5), Some(1.0));
-        // Slower samples arrive: the memo answers until QUANTILE_REFRESH_SAMPLES have come.
+        assert_eq!(
+            w.delay_ms(&cfg),
+            cfg.min_delay_ms,
+            "p95 of 1 ms, raised to the minimum"
+        );
+        // Slower samples arrive: the memo answers until QUANTILE_REFRESH_SAMPLES have come,
+        // for the attempt timeout's p99 and the hedge delay's p95 alike.
         for _ in 0..QUANTILE_REFRESH_SAMPLES - 1 {
             w.push(100.0);
         }
         assert_eq!(w.quantile(0.99), Some(100.0));
+        assert_eq!(w.quantile(0.95), Some(100.0));
         assert_eq!(w.recent_quantile(0.99), Some(1.0), "memoised");
+        assert_eq!(w.delay_ms(&cfg), cfg.min_delay_ms, "memoised");
         w.push(100.0);
         assert_eq!(w.recent_quantile(0.99), Some(100.0), "refreshed");
-        assert_eq!(w.recent_quantile(0.5), Some(1.0));
+        assert_eq!(w.delay_ms(&cfg), 100, "refreshed");
     }
 
     #[test]
